@@ -1,0 +1,50 @@
+"""Checkpoints: written atomically, read without unpickling code.
+
+A checkpoint is a dict of tensors, numbers, strings and lists (model and optimizer state dicts,
+RNG states, epoch counters). It is written to a temporary file in the same folder, flushed to
+disk and renamed over the old one, so a crash mid-write never leaves a broken checkpoint. It is
+read with ``torch.load(weights_only=True)``, which refuses any pickled object that is not plain
+data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from .errors import CheckpointError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(state: Dict[str, Any], path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format_version": FORMAT_VERSION, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}; train first (`pyro-vae train CONFIG --run-dir {path.parent}`).")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {e}. It is corrupt, from another program, or holds pickled "
+            "objects that are refused for safety; retrain or restore the file."
+        ) from e
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is not a pyro-vae checkpoint (format {FORMAT_VERSION}).")
+    return state

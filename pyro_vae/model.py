@@ -1,0 +1,133 @@
+"""The VAE as a Pyro model and guide (Kingma & Welling 2013, AEVB).
+
+Generative model, for datapoints n = 1..N::
+
+    z_n ~ p(z)                      (prior from the registry)
+    x_n ~ p(x | decoder(z_n))       (likelihood from the registry)
+
+Guide (amortized inference network)::
+
+    z_n ~ q(z | encoder(x_n))      (guide from the registry)
+
+Both run inside ``pyro.plate("data", N, subsample=idx)`` so that a minibatch of M points is scaled
+by N/M and its ELBO is an unbiased estimate of the full-data ELBO (AEVB Sec. 2.3, estimator (8)).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .guides import Guide
+from .likelihoods import Likelihood
+from .priors import Prior
+from .registry import GUIDES, LIKELIHOODS, NETWORKS, PRIORS
+from .traces import DATA_PLATE
+
+
+class VAE(nn.Module):
+    """Holds every parameter of the model and guide; ``model`` and ``guide`` are Pyro programs.
+
+    Shapes: ``x`` is ``(batch, x_dim)`` (images flattened), ``z`` is ``(..., batch, z_dim)``.
+    """
+
+    def __init__(
+        self,
+        x_shape: Tuple[int, ...],
+        z_dim: int,
+        prior: Prior,
+        likelihood: Likelihood,
+        guide_head: Guide,
+        encoder: nn.Module,
+        decoder: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+        self.z_dim = z_dim
+        self.prior = prior
+        self.likelihood = likelihood
+        self.guide_head = guide_head
+        self.encoder = encoder
+        self.decoder = decoder
+
+    @property
+    def x_dim(self) -> int:
+        return self.likelihood.x_dim
+
+    # --- distributions -------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> dist.Distribution:
+        """q(z | x), batch shape ``x.shape[:-1]``."""
+        return self.guide_head(self.encoder(x))
+
+    def decode(self, z: torch.Tensor) -> dist.Distribution:
+        """p(x | z), batch shape ``z.shape[:-1]``."""
+        return self.likelihood(self.decoder(z))
+
+    def prior_dist(self) -> dist.Distribution:
+        """p(z) with batch shape ``()``."""
+        return self.prior(self.encode)
+
+    # --- Pyro programs -------------------------------------------------------------------------
+    def _plate(self, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: Optional[int]) -> pyro.plate:
+        if num_data is None:
+            return pyro.plate(DATA_PLATE, x.shape[0], dim=-1)
+        if idx is None:
+            idx = torch.arange(x.shape[0], device=x.device)
+        return pyro.plate(DATA_PLATE, num_data, subsample=idx, dim=-1)
+
+    def model(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None, num_data: Optional[int] = None) -> torch.Tensor:
+        """p(x, z). ``num_data`` is N (the full data set) and ``idx`` the minibatch's indices."""
+        pyro.module("vae", self)
+        with self._plate(x, idx, num_data):
+            z = pyro.sample("z", self.prior_dist())
+            pyro.sample("x", self.decode(z), obs=self.likelihood.prepare(x))
+        return z
+
+    def guide(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None, num_data: Optional[int] = None) -> torch.Tensor:
+        """q(z | x)."""
+        pyro.module("vae", self)
+        with self._plate(x, idx, num_data):
+            return pyro.sample("z", self.encode(x))
+
+    # --- helpers for pictures ------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_means(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """E[x | z] for n draws z ~ p(z)."""
+        z = self.prior_dist().sample((n,))
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def decode_means(self, z: torch.Tensor) -> torch.Tensor:
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z] at z = the mean of q(z|x) (a sample for guides without a closed-form mean)."""
+        q = self.encode(x)
+        try:
+            z = q.mean
+        except NotImplementedError:
+            z = q.sample()
+        return self.decode_means(z)
+
+
+def build_vae(cfg: ModelConfig, x_shape: Tuple[int, ...]) -> VAE:
+    """Build a VAE from the model section of a config, for data of shape ``x_shape``."""
+    x_dim = 1
+    for s in x_shape:
+        x_dim *= int(s)
+    prior = PRIORS.build(cfg.prior.name, cfg.prior.options, z_dim=cfg.z_dim, x_dim=x_dim)
+    likelihood = LIKELIHOODS.build(cfg.likelihood.name, cfg.likelihood.options, x_dim=x_dim)
+    guide_head = GUIDES.build(cfg.guide.name, cfg.guide.options, z_dim=cfg.z_dim)
+    encoder = NETWORKS.build(
+        cfg.encoder.name, cfg.encoder.options, in_dim=x_dim, out_dim=guide_head.num_outputs(), x_shape=x_shape, role="encoder"
+    )
+    decoder = NETWORKS.build(
+        cfg.decoder.name, cfg.decoder.options, in_dim=cfg.z_dim, out_dim=likelihood.num_outputs(), x_shape=x_shape, role="decoder"
+    )
+    return VAE(x_shape, cfg.z_dim, prior, likelihood, guide_head, encoder, decoder)

@@ -1,0 +1,98 @@
+"""One registry per kind of component, chosen by name in the config.
+
+Every component that a config names (priors, likelihoods, guides, networks, objectives, optimizers,
+data sets) is registered here under a string name together with its builder. Builders take keyword
+arguments only; those arguments are exactly the options the config may give for that entry, so the
+config is validated against the builder's signature and an unknown name or option is an error that
+lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable, Dict, Generic, List, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T", bound=Callable[..., Any])
+
+
+class Registry(Generic[T]):
+    """A name -> builder mapping for one kind of component (e.g. ``"prior"``).
+
+    :param kind: what the entries are, used in error messages.
+    :param context_args: keyword arguments that the library supplies when building (for example the
+        latent size); they are not config options and a config may not set them.
+    """
+
+    def __init__(self, kind: str, context_args: tuple = ()) -> None:
+        self.kind = kind
+        self.context_args = frozenset(context_args)
+        self._entries: Dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(builder: T) -> T:
+            if name in self._entries:
+                raise KeyError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = builder
+            return builder
+
+        return decorator
+
+    def names(self) -> List[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            hint = difflib.get_close_matches(name, self.names(), n=1)
+            did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}.{did_you_mean} Valid {self.kind} names: "
+                f"{', '.join(self.names())}."
+            )
+        return self._entries[name]
+
+    def options(self, name: str) -> Dict[str, Any]:
+        """The config options of an entry with their defaults (``inspect.Parameter.empty`` if required)."""
+        sig = inspect.signature(self.get(name))
+        return {
+            k: p.default
+            for k, p in sig.parameters.items()
+            if k not in self.context_args and p.kind is p.KEYWORD_ONLY
+        }
+
+    def check_options(self, name: str, options: Dict[str, Any]) -> None:
+        """Raise a :class:`ConfigError` if ``options`` are not valid keywords of entry ``name``."""
+        valid = self.options(name)
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"{self.kind} {name!r} has no option(s) {', '.join(map(repr, unknown))}. "
+                f"Its options are: {', '.join(valid) or '(none)'}."
+            )
+        missing = [k for k, d in valid.items() if d is inspect.Parameter.empty and k not in options]
+        if missing:
+            raise ConfigError(f"{self.kind} {name!r} needs option(s): {', '.join(missing)}.")
+
+    def build(self, name: str, options: Dict[str, Any], **context: Any) -> Any:
+        self.check_options(name, options)
+        builder = self.get(name)
+        try:
+            return builder(**context, **options)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{self.kind} {name!r} with options {options}: {e}") from e
+
+
+PRIORS: Registry = Registry("prior", context_args=("z_dim", "x_dim"))
+LIKELIHOODS: Registry = Registry("likelihood", context_args=("x_dim",))
+GUIDES: Registry = Registry("guide", context_args=("z_dim",))
+NETWORKS: Registry = Registry("network", context_args=("in_dim", "out_dim", "x_shape", "role"))
+OBJECTIVES: Registry = Registry("objective", context_args=())
+OPTIMIZERS: Registry = Registry("optimizer", context_args=("params",))
+DATASETS: Registry = Registry("dataset", context_args=("root", "download"))

@@ -1,0 +1,92 @@
+"""Per-datapoint log densities read from Pyro traces.
+
+Every objective and estimator that needs per-datapoint quantities (IWAE, wake-sleep, HMC
+potentials, AIS) gets them here, from traces of ``model`` and ``guide``, so that they work for
+every prior, likelihood and guide in the registry without special cases.
+
+Conventions: the model and guide put every sample site inside a plate named ``"data"`` at
+``dim=-1``. Particles / chains are vectorized with an outer plate at ``dim=-2``. Log-probs are
+read *unscaled* (``site["log_prob"]``): the subsample scale N/M of the data plate must act after
+any nonlinearity over particles (a log-sum-exp), never inside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Tuple
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
+
+DATA_PLATE = "data"
+PARTICLE_PLATE = "particles"
+
+
+def _check_local(site: Dict[str, Any]) -> None:
+    if not any(f.name == DATA_PLATE for f in site["cond_indep_stack"]):
+        raise ValueError(
+            f"sample site {site['name']!r} is not inside the {DATA_PLATE!r} plate: per-datapoint "
+            "objectives and estimators need every latent and observed variable to be local to a "
+            "datapoint. Put it inside `pyro.plate('data', ...)` in the model and guide."
+        )
+
+
+def site_log_probs(trace: Trace, observed: bool | None = None) -> torch.Tensor:
+    """Sum of the unscaled log-probs of the trace's sample sites, per datapoint.
+
+    :param observed: True for observed sites only, False for latent sites only, None for all.
+    :returns: tensor broadcast to the trace's (particle, datapoint) batch shape.
+    """
+    trace.compute_log_prob()
+    total: torch.Tensor | float = 0.0
+    for site in trace.nodes.values():
+        if site["type"] != "sample" or site_is_subsample(site) or (observed is not None and site["is_observed"] != observed):
+            continue
+        _check_local(site)
+        total = total + site["log_prob"]
+    return total  # type: ignore[return-value]
+
+
+def traced_pair(
+    model: Callable, guide: Callable, *args: Any, num_particles: int = 1, **kwargs: Any
+) -> Tuple[Trace, Trace]:
+    """Run the guide and the model replayed on it, with ``num_particles`` vectorized particles."""
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-2):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return model_trace, guide_trace
+
+
+def log_importance_weights(
+    model: Callable, guide: Callable, *args: Any, num_particles: int = 1, **kwargs: Any
+) -> torch.Tensor:
+    """log w = log p(x, z) - log q(z|x), z ~ q(z|x), per particle and datapoint.
+
+    :returns: tensor of shape ``(num_particles, batch)``; unscaled by any subsampling.
+    """
+    model_trace, guide_trace = traced_pair(model, guide, *args, num_particles=num_particles, **kwargs)
+    log_w = site_log_probs(model_trace) - site_log_probs(guide_trace, observed=False)
+    x = args[0]  # the model's first argument is the data batch
+    return log_w.expand(num_particles, x.shape[0])
+
+
+def log_joint(model: Callable, latents: Dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """log p(x, z) per chain and datapoint, for latent values ``latents`` of shape (chains, batch, ...).
+
+    The chains dimension is an outer plate at ``dim=-2`` so that any number of chains per datapoint
+    vectorizes; this is the potential of the batched HMC kernel (up to sign).
+    """
+    chains = next(iter(latents.values())).shape[0]
+    with pyro.plate(PARTICLE_PLATE, chains, dim=-2):
+        trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(*args, **kwargs)
+    return site_log_probs(trace)
+
+
+def log_likelihood(model: Callable, latents: Dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """log p(x | z) per chain and datapoint (the observed sites only): AIS's tempered term."""
+    chains = next(iter(latents.values())).shape[0]
+    with pyro.plate(PARTICLE_PLATE, chains, dim=-2):
+        trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(*args, **kwargs)
+    return site_log_probs(trace, observed=True)

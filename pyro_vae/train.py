@@ -1,0 +1,295 @@
+"""The training loop: SGVB / SVI steps on minibatches, metrics, checkpoints and exact resume.
+
+One step: ``loss = objective.loss(vae, x_batch, idx, N)`` (an unbiased estimate of the negative
+full-data objective), backward, one optimizer step over all parameters. Data lives on the device
+for the whole run; the loss is read back to the host only every ``training.log_every`` steps (for
+the progress bar and the NaN check), never per step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .config import RunConfig, save as save_config
+from .datasets import Dataset, check_support, load_dataset
+from .errors import CheckpointError, ConfigError, TrainingError
+from .model import VAE, build_vae
+from .objectives import Objective
+from .optim import build_optimizer, build_scheduler
+from .registry import OBJECTIVES
+from .traces import log_importance_weights
+
+METRICS_NAME = "metrics.csv"
+METRIC_FIELDS = ["epoch", "step", "samples_seen", "train_elbo", "test_elbo", "lr", "epoch_seconds", "wall_seconds"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; ``cuda`` without a GPU is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {name!r} was asked for but no CUDA GPU is available to this torch "
+                f"({torch.__version__}); use --device cpu or --device auto."
+            )
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
+        return dev
+    return torch.device(name)
+
+
+def set_validation(enabled: bool) -> None:
+    """Distribution argument checks: useful for debugging, a measurable cost per step."""
+    pyro.enable_validation(enabled)
+    torch.distributions.Distribution.set_default_validate_args(enabled)
+
+
+@torch.no_grad()
+def elbo_per_datapoint(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Monte Carlo ELBO (one sample of q per datapoint): log p(x, z) - log q(z|x), per datapoint."""
+    out = [log_importance_weights(vae.model, vae.guide, xb, num_particles=1)[0] for xb in x.split(batch_size)]
+    return torch.cat(out)
+
+
+class Trainer:
+    """Builds everything a run needs from its config and trains it, writing into ``run_dir``.
+
+    :param data: an already-loaded data set (tests, examples); loaded from the config otherwise.
+    """
+
+    def __init__(self, config: RunConfig, run_dir: Path | str, data: Optional[Dataset] = None, progress: bool = True) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        set_validation(config.training.validate_distributions)
+        pyro.clear_param_store()  # pyro.module would otherwise reuse a previous model's parameters
+        torch.manual_seed(config.seed)
+
+        self.data = data if data is not None else load_dataset(config.data)
+        self.vae = build_vae(config.model, self.data.x_shape).to(self.device)
+        check_support(self.data, self.vae.likelihood, config.data.binarize)
+        self.objective: Objective = OBJECTIVES.build(config.objective.name, config.objective.options)
+        self.optimizer = build_optimizer(
+            config.optimizer.name, config.optimizer.options, list(self.vae.parameters()), config.objective.weight_prior_std
+        )
+        self.scheduler = build_scheduler(config.optimizer.schedule, self.optimizer)
+        self.x_train = self.data.x_train.to(self.device)
+        self.x_test = self.data.x_test.to(self.device)
+        self.shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.epoch = 0
+        self.step = 0
+        self.samples_seen = 0
+        self.wall_seconds = 0.0
+
+    # --- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        state = {
+            "vae": self.vae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "wall_seconds": self.wall_seconds,
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": self.shuffle_generator.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "config": self.config.to_dict(),
+            "x_shape": list(self.data.x_shape),
+        }
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        try:
+            self.vae.load_state_dict(state["vae"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler and state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(
+                f"the checkpoint does not fit this config's model/optimizer ({e}). Resume with the run's own "
+                "config.yaml, or start a new run folder."
+            ) from e
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.samples_seen, self.wall_seconds = int(state["samples_seen"]), float(state["wall_seconds"])
+        torch.set_rng_state(state["torch_rng"])
+        self.shuffle_generator.set_state(state["shuffle_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def resume(self) -> None:
+        self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT_NAME))
+
+    def save(self) -> None:
+        save_checkpoint(self.state_dict(), self.run_dir / CHECKPOINT_NAME)
+
+    # --- training ------------------------------------------------------------------------------
+    def _stop_reason(self) -> Optional[str]:
+        t = self.config.training
+        if t.sample_budget is not None and self.samples_seen >= t.sample_budget:
+            return "sample budget reached"
+        if t.epochs is not None and self.epoch >= t.epochs:
+            return "epochs done"
+        return None
+
+    def _write_metrics(self, row: Dict[str, Any]) -> None:
+        path = self.run_dir / METRICS_NAME
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def _check_finite(self, value: float, where: str) -> None:
+        if not math.isfinite(value):
+            ckpt = self.run_dir / CHECKPOINT_NAME
+            kept = f"the last good checkpoint ({ckpt}, epoch {self._saved_epoch}) is kept" if ckpt.exists() else "no checkpoint had been written yet"
+            raise TrainingError(
+                f"the loss became {value} ({where}); training stopped and {kept}. Try a smaller optimizer.lr, "
+                "optimizer clipped_adam, a weight prior (objective.weight_prior_std: 1.0), or a likelihood "
+                "min_std for Gaussian decoders; `--resume` continues from the checkpoint."
+            )
+
+    def prepare_run_dir(self, resume: bool) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = self.run_dir / CHECKPOINT_NAME
+        if resume:
+            self.resume()
+            # Metrics past the checkpoint (written before a crash) would be repeated: drop them.
+            self._truncate_metrics()
+        elif ckpt.exists():
+            raise CheckpointError(
+                f"{self.run_dir} already holds a run (checkpoint.pt). Pass --resume to continue it, or "
+                "choose another --run-dir."
+            )
+        elif (self.run_dir / METRICS_NAME).exists():
+            (self.run_dir / METRICS_NAME).unlink()
+        save_config(self.config, self.run_dir / "config.yaml")
+        info = {
+            "pyro_vae": __version__,
+            "torch": torch.__version__,
+            "pyro": pyro.__version__,
+            "device": str(self.device),
+            "data": self.data.info,
+            "x_shape": list(self.data.x_shape),
+            "num_parameters": sum(p.numel() for p in self.vae.parameters()),
+        }
+        (self.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+
+    def _truncate_metrics(self) -> None:
+        path = self.run_dir / METRICS_NAME
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= self.epoch]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def train(self, resume: bool = False) -> List[Dict[str, Any]]:
+        """Train until the config's epochs or sample budget; returns the metric rows of this call."""
+        self.prepare_run_dir(resume)
+        self._saved_epoch = self.epoch
+        cfg = self.config.training
+        n = self.x_train.shape[0]
+        rows = []
+        while self._stop_reason() is None:
+            rows.append(self._train_epoch(n, cfg))
+        if not rows or self._saved_epoch != self.epoch:
+            self.save()
+        return rows
+
+    def _train_epoch(self, n: int, cfg) -> Dict[str, Any]:
+        start = time.perf_counter()
+        vae, opt, objective = self.vae, self.optimizer, self.objective
+        dynamic = self.config.data.binarize == "dynamic"
+        perm = torch.randperm(n, generator=self.shuffle_generator).to(self.device)
+        batches = perm.split(cfg.batch_size)
+        budget = cfg.sample_budget
+        running = torch.zeros((), device=self.device)
+        epoch_sum = torch.zeros((), device=self.device)
+        seen_this_epoch = 0
+        bar = tqdm(total=len(batches), desc=f"epoch {self.epoch + 1}", disable=not self.progress, leave=False)
+        for i, idx in enumerate(batches):
+            x = self.x_train[idx]
+            if dynamic:
+                x = torch.bernoulli(x)
+            loss = objective.loss(vae, x, idx, n)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss = loss.detach()
+            running += loss
+            epoch_sum += loss * (idx.shape[0] / n)  # each minibatch loss estimates the full-data loss
+            self.step += 1
+            seen_this_epoch += idx.shape[0]
+            self.samples_seen += idx.shape[0]
+            if (i + 1) % cfg.log_every == 0:
+                value = running.item() / cfg.log_every  # the one host sync every log_every steps
+                self._check_finite(value, f"epoch {self.epoch + 1}, step {self.step}")
+                bar.set_postfix(elbo_per_point=f"{-value / n:.2f}")
+                running.zero_()
+            bar.update(1)
+            if budget is not None and self.samples_seen >= budget:
+                break
+        bar.close()
+        total = epoch_sum.item()
+        self._check_finite(total, f"epoch {self.epoch + 1}")
+        self.epoch += 1
+        train_elbo = -total / seen_this_epoch  # mean over the points seen of their ELBO estimates
+        epoch_seconds = time.perf_counter() - start
+        self.wall_seconds += epoch_seconds
+        test_elbo = float("nan")
+        if self.epoch % cfg.eval_every == 0 or self._stop_reason() is not None:
+            test_elbo = elbo_per_datapoint(vae, self.x_test, cfg.eval_batch_size).mean().item()
+        lr = opt.param_groups[0]["lr"]
+        if self.scheduler is not None:
+            self.scheduler.step()
+        row = dict(
+            epoch=self.epoch,
+            step=self.step,
+            samples_seen=self.samples_seen,
+            train_elbo=train_elbo,
+            test_elbo=test_elbo,
+            lr=lr,
+            epoch_seconds=round(epoch_seconds, 4),
+            wall_seconds=round(self.wall_seconds, 4),
+        )
+        self._write_metrics(row)
+        if self.progress:
+            tqdm.write(f"epoch {self.epoch}: train ELBO {train_elbo:.3f}  test ELBO {test_elbo:.3f}  ({epoch_seconds:.1f}s)")
+        if self.epoch % cfg.checkpoint_every == 0 or self._stop_reason() is not None:
+            self.save()
+            self._saved_epoch = self.epoch
+        return row
+
+
+def load_run(run_dir: Path | str, device: Optional[str] = None, data: Optional[Dataset] = None) -> Trainer:
+    """Rebuild a trained run (model, data, state) from its folder, for evaluation and plots."""
+    from .config import load as load_config
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `pyro-vae train` wrote.")
+    overrides = [f"device={device}"] if device else []
+    trainer = Trainer(load_config(cfg_path, overrides), run_dir, data=data, progress=False)
+    trainer.resume()
+    trainer.vae.eval()
+    return trainer
