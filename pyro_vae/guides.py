@@ -59,7 +59,7 @@ class FullNormal(Guide):
         diag = F.softplus(raw[..., d : 2 * d]) + 1e-5
         tril = torch.diag_embed(diag)
         if d > 1:
-            tril = tril.index_put((..., self.rows, self.cols), raw[..., 2 * d :])
+            tril[..., self.rows, self.cols] = raw[..., 2 * d :]  # tril is a fresh tensor: safe in place
         return dist.MultivariateNormal(loc, scale_tril=tril)
 
 

@@ -18,6 +18,11 @@ from .errors import ConfigError
 T = TypeVar("T", bound=Callable[..., Any])
 
 
+def _load_components() -> None:
+    """Entries register themselves when their module is imported; import them all on first lookup."""
+    from . import components  # noqa: F401
+
+
 class Registry(Generic[T]):
     """A name -> builder mapping for one kind of component (e.g. ``"prior"``).
 
@@ -41,12 +46,15 @@ class Registry(Generic[T]):
         return decorator
 
     def names(self) -> List[str]:
+        _load_components()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
+        _load_components()
         return name in self._entries
 
     def get(self, name: str) -> T:
+        _load_components()
         if name not in self._entries:
             hint = difflib.get_close_matches(name, self.names(), n=1)
             did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""

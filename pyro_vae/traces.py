@@ -12,7 +12,7 @@ any nonlinearity over particles (a log-sum-exp), never inside it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Collection, Dict, Tuple
 
 import pyro
 import pyro.poutine as poutine
@@ -33,16 +33,22 @@ def _check_local(site: Dict[str, Any]) -> None:
         )
 
 
-def site_log_probs(trace: Trace, observed: bool | None = None) -> torch.Tensor:
+def site_log_probs(trace: Trace, observed: bool | None = None, names: Collection[str] | None = None) -> torch.Tensor:
     """Sum of the unscaled log-probs of the trace's sample sites, per datapoint.
 
     :param observed: True for observed sites only, False for latent sites only, None for all.
+    :param names: if given, only these sites (a conditioned latent counts as observed in Pyro, so
+        conditioned traces select latents by name).
     :returns: tensor broadcast to the trace's (particle, datapoint) batch shape.
     """
     trace.compute_log_prob()
     total: torch.Tensor | float = 0.0
     for site in trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site) or (observed is not None and site["is_observed"] != observed):
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if observed is not None and site["is_observed"] != observed:
+            continue
+        if names is not None and site["name"] not in names:
             continue
         _check_local(site)
         total = total + site["log_prob"]
@@ -72,21 +78,37 @@ def log_importance_weights(
     return log_w.expand(num_particles, x.shape[0])
 
 
-def log_joint(model: Callable, latents: Dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
-    """log p(x, z) per chain and datapoint, for latent values ``latents`` of shape (chains, batch, ...).
+def log_densities(
+    model: Callable, latents: Dict[str, torch.Tensor], *args: Any, **kwargs: Any
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(log p(z), log p(x | z)) per chain and datapoint for latent values of shape (chains, batch, ...).
 
     The chains dimension is an outer plate at ``dim=-2`` so that any number of chains per datapoint
-    vectorizes; this is the potential of the batched HMC kernel (up to sign).
+    vectorizes. Their sum is the log joint, the (negative) potential of the batched HMC kernel;
+    AIS tempers the second term.
     """
     chains = next(iter(latents.values())).shape[0]
     with pyro.plate(PARTICLE_PLATE, chains, dim=-2):
         trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(*args, **kwargs)
-    return site_log_probs(trace)
+    log_prior = site_log_probs(trace, names=latents.keys())
+    return log_prior, site_log_probs(trace) - log_prior
 
 
-def log_likelihood(model: Callable, latents: Dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
-    """log p(x | z) per chain and datapoint (the observed sites only): AIS's tempered term."""
+def guide_log_prob(guide: Callable, latents: Dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """log q(z | x) per chain and datapoint at given latent values (chains, batch, ...)."""
     chains = next(iter(latents.values())).shape[0]
     with pyro.plate(PARTICLE_PLATE, chains, dim=-2):
-        trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(*args, **kwargs)
-    return site_log_probs(trace, observed=True)
+        trace = poutine.trace(poutine.condition(guide, data=latents)).get_trace(*args, **kwargs)
+    return site_log_probs(trace, names=latents.keys())
+
+
+def sample_latents(program: Callable, num_samples: int, *args: Any, **kwargs: Any) -> Dict[str, torch.Tensor]:
+    """Draw the latent sites of ``program`` (the model: from the prior; the guide: from q(z|x)),
+    vectorized over ``num_samples`` in the outer plate: values of shape (num_samples, batch, ...)."""
+    with pyro.plate(PARTICLE_PLATE, num_samples, dim=-2):
+        trace = poutine.trace(program).get_trace(*args, **kwargs)
+    return {
+        name: site["value"].expand((num_samples,) + site["fn"].batch_shape[-1:] + site["fn"].event_shape)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    }

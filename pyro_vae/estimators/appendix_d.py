@@ -1,0 +1,75 @@
+"""The marginal-likelihood estimator of AEVB Appendix D (Kingma & Welling 2013), for small z.
+
+1. Draw L samples from the posterior p(z|x) by HMC (batched kernel, chains per datapoint).
+2. Fit a density estimator q(z) to them: here a full-covariance Gaussian per datapoint (the paper
+   does not name its estimator; a Gaussian is the natural choice for the paper's Nz = 3).
+3. Draw L new posterior samples z_l and estimate
+
+       p(x) ~= [ (1/L) sum_l q(z_l) / (p(z_l) p(x|z_l)) ]^-1.
+
+This is a harmonic-mean-type (reciprocal importance sampling) estimator: it is consistent, and
+well behaved when q is narrower than the posterior, which a Gaussian fit to posterior samples
+usually is for small z. The paper evaluated with 4 leapfrog steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..model import VAE
+from ..traces import log_densities, sample_latents
+from .hmc import BatchedHMC, chain_diagnostics
+from .result import Estimate
+
+
+def hmc_marginal_likelihood(
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int = 50,
+    num_warmup: int = 200,
+    num_chains: int = 2,
+    num_leapfrog: int = 4,
+    step_size: float = 0.05,
+    target_accept: float = 0.9,
+    thin: int = 1,
+    jitter: float = 1e-6,
+) -> Estimate:
+    """AEVB App. D estimate of log p(x) per row of ``x``; ``num_samples`` per chain for the fit and
+    as many again for the estimate (chains start from q(z|x) to shorten warmup)."""
+
+    def potential(z: torch.Tensor) -> torch.Tensor:
+        prior, lik = log_densities(vae.model, {"z": z}, x)
+        return -(prior + lik)
+
+    with torch.no_grad():
+        z = sample_latents(vae.guide, num_chains, x)["z"]
+    kernel = BatchedHMC(potential, step_size=step_size, num_leapfrog=num_leapfrog, target_accept=target_accept)
+    fit_draws, _ = kernel.run(z, num_warmup, num_samples, thin)  # (S, C, B, D)
+    eval_draws, stats = kernel.run(fit_draws[-1], 0, num_samples, thin)
+
+    d = fit_draws.shape[-1]
+    pooled = fit_draws.permute(2, 0, 1, 3).reshape(x.shape[0], -1, d).double()  # (B, S*C, D)
+    mean = pooled.mean(1)
+    centred = pooled - mean.unsqueeze(1)
+    cov = centred.transpose(1, 2) @ centred / max(1, pooled.shape[1] - 1)
+    cov = cov + jitter * torch.eye(d, dtype=cov.dtype, device=cov.device)
+    q = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
+
+    zs = eval_draws.reshape(-1, x.shape[0], d)  # (S*C, B, D)
+    with torch.no_grad():
+        prior, lik = log_densities(vae.model, {"z": zs}, x)
+    log_ratio = q.log_prob(zs.double()) - (prior + lik).double()  # (S*C, B)
+    per_point = -(torch.logsumexp(log_ratio, 0) - math.log(log_ratio.shape[0]))
+    diagnostics = {"accept_mean": float(stats.accept_prob.mean()), "step_size_mean": float(stats.step_size.mean())}
+    diagnostics.update(chain_diagnostics(eval_draws))
+    return Estimate(
+        "hmc_appendix_d",
+        per_point.cpu(),
+        settings={
+            "num_samples": num_samples, "num_warmup": num_warmup, "num_chains": num_chains, "num_leapfrog": num_leapfrog,
+            "target_accept": target_accept, "thin": thin, "density_estimator": "full-covariance Gaussian",
+        },
+        diagnostics=diagnostics,
+    )

@@ -1,0 +1,41 @@
+"""The result of a log p(x) estimate: per-datapoint values, their mean, a standard error, and the
+settings that produced it (so that every reported number carries its estimator settings)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+import torch
+
+
+@dataclass
+class Estimate:
+    estimator: str
+    per_datapoint: torch.Tensor  # (n,) float64, nats
+    settings: Dict[str, Any]
+    diagnostics: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> float:
+        return float(self.per_datapoint.mean())
+
+    @property
+    def stderr(self) -> float:
+        """Standard error of the mean over datapoints: std / sqrt(n)."""
+        n = self.per_datapoint.numel()
+        return float(self.per_datapoint.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "estimator": self.estimator,
+            "value": self.mean,
+            "stderr": self.stderr,
+            "n": int(self.per_datapoint.numel()),
+            "settings": self.settings,
+            "diagnostics": self.diagnostics,
+        }
+
+    def __str__(self) -> str:
+        return f"{self.estimator}: {self.mean:.3f} +- {self.stderr:.3f} nats (n={self.per_datapoint.numel()})"

@@ -1,0 +1,140 @@
+"""Pictures of a run: ELBO curves, samples, reconstructions, the 2-D latent manifold (AEVB Fig. 4)
+and a latent scatter coloured by label. All written as PNG files with matplotlib's Agg backend."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .model import VAE  # noqa: E402
+
+
+def _image_shape(x_shape: Sequence[int]) -> Optional[tuple]:
+    shape = tuple(x_shape)
+    if len(shape) == 3 and shape[0] == 1:
+        return shape[1:]
+    if len(shape) == 2:
+        return shape
+    return None
+
+
+def image_grid(images: torch.Tensor, x_shape: Sequence[int], nrow: int) -> torch.Tensor:
+    """Tile ``(n, x_dim)`` images into one ``(H*rows, W*nrow)`` array (blank cells are zero)."""
+    h, w = _image_shape(x_shape)  # type: ignore[misc]
+    n = images.shape[0]
+    rows = (n + nrow - 1) // nrow
+    grid = torch.zeros(rows * h, nrow * w)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = images[i].reshape(h, w).clamp(0, 1)
+    return grid
+
+
+def _save_image(grid: torch.Tensor, path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / max(grid.shape[1], 1)))
+    ax.imshow(grid.cpu().numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_curves(metrics_csv: Path, path: Path) -> Path:
+    with open(metrics_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    samples = [float(r["samples_seen"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(samples, [float(r["train_elbo"]) for r in rows], label="train ELBO")
+    test = [(s, float(r["test_elbo"])) for s, r in zip(samples, rows) if r["test_elbo"] not in ("", "nan")]
+    if test:
+        ax.plot(*zip(*test), "o-", label="test ELBO")
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples evaluated")
+    ax.set_ylabel("ELBO per datapoint (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def plot_samples(vae: VAE, path: Path, n: int = 100, nrow: int = 10) -> Optional[Path]:
+    if _image_shape(vae.x_shape) is None:
+        return None
+    return _save_image(image_grid(vae.sample_means(n).cpu(), vae.x_shape, nrow), path, f"samples (E[x|z], z ~ p(z)), Nz={vae.z_dim}")
+
+
+@torch.no_grad()
+def plot_reconstructions(vae: VAE, x: torch.Tensor, path: Path, n: int = 10) -> Optional[Path]:
+    if _image_shape(vae.x_shape) is None:
+        return None
+    x = x[:n]
+    both = torch.cat([x.cpu(), vae.reconstruct(x).cpu()])
+    return _save_image(image_grid(both, vae.x_shape, n), path, "data (top) and reconstructions (bottom)")
+
+
+@torch.no_grad()
+def plot_manifold(vae: VAE, path: Path, n: int = 20) -> Optional[Path]:
+    """AEVB Fig. 4: a linearly spaced grid on the unit square mapped through the inverse Gaussian
+    CDF to z, with the decoder mean drawn at each point (only for z_dim = 2)."""
+    if vae.z_dim != 2 or _image_shape(vae.x_shape) is None:
+        return None
+    device = next(vae.parameters()).device
+    u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=device)
+    z1 = torch.distributions.Normal(0.0, 1.0).icdf(u)
+    z = torch.stack(torch.meshgrid(z1, z1.flip(0), indexing="xy"), dim=-1).reshape(-1, 2)
+    return _save_image(image_grid(vae.decode_means(z).cpu(), vae.x_shape, n), path, "learned 2-D manifold")
+
+
+@torch.no_grad()
+def plot_latents(vae: VAE, x: torch.Tensor, y: Optional[torch.Tensor], path: Path, n: int = 5000) -> Path:
+    """Means of q(z|x) for test points (first two principal axes if z_dim > 2), coloured by label."""
+    q = vae.encode(x[:n])
+    try:
+        z = q.mean
+    except NotImplementedError:
+        z = q.sample()
+    z = z.cpu()
+    if z.shape[1] > 2:
+        zc = z - z.mean(0)
+        _, _, v = torch.pca_lowrank(zc, q=2, center=False)
+        z = zc @ v[:, :2]
+    elif z.shape[1] == 1:
+        z = torch.cat([z, torch.zeros_like(z)], 1)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    c = None if y is None else y[:n].cpu().numpy()
+    sc = ax.scatter(z[:, 0].numpy(), z[:, 1].numpy(), c=c, s=3, cmap="tab10")
+    if c is not None:
+        fig.colorbar(sc, ax=ax, label="label")
+    ax.set_title("E_q[z|x] on test data" + (" (PCA)" if vae.z_dim > 2 else ""))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: Path, vae: VAE, x_test: torch.Tensor, y_test: Optional[torch.Tensor]) -> List[Path]:
+    """Every picture that applies to this run, written into ``run_dir/plots``."""
+    out = Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    metrics = Path(run_dir) / "metrics.csv"
+    if metrics.exists():
+        written.append(plot_curves(metrics, out / "elbo_curves.png"))
+    for p in (
+        plot_samples(vae, out / "samples.png"),
+        plot_reconstructions(vae, x_test, out / "reconstructions.png"),
+        plot_manifold(vae, out / "manifold.png"),
+        plot_latents(vae, x_test, y_test, out / "latents.png"),
+    ):
+        if p is not None:
+            written.append(p)
+    return written
