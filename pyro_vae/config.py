@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence
@@ -18,6 +19,28 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; resolve it as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no Python objects
 
 
 class Component(BaseModel):
@@ -160,7 +183,7 @@ def _read_file(path: Path) -> Dict[str, Any]:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml", ".json"):
-            data = yaml.safe_load(text)
+            data = _yaml_load(text)
         else:
             raise ConfigError(
                 f"config file {str(path)!r}: unknown extension {path.suffix!r}; use .yaml, .yml or .toml."
@@ -185,7 +208,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
         if not all(keys):
             raise ConfigError(f"--set {item!r}: empty key segment in {key!r}.")
         try:
-            value = yaml.safe_load(raw)
+            value = _yaml_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: value {raw!r} is not valid YAML: {e}") from e
         node = data

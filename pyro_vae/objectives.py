@@ -40,7 +40,10 @@ class ElboObjective(Objective):
         self.elbo = elbo
 
     def loss(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> torch.Tensor:
-        return self.elbo.differentiable_loss(vae.model, vae.guide, x, idx, num_data)
+        # num_data goes as a keyword: Pyro's JIT treats keywords as static (an int cannot be traced).
+        if idx is None:
+            return self.elbo.differentiable_loss(vae.model, vae.guide, x, num_data=num_data)
+        return self.elbo.differentiable_loss(vae.model, vae.guide, x, idx, num_data=num_data)
 
 
 class IWAEObjective(Objective):

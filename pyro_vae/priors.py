@@ -78,6 +78,16 @@ class MixtureOfGaussians(Prior):
         return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), comp)
 
 
+class _ExpandedMixture(dist.MixtureSameFamily):
+    """MixtureSameFamily that hands its components points expanded to ``(..., K, D)`` rather than
+    broadcast from ``(..., 1, D)``: conditional flows (IAF guides) cannot broadcast their context."""
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        x = super()._pad(x)
+        k = self._num_component
+        return x.expand(x.shape[: -1 - self._event_ndims] + (k,) + x.shape[x.dim() - self._event_ndims :])
+
+
 class VampPrior(Prior):
     """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k), u_k learned pseudo-inputs.
 
@@ -95,7 +105,7 @@ class VampPrior(Prior):
             raise ValueError("the VampPrior needs the encoder: build it through pyro_vae.model.VAE")
         q_u = encode(torch.sigmoid(self.pseudo_logits))  # batch (K,), event (z_dim,)
         weights = torch.zeros(self.pseudo_logits.shape[0], device=self.pseudo_logits.device)
-        return dist.MixtureSameFamily(dist.Categorical(logits=weights), q_u)
+        return _ExpandedMixture(dist.Categorical(logits=weights), q_u)
 
 
 @PRIORS.register("standard_normal")

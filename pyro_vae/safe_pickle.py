@@ -22,6 +22,7 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how Python 3 writes bytes into protocol-2 pickles; interpreted, not imported
 }
 
 
@@ -118,6 +119,8 @@ def load_arrays(data: bytes) -> Any:
                     stack.append(_ArraySpec())
                 elif fn.name == "dtype":
                     stack.append(_DTypeSpec(args[0]))
+                elif fn.name == "encode" and len(args) == 2 and args[1] == "latin1" and isinstance(args[0], str):
+                    stack.append(args[0].encode("latin-1"))
                 else:
                     raise DataError(f"refusing to load this pickle: it calls {fn.module}.{fn.name}")
             elif name == "BUILD":

@@ -1,0 +1,165 @@
+"""The ``pyro-vae`` command line: train, evaluate, sample, plot, data fetch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import PyroVAEError
+
+
+def _config_path(arg: str) -> Path:
+    p = Path(arg)
+    return p / "config.yaml" if p.is_dir() else p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load
+    from .train import Trainer
+
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"device={args.device}")
+    config = load(_config_path(args.config), overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else (Path(args.config) if Path(args.config).is_dir() else Path("runs") / config.name)
+    trainer = Trainer(config, run_dir, progress=not args.no_progress)
+    rows = trainer.train(resume=args.resume)
+    last = rows[-1] if rows else None
+    print(f"run folder: {run_dir}")
+    if last:
+        print(f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.3f}, test ELBO {last['test_elbo']:.3f} nats per datapoint")
+    if args.evaluate:
+        from .evaluate import evaluate_run
+
+        ev = config.evaluation
+        result = evaluate_run(run_dir, ev.estimator, ev.k, ev.split, ev.n, config.seed, args.device, ev.memory_gb, progress=not args.no_progress)
+        _print_result(result)
+    return 0
+
+
+def _print_result(result: dict) -> None:
+    settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items())
+    print(
+        f"{result['estimator']} on {result['split']} (n={result['n']}, binarize={result['data'].get('binarize')}): "
+        f"log p(x) = {result['value']:.3f} +- {result['stderr']:.3f} nats [{settings}] -> {result['path']}"
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    result = evaluate_run(
+        args.run, args.estimator, args.k, args.split, args.n, args.seed, args.device, args.memory_gb,
+        ais_steps=args.ais_steps, ais_chains=args.ais_chains, ais_start=args.ais_start, hmc_samples=args.hmc_samples,
+        progress=not args.no_progress, out=args.out,
+    )
+    _print_result(result)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .plotting import plot_samples
+    from .train import load_run
+
+    trainer = load_run(args.run, device=args.device)
+    torch.manual_seed(args.seed)
+    out = Path(args.out) if args.out else Path(args.run) / "samples.png"
+    if plot_samples(trainer.vae, out, n=args.n, nrow=int(args.n**0.5) or 1) is None:
+        out = out.with_suffix(".npy")
+        np.save(out, trainer.vae.sample_means(args.n).cpu().numpy())
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plotting import plot_run
+    from .train import load_run
+
+    trainer = load_run(args.run, device=args.device)
+    for p in plot_run(Path(args.run), trainer.vae, trainer.x_test, trainer.data.y_test):
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from .config import DataConfig
+    from .datasets import load_dataset
+
+    data = load_dataset(DataConfig(name=args.name, root=args.root, download=True))
+    print(f"{args.name}: {data.x_train.shape[0]} train / {data.x_test.shape[0]} test points of shape {data.x_shape}; {data.info.get('source', '')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders in Pyro (AEVB) with honest log p(x).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a config file")
+    t.add_argument("config", help="config file (.yaml/.toml), or a run folder to resume")
+    t.add_argument("--run-dir", help="output folder (default runs/<config name>)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set model.z_dim=2")
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    t.add_argument("--device", help="cpu, cuda, cuda:N or auto (overrides the config)")
+    t.add_argument("--evaluate", action="store_true", help="after training, estimate log p(x) as the config's evaluation section says")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("evaluate", help="estimate log p(x) of a trained run")
+    e.add_argument("run", help="run folder")
+    e.add_argument("--estimator", default="iwae", choices=["elbo", "iwae", "ais", "hmc"])
+    e.add_argument("--k", type=int, default=5000, help="IWAE particles (default 5000)")
+    e.add_argument("--split", default="test", choices=["test", "train"])
+    e.add_argument("--n", type=int, help="evaluate the first n points only")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device")
+    e.add_argument("--memory-gb", type=float, default=2.0, help="memory cap for IWAE chunks")
+    e.add_argument("--ais-steps", type=int, default=1000)
+    e.add_argument("--ais-chains", type=int, default=16)
+    e.add_argument("--ais-start", default="prior", choices=["prior", "encoder"])
+    e.add_argument("--hmc-samples", type=int, default=50, help="posterior draws per chain for --estimator hmc (AEVB App. D)")
+    e.add_argument("--out", help="JSON output path (default RUN/eval_<estimator>_<split>.json)")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("sample", help="draw samples from a trained model (PNG grid)")
+    s.add_argument("run")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out")
+    s.add_argument("--device")
+    s.set_defaults(fn=cmd_sample)
+
+    pl = sub.add_parser("plot", help="write PNGs: ELBO curves, samples, reconstructions, manifold, latents")
+    pl.add_argument("run")
+    pl.add_argument("--device")
+    pl.set_defaults(fn=cmd_plot)
+
+    d = sub.add_parser("data", help="data sets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="download and cache a data set")
+    f.add_argument("name", help="mnist, fashion-mnist, frey-face")
+    f.add_argument("--root", help="data folder (default $PYRO_VAE_DATA or ~/.cache/pyro_vae)")
+    f.set_defaults(fn=cmd_data_fetch)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except PyroVAEError as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+import pytest
+
+from pyro_vae import config as C
+from pyro_vae.errors import ConfigError
+from pyro_vae.registry import PRIORS
+
+from .conftest import tiny_config, tiny_config_dict
+
+
+def test_shipped_configs_validate():
+    for name in ("aevb_mnist.yaml", "aevb_frey.yaml", "tiny.yaml"):
+        cfg = C.load(f"configs/{name}")
+        assert cfg.model.z_dim > 0
+    paper = C.load("configs/aevb_mnist.yaml")
+    assert paper.model.encoder.options["hidden"] == [500]
+    assert paper.optimizer.name == "adagrad" and paper.optimizer.options["lr"] == 0.02
+    assert paper.objective.name == "trace_meanfield" and paper.data.binarize == "dynamic"
+    assert paper.training.batch_size == 100
+
+
+def test_unknown_prior_lists_valid_names():
+    with pytest.raises(ConfigError) as e:
+        tiny_config(model={"z_dim": 2, "prior": {"name": "standard_normall"}})
+    msg = str(e.value)
+    assert "standard_normal" in msg and "vamp" in msg and "Did you mean" in msg
+
+
+def test_unknown_option_lists_valid_options():
+    with pytest.raises(ConfigError, match="has no option.*'df'.*Its options are: scale"):
+        tiny_config(model={"z_dim": 2, "prior": {"name": "laplace", "df": 3}})
+
+
+def test_unknown_key_and_bad_type_are_named():
+    with pytest.raises(ConfigError, match="training.epochz: unknown key"):
+        tiny_config(training={"epochz": 3})
+    with pytest.raises(ConfigError, match="model.z_dim"):
+        tiny_config(model={"z_dim": "twenty"})
+    with pytest.raises(ConfigError, match="data.binarize"):
+        tiny_config(data={"binarize": "sometimes"})
+    with pytest.raises(ConfigError, match="device"):
+        tiny_config(device="tpu")
+
+
+def test_overrides_and_files(tmp_path):
+    p = tmp_path / "c.yaml"
+    C.save(tiny_config(), p)
+    cfg = C.load(p, ["model.z_dim=3", "model.prior.name=student_t", "optimizer.lr=1e-3", "model.encoder.hidden=[4, 4]"])
+    assert cfg.model.z_dim == 3 and cfg.model.prior.name == "student_t"
+    assert cfg.optimizer.options["lr"] == 1e-3 and cfg.model.encoder.options["hidden"] == [4, 4]
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        C.load(p, ["model.z_dim"])
+    toml = tmp_path / "c.toml"
+    toml.write_text('name = "t"\n[model]\nz_dim = 4\n[data]\nname = "synthetic"\n')
+    assert C.load(toml).model.z_dim == 4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        C.load(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        C.load(tmp_path / "missing.yaml")
+    (tmp_path / "c.ini").write_text("[model]\n")
+    with pytest.raises(ConfigError, match="unknown extension"):
+        C.load(tmp_path / "c.ini")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = tiny_config(model={"z_dim": 2, "prior": {"name": "mixture_of_gaussians", "components": 3}})
+    C.save(cfg, tmp_path / "r.yaml")
+    again = C.load(tmp_path / "r.yaml")
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_registry_options_exclude_context():
+    assert "z_dim" not in PRIORS.options("vamp") and "components" in PRIORS.options("vamp")
+    assert tiny_config_dict()["model"]["z_dim"] == 2

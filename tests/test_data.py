@@ -1,0 +1,161 @@
+import gzip
+import hashlib
+import pickle
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from pyro_vae import datasets as D
+from pyro_vae.config import DataConfig
+from pyro_vae.errors import DataError
+from pyro_vae.likelihoods import Bernoulli, ContinuousBernoulli
+from pyro_vae.safe_pickle import load_arrays
+
+
+def _mnist_like_pickle(path, n=(5, 3, 4), protocol=2):
+    rng = np.random.default_rng(0)
+    parts = tuple((rng.random((k, 784), dtype=np.float32), rng.integers(0, 10, k).astype(np.int64)) for k in n)
+    with gzip.open(path, "wb") as f:
+        pickle.dump(parts, f, protocol=protocol)
+    return parts
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_safe_pickle_reads_numpy_arrays(tmp_path, protocol):
+    path = tmp_path / "mnist.pkl.gz"
+    parts = _mnist_like_pickle(path, protocol=protocol)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    arrays = D.read_mnist_pickle(path, expected_sha256=sha)
+    np.testing.assert_array_equal(arrays["x_train"], parts[0][0])
+    np.testing.assert_array_equal(arrays["y_test"], parts[2][1])
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /tmp/pyro_vae_pwned",))
+
+
+def test_pickle_with_code_is_rejected(tmp_path):
+    payload = pickle.dumps(((_Evil(), 1),), protocol=2)
+    with pytest.raises(DataError, match="refusing to load this pickle.*(posix|os).system"):
+        load_arrays(payload)
+    path = tmp_path / "mnist.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(payload)
+    with pytest.raises(DataError, match="refusing"):
+        D.read_mnist_pickle(path, expected_sha256=None)
+
+
+def test_bad_checksum_is_a_clear_error(tmp_path):
+    path = tmp_path / "mnist.pkl.gz"
+    _mnist_like_pickle(path)
+    with pytest.raises(DataError, match="checksum mismatch.*pyro-vae data fetch mnist"):
+        D.read_mnist_pickle(path)  # the real MNIST checksum
+
+
+def test_mnist_from_local_pickle_and_cache(tmp_path, monkeypatch):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    _mnist_like_pickle(folder / "mnist.pkl.gz")
+    # A local file with the wrong checksum is refused, never silently used.
+    with pytest.raises(DataError, match="checksum"):
+        D.mnist(root=tmp_path, download=False)
+    monkeypatch.setattr(D, "MNIST_SHA256", hashlib.sha256((folder / "mnist.pkl.gz").read_bytes()).hexdigest())
+    monkeypatch.setattr(D.read_mnist_pickle, "__defaults__", (D.MNIST_SHA256,))
+    data = D.mnist(root=tmp_path, download=False)
+    assert data.x_train.shape == (5, 784) and data.x_test.shape == (4, 784) and data.x_shape == (1, 28, 28)
+    assert (folder / "mnist.npz").exists()
+
+
+def test_missing_mnist_without_download_says_what_to_do(tmp_path):
+    with pytest.raises(DataError, match="pyro-vae data fetch mnist"):
+        D.mnist(root=tmp_path, download=False)
+
+
+def _write_frey(path, n=20):
+    rng = np.random.default_rng(0)
+    ff = rng.integers(0, 256, (560, n)).astype(np.uint8)
+    scipy.io.savemat(str(path), {"ff": ff})
+    return ff
+
+
+def test_frey_face_loader_on_small_mat(tmp_path):
+    folder = tmp_path / "frey-face"
+    folder.mkdir()
+    ff = _write_frey(folder / "frey_rawface.mat")
+    data = D.frey_face(root=tmp_path, download=False, train_size=15)
+    assert data.x_shape == (1, 28, 20) and data.x_train.shape == (15, 560) and data.x_test.shape == (5, 560)
+    np.testing.assert_allclose(data.x_train[0].numpy(), ff[:, 0] / 256.0, rtol=1e-6)
+    assert (folder / "frey_rawface.mat.sha256").exists()
+    # A changed file no longer matches its first-use checksum.
+    _write_frey(folder / "frey_rawface.mat", n=21)
+    with pytest.raises(DataError, match="changed since first use"):
+        D.frey_face(root=tmp_path, download=False, train_size=15)
+    with pytest.raises(DataError, match="checksum mismatch"):
+        D.frey_face(root=tmp_path, download=False, train_size=15, sha256="0" * 64)
+
+
+def test_frey_face_wrong_shape_and_missing(tmp_path):
+    scipy.io.savemat(str(tmp_path / "bad.mat"), {"ff": np.zeros((100, 3), np.uint8)})
+    with pytest.raises(DataError, match="expected \\(560, n_images\\)"):
+        D.frey_face(root=tmp_path, download=False, path=str(tmp_path / "bad.mat"))
+    with pytest.raises(DataError, match="does not exist.*frey_rawface.mat"):
+        D.frey_face(root=tmp_path, download=False)
+
+
+def test_npz_loader_and_errors(tmp_path):
+    x = np.random.default_rng(0).random((50, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(50))
+    data = D.npz(root=tmp_path, download=False, path=str(tmp_path / "d.npz"), test_fraction=0.2)
+    assert data.x_train.shape == (40, 16) and data.x_shape == (4, 4) and data.y_test.shape == (10,)
+    np.savez(tmp_path / "noxs.npz", images=x)
+    with pytest.raises(DataError, match="needs 'x'"):
+        D.npz(root=tmp_path, download=False, path=str(tmp_path / "noxs.npz"))
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="no pickled objects"):
+        D.npz(root=tmp_path, download=False, path=str(tmp_path / "obj.npz"))
+    with pytest.raises(DataError, match="does not exist"):
+        D.npz(root=tmp_path, download=False, path=str(tmp_path / "none.npz"))
+
+
+def test_idx_reader(tmp_path):
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(tmp_path / "a-idx3-ubyte.gz", "wb") as f:
+        f.write(header + arr.tobytes())
+    np.testing.assert_array_equal(D.read_idx(tmp_path / "a-idx3-ubyte.gz"), arr)
+    (tmp_path / "trunc").write_bytes(header + arr.tobytes()[:5])
+    with pytest.raises(DataError, match="truncated"):
+        D.read_idx(tmp_path / "trunc")
+
+
+def test_binarization_is_recorded_and_seeded(tmp_path):
+    np.savez(tmp_path / "g.npz", x=np.random.default_rng(0).random((30, 9)).astype(np.float32))
+    cfg = DataConfig(name="npz", path=str(tmp_path / "g.npz"), binarize="static", binarize_seed=3)
+    a, b = D.load_dataset(cfg), D.load_dataset(cfg)
+    assert torch.equal(a.x_train, b.x_train) and set(a.x_train.unique().tolist()) <= {0.0, 1.0}
+    assert a.info["binarize"] == "static" and a.info["binarize_seed"] == 3
+    dyn = D.load_dataset(cfg.model_copy(update={"binarize": "dynamic"}))
+    assert not set(dyn.x_train.unique().tolist()) <= {0.0, 1.0}  # resampled per minibatch instead
+    assert set(dyn.x_test.unique().tolist()) <= {0.0, 1.0} and "static" in dyn.info["test_binarization"]
+
+
+def test_support_errors_name_the_fix(tmp_path):
+    x = torch.rand(20, 9)
+    data = D.Dataset("grey", x[:10], x[10:], (9,))
+    with pytest.raises(DataError, match="not binary.*data.binarize"):
+        D.check_support(data, Bernoulli(9), "none")
+    dynamic = D.Dataset("grey", x[:10], torch.bernoulli(x[10:]), (9,))  # as load_dataset leaves it
+    D.check_support(dynamic, Bernoulli(9), "dynamic")  # train binarized per minibatch: fine
+    bad = D.Dataset("big", x[:10] * 3, x[10:], (9,))
+    with pytest.raises(DataError, match="outside \\[0, 1\\]"):
+        D.check_support(bad, ContinuousBernoulli(9), "none")
+    with pytest.raises(DataError, match="features"):
+        D.check_support(data, Bernoulli(5), "dynamic")
+    with pytest.raises(DataError, match="grey levels in \\[0, 1\\]"):
+        np.savez(tmp_path / "big.npz", x=np.full((10, 3), 5.0, np.float32))
+        D.load_dataset(DataConfig(name="npz", path=str(tmp_path / "big.npz"), binarize="static"))
