@@ -6,7 +6,7 @@ every prior, likelihood and guide in the registry without special cases.
 
 Conventions: the model and guide put every sample site inside a plate named ``"data"`` at
 ``dim=-1``. Particles / chains are vectorized with an outer plate at ``dim=-2``. Log-probs are
-read *unscaled* (``site["log_prob"]``): the subsample scale N/M of the data plate must act after
+read *unscaled* (``site["unscaled_log_prob"]``; Pyro's ``site["log_prob"]`` is already scaled): the subsample scale N/M of the data plate must act after
 any nonlinearity over particles (a log-sum-exp), never inside it.
 """
 
@@ -18,6 +18,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.trace_struct import Trace
+from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
 DATA_PLATE = "data"
@@ -51,7 +52,8 @@ def site_log_probs(trace: Trace, observed: bool | None = None, names: Collection
         if names is not None and site["name"] not in names:
             continue
         _check_local(site)
-        total = total + site["log_prob"]
+        # site["log_prob"] carries the subsample scale N/M; the unscaled value (masked) is wanted.
+        total = total + scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
     return total  # type: ignore[return-value]
 
 

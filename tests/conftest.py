@@ -26,7 +26,8 @@ def tiny_config_dict(**sections: Any) -> Dict[str, Any]:
         "training": {"epochs": 1, "batch_size": 20, "log_every": 1},
     }
     for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        renamed = isinstance(value, dict) and "name" in value and value["name"] != base.get(key, {}).get("name", value["name"])
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and not renamed:
             merged = copy.deepcopy(base[key])
             merged.update(value)
             base[key] = merged

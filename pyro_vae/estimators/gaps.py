@@ -33,7 +33,8 @@ def optimise_local_gaussians(vae: VAE, x: torch.Tensor, steps: int = 300, lr: fl
             q = vae.encode(x).base_dist
             loc0, log_scale0 = q.loc.clone(), q.scale.log().clone()
         else:
-            loc0, log_scale0 = torch.zeros(n, d, device=x.device), torch.zeros(n, d, device=x.device)
+            loc0 = torch.zeros(n, d, device=x.device, dtype=x.dtype)
+            log_scale0 = torch.zeros_like(loc0)
     loc = loc0.requires_grad_(True)
     log_scale = log_scale0.requires_grad_(True)
 

@@ -1,0 +1,117 @@
+import math
+
+import pytest
+import torch
+
+from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.errors import CheckpointError, ConfigError, TrainingError
+from pyro_vae.train import Trainer, load_run
+
+from .conftest import tiny_config
+
+
+def _params(trainer):
+    return [p.detach().clone() for p in trainer.vae.parameters()]
+
+
+@pytest.mark.parametrize("binarize", ["none", "dynamic"])
+def test_resume_is_exact(tmp_path, binarize):
+    """2 epochs in one go == 1 epoch + resume for 1 more: identical parameters (same seed, CPU)."""
+    data = {"binarize": binarize}
+    lik = {"name": "gaussian", "variance": "learned"} if binarize == "none" else {"name": "bernoulli"}
+    extra = {"data": {"name": "npz", "path": str(tmp_path / "d.npz")}} if binarize != "none" else {}
+    if binarize != "none":
+        import numpy as np
+
+        np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((80, 6)).astype(np.float32))
+    mk = lambda epochs: tiny_config(  # noqa: E731
+        data={**extra.get("data", {}), **data},
+        model={"z_dim": 2, "likelihood": lik},
+        optimizer={"name": "adagrad", "lr": 0.05, "schedule": {"name": "exponential", "gamma": 0.9}},
+        training={"epochs": epochs, "batch_size": 16},
+    )
+    full = Trainer(mk(2), tmp_path / "full", progress=False)
+    full.train()
+    first = Trainer(mk(1), tmp_path / "split", progress=False)
+    first.train()
+    torch.manual_seed(123)  # whatever happens in between must not matter
+    second = Trainer(mk(2), tmp_path / "split", progress=False)
+    second.train(resume=True)
+    for a, b in zip(_params(full), _params(second)):
+        assert torch.equal(a, b)
+    assert second.epoch == 2 and second.samples_seen == full.samples_seen
+    assert (tmp_path / "split" / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs
+
+
+def test_existing_run_needs_resume(tmp_path):
+    Trainer(tiny_config(), tmp_path / "r", progress=False).train()
+    with pytest.raises(CheckpointError, match="--resume"):
+        Trainer(tiny_config(), tmp_path / "r", progress=False).train()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(training={"epochs": 3, "batch_size": 20})
+    trainer = Trainer(cfg, tmp_path / "r", progress=False)
+    trainer.config.training.epochs = 1
+    trainer.train()
+    good = load_checkpoint(tmp_path / "r")
+    trainer.config.training.epochs = 3
+    with torch.no_grad():
+        trainer.vae.decoder[0].weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="loss became nan.*last good checkpoint.*epoch 1"):
+        trainer._train_epoch(trainer.x_train.shape[0], trainer.config.training)
+    kept = load_checkpoint(tmp_path / "r")
+    assert kept["epoch"] == good["epoch"] == 1
+    for k, v in good["vae"].items():
+        assert torch.equal(v, kept["vae"][k])
+
+
+def test_checkpoint_is_atomic_and_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"x": torch.ones(2)}, path)
+    assert not (tmp_path / "checkpoint.pt.tmp").exists()
+    assert torch.equal(load_checkpoint(path)["x"], torch.ones(2))
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format_version": 1, "evil": Payload()}, path)
+    with pytest.raises(CheckpointError, match="refused for safety"):
+        load_checkpoint(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_cuda_asked_without_gpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="no CUDA GPU.*--device cpu"):
+        Trainer(tiny_config(device="cuda"), tmp_path / "r", progress=False)
+
+
+def test_sample_budget_and_metrics(tmp_path):
+    trainer = Trainer(tiny_config(training={"epochs": None, "sample_budget": 100, "batch_size": 20}), tmp_path / "r", progress=False)
+    rows = trainer.train()
+    assert trainer.samples_seen == 100 and len(rows) == 2  # 60 points per epoch: 60 + 40
+    assert all(math.isfinite(r["test_elbo"]) for r in rows)
+    reloaded = load_run(tmp_path / "r")
+    assert reloaded.samples_seen == 100
+    for a, b in zip(_params(trainer), _params(reloaded)):
+        assert torch.equal(a, b)
+
+
+def test_training_improves_the_elbo(tmp_path):
+    cfg = tiny_config(data={"n_train": 300}, training={"epochs": 15, "batch_size": 30})
+    rows = Trainer(cfg, tmp_path / "r", progress=False).train()
+    assert rows[-1]["test_elbo"] > rows[0]["test_elbo"] + 1.0
+
+
+def test_checkpoint_from_other_model_is_rejected(tmp_path):
+    Trainer(tiny_config(), tmp_path / "r", progress=False).train()
+    other = Trainer(tiny_config(model={"z_dim": 3}), tmp_path / "r", progress=False)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        other.resume()
