@@ -1,0 +1,115 @@
+"""Training speed: pyro-vae's SVI step against a plain PyTorch VAE of the same math, same run.
+
+Both train the paper's MLP (784-H-Nz, tanh) with a Bernoulli decoder and the analytic-KL ELBO
+(``trace_meanfield``), Adagrad, on the same binarized data, one epoch at a time, interleaved
+(A B A B ...). Prints median seconds per epoch, steps/s, the ratio, the time of the first step
+and the last ELBO of each (the two must agree within noise: same math, same seeds).
+
+    python benchmarks/bench_train.py --epochs 3 --n 10000 --batch 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyro_vae import config as C
+from pyro_vae.datasets import Dataset
+from pyro_vae.train import Trainer
+
+
+class PlainVAE(nn.Module):
+    def __init__(self, x_dim: int, hidden: int, z_dim: int, act: type) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(x_dim, hidden), act(), nn.Linear(hidden, 2 * z_dim))
+        self.dec = nn.Sequential(nn.Linear(z_dim, hidden), act(), nn.Linear(hidden, x_dim))
+        self.z_dim = z_dim
+
+    def loss(self, x: torch.Tensor, num_data: int) -> torch.Tensor:
+        h = self.enc(x)
+        mu, log_var = h[:, : self.z_dim], h[:, self.z_dim :]
+        z = mu + torch.randn_like(mu) * (0.5 * log_var).exp()
+        rec = -F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
+        kl = -0.5 * (1 + log_var - mu**2 - log_var.exp()).sum(-1)
+        return -(rec - kl).sum() * (num_data / x.shape[0])
+
+
+def plain_epoch(vae: PlainVAE, opt, x: torch.Tensor, batch: int, gen: torch.Generator) -> float:
+    n = x.shape[0]
+    total = torch.zeros(())
+    for idx in torch.randperm(n, generator=gen).split(batch):
+        loss = vae.loss(x[idx], n)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach() * (idx.shape[0] / n)
+    return -total.item() / n
+
+
+def main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.rand(args.n, 784, generator=g) * 0.3, generator=g)
+    data = Dataset("bench", x, x[:1000], (1, 28, 28))
+    act_name = args.activation
+    cfg = C.from_dict({
+        "name": "bench", "device": "cpu", "data": {"name": "synthetic"},
+        "model": {"z_dim": args.z, "likelihood": {"name": "bernoulli"},
+                  "encoder": {"name": "mlp", "hidden": [args.hidden], "activation": act_name},
+                  "decoder": {"name": "mlp", "hidden": [args.hidden], "activation": act_name}},
+        "objective": {"name": args.objective}, "optimizer": {"name": "adagrad", "lr": 0.02},
+        "training": {"epochs": 10**6, "batch_size": args.batch, "eval_every": 10**6, "log_every": 10**6, "checkpoint_every": 10**6},
+    })
+    t0 = time.perf_counter()
+    ours = Trainer(cfg, tempfile.mkdtemp(prefix="pyro_vae_bench_"), data=data, progress=False)
+    idx0 = torch.arange(args.batch)
+    loss = ours.objective.loss(ours.vae, x[idx0], idx0, args.n)
+    loss.backward()
+    ours.optimizer.step()
+    first_ours = time.perf_counter() - t0
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    act = {"tanh": nn.Tanh, "relu": nn.ReLU}[act_name]
+    plain = PlainVAE(784, args.hidden, args.z, act)
+    plain_opt = torch.optim.Adagrad(plain.parameters(), lr=0.02, foreach=True)
+    plain.loss(x[:args.batch], args.n).backward()
+    plain_opt.step()
+    first_plain = time.perf_counter() - t0
+
+    gen = torch.Generator().manual_seed(1)
+    t_ours, t_plain, elbo_ours, elbo_plain = [], [], float("nan"), float("nan")
+    for _ in range(args.epochs):
+        s = time.perf_counter()
+        row = ours._train_epoch(args.n, ours.config.training)
+        t_ours.append(time.perf_counter() - s)
+        elbo_ours = row["train_elbo"]
+        s = time.perf_counter()
+        elbo_plain = plain_epoch(plain, plain_opt, x, args.batch, gen)
+        t_plain.append(time.perf_counter() - s)
+    steps = (args.n + args.batch - 1) // args.batch
+    mo, mp = statistics.median(t_ours), statistics.median(t_plain)
+    print(f"device cpu ({args.threads} threads), 784-{args.hidden}-{args.z} {act_name}, batch {args.batch}, objective {args.objective}, n {args.n}")
+    print(f"{'':12s}{'s/epoch':>10s}{'steps/s':>10s}{'first step s':>14s}{'train ELBO':>12s}")
+    print(f"{'pyro-vae':12s}{mo:10.3f}{steps / mo:10.1f}{first_ours:14.3f}{elbo_ours:12.2f}")
+    print(f"{'plain torch':12s}{mp:10.3f}{steps / mp:10.1f}{first_plain:14.3f}{elbo_plain:12.2f}")
+    print(f"ratio pyro-vae / plain torch: {mo / mp:.3f}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--n", type=int, default=10000)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--hidden", type=int, default=500)
+    p.add_argument("--z", type=int, default=20)
+    p.add_argument("--activation", default="tanh", choices=["tanh", "relu"])
+    p.add_argument("--objective", default="trace_meanfield")
+    p.add_argument("--threads", type=int, default=2)
+    main(p.parse_args())

@@ -1,0 +1,15 @@
+"""The benchmark scripts' code paths on tiny sizes (speed itself is never asserted in tests)."""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+
+def test_training_benchmark_runs_on_tiny_data(capsys):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(argparse.Namespace(epochs=1, n=200, batch=50, hidden=16, z=2, activation="relu", objective="trace", threads=1))
+    out = capsys.readouterr().out
+    assert "ratio pyro-vae / plain torch" in out and "plain torch" in out
