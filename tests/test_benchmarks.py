@@ -13,3 +13,12 @@ def test_training_benchmark_runs_on_tiny_data(capsys):
     mod.main(argparse.Namespace(epochs=1, n=200, batch=50, hidden=16, z=2, activation="relu", objective="trace", threads=1))
     out = capsys.readouterr().out
     assert "ratio pyro-vae / plain torch" in out and "plain torch" in out
+
+
+def test_iwae_benchmark_runs_on_tiny_data(capsys):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_iwae.py"
+    spec = importlib.util.spec_from_file_location("bench_iwae", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(argparse.Namespace(k=10, n=4, repeats=1, memory_gb=0.01, threads=1, random=True))
+    assert "ratio pyro-vae / matmul bound" in capsys.readouterr().out
