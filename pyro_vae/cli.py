@@ -41,6 +41,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_result(result: dict) -> None:
+    if result["estimator"] == "gaps":
+        gaps = ", ".join(f"{k} {v:.3f}" for k, v in result["summary"].items())
+        print(f"gaps on {result['split']} (n={result['n']}; log p(x) from {result['settings']['log_px_from']}): {gaps} nats -> {result['path']}")
+        return
     settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items())
     print(
         f"{result['estimator']} on {result['split']} (n={result['n']}, binarize={result['data'].get('binarize')}): "
@@ -112,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="estimate log p(x) of a trained run")
     e.add_argument("run", help="run folder")
-    e.add_argument("--estimator", default="iwae", choices=["elbo", "iwae", "ais", "hmc"])
+    e.add_argument("--estimator", default="iwae", choices=["elbo", "iwae", "ais", "hmc", "gaps"],
+                   help="gaps: ELBO, IWAE-k and AIS per datapoint with the amortization gap")
     e.add_argument("--k", type=int, default=5000, help="IWAE particles (default 5000)")
     e.add_argument("--split", default="test", choices=["test", "train"])
     e.add_argument("--n", type=int, help="evaluate the first n points only")

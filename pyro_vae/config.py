@@ -115,7 +115,7 @@ class TrainingConfig(BaseModel):
 
 class EvaluationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    estimator: Literal["elbo", "iwae", "ais", "hmc"] = "iwae"
+    estimator: Literal["elbo", "iwae", "ais", "hmc", "gaps"] = "iwae"
     k: int = Field(5000, gt=0)  # IWAE particles
     split: Literal["test", "train"] = "test"
     n: Optional[int] = Field(None, gt=0)  # evaluate the first n points only
