@@ -1,3 +1,3 @@
 """Import every module that registers components, so that the registries are complete."""
 
-from . import datasets, guides, likelihoods, networks, objectives, optim, priors  # noqa: F401
+from . import baselines, datasets, guides, likelihoods, networks, objectives, optim, priors  # noqa: F401

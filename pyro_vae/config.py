@@ -103,6 +103,9 @@ class TrainingConfig(BaseModel):
     checkpoint_every: int = Field(1, gt=0)  # epochs
     eval_every: int = Field(1, gt=0)  # epochs between test-ELBO evaluations
     eval_batch_size: int = Field(1000, gt=0)
+    # ELBO of the guide on the first n training points at each evaluation (0: for ELBO objectives
+    # the epoch's running average is logged instead; other objectives log none).
+    eval_train_points: int = Field(0, ge=0)
     log_every: int = Field(50, gt=0)  # steps between loss syncs (progress bar, NaN check)
     validate_distributions: bool = False  # torch/Pyro argument checks: slower, for debugging
 

@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from torch import nn
 
@@ -93,6 +94,15 @@ class VAE(nn.Module):
         pyro.module("vae", self)
         with self._plate(x, idx, num_data):
             return pyro.sample("z", self.encode(x))
+
+    @torch.no_grad()
+    def simulate(self, num_points: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(x, z) from the model: z ~ p(z), x ~ p(x|z); z is an exact posterior sample for x.
+        Used for wake-sleep's dreams and for BDMC."""
+        p0 = next(self.parameters())
+        dummy = torch.zeros(num_points, self.x_dim, device=p0.device, dtype=p0.dtype)
+        trace = poutine.trace(poutine.uncondition(self.model)).get_trace(dummy)
+        return trace.nodes["x"]["value"], trace.nodes["z"]["value"]
 
     # --- helpers for pictures ------------------------------------------------------------------
     @torch.no_grad()

@@ -9,7 +9,7 @@ their ``jit_*`` variants, and ``iwae`` (Burda et al. 2015).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Dict, Iterator, Optional
 
 import pyro
 import torch
@@ -22,18 +22,40 @@ from .traces import log_importance_weights
 
 
 class Objective:
-    """``loss(vae, x, idx, num_data)``: a scalar whose gradient trains every parameter."""
+    """``loss(vae, x, idx, num_data)``: a scalar whose gradient trains every parameter.
+
+    Objectives that take several optimizer steps per minibatch (MCEM's M-step) override
+    ``step_losses``; objectives with state that must survive a resume (MCEM's persistent chains)
+    override ``state_dict``/``load_state_dict``; objectives that cannot use some registry entry
+    say so in ``check``.
+    """
 
     name: str = "objective"
+    loss_is_elbo: bool = False  # True when -loss/N is itself an ELBO estimate (then logged as one)
 
     def loss(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def step_losses(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> Iterator[torch.Tensor]:
+        """The losses of the optimizer steps taken on this minibatch (computed lazily, in order)."""
+        yield self.loss(vae, x, idx, num_data)
+
+    def check(self, vae: VAE) -> None:
+        """Raise a ConfigError if this objective cannot train ``vae``."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
 
 
 class ElboObjective(Objective):
     """Any Pyro ELBO used through ``differentiable_loss`` with one torch optimizer over all
     parameters (Pyro's recommended custom-loop pattern; ``pyro.optim`` would run one optimizer per
     parameter, a quarter of the step time)."""
+
+    loss_is_elbo = True
 
     def __init__(self, name: str, elbo: ELBO) -> None:
         self.name = name

@@ -52,10 +52,10 @@ def plot_curves(metrics_csv: Path, path: Path) -> Path:
         rows = list(csv.DictReader(f))
     samples = [float(r["samples_seen"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(samples, [float(r["train_elbo"]) for r in rows], label="train ELBO")
-    test = [(s, float(r["test_elbo"])) for s, r in zip(samples, rows) if r["test_elbo"] not in ("", "nan")]
-    if test:
-        ax.plot(*zip(*test), "o-", label="test ELBO")
+    for key, label, style in (("train_elbo", "train ELBO", "-"), ("test_elbo", "test ELBO", "o-")):
+        points = [(s, float(r[key])) for s, r in zip(samples, rows) if r.get(key) not in (None, "", "nan")]
+        if points:
+            ax.plot(*zip(*points), style, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("training samples evaluated")
     ax.set_ylabel("ELBO per datapoint (nats)")

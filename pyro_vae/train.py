@@ -1,7 +1,8 @@
 """The training loop: SGVB / SVI steps on minibatches, metrics, checkpoints and exact resume.
 
 One step: ``loss = objective.loss(vae, x_batch, idx, N)`` (an unbiased estimate of the negative
-full-data objective), backward, one optimizer step over all parameters. Data lives on the device
+full-data objective), backward, one optimizer step over all parameters (MCEM takes several steps
+per minibatch through ``objective.step_losses``). Data lives on the device
 for the whole run; the loss is read back to the host only every ``training.log_every`` steps (for
 the progress bar and the NaN check), never per step.
 """
@@ -31,7 +32,7 @@ from .registry import OBJECTIVES
 from .traces import log_importance_weights
 
 METRICS_NAME = "metrics.csv"
-METRIC_FIELDS = ["epoch", "step", "samples_seen", "train_elbo", "test_elbo", "lr", "epoch_seconds", "wall_seconds"]
+METRIC_FIELDS = ["epoch", "step", "samples_seen", "train_objective", "train_elbo", "test_elbo", "lr", "epoch_seconds", "wall_seconds"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,12 +84,19 @@ class Trainer:
         self.vae = build_vae(config.model, self.data.x_shape).to(self.device)
         check_support(self.data, self.vae.likelihood, config.data.binarize)
         self.objective: Objective = OBJECTIVES.build(config.objective.name, config.objective.options)
+        self.objective.check(self.vae)
         self.optimizer = build_optimizer(
             config.optimizer.name, config.optimizer.options, list(self.vae.parameters()), config.objective.weight_prior_std
         )
         self.scheduler = build_scheduler(config.optimizer.schedule, self.optimizer)
         self.x_train = self.data.x_train.to(self.device)
         self.x_test = self.data.x_test.to(self.device)
+        # A fixed slice of the training set for train-ELBO evaluations (binarized once if dynamic).
+        self.x_train_eval = self.x_train[: config.training.eval_train_points]
+        if config.data.binarize == "dynamic" and config.training.eval_train_points:
+            from .datasets import binarize
+
+            self.x_train_eval = binarize(self.x_train_eval, config.data.binarize_seed)
         self.shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
         self.epoch = 0
         self.step = 0
@@ -108,6 +116,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "shuffle_rng": self.shuffle_generator.get_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "objective": self.objective.state_dict(),
             "config": self.config.to_dict(),
             "x_shape": list(self.data.x_shape),
         }
@@ -119,6 +128,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler and state.get("scheduler"):
                 self.scheduler.load_state_dict(state["scheduler"])
+            self.objective.load_state_dict(state.get("objective") or {})
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(
                 f"the checkpoint does not fit this config's model/optimizer ({e}). Resume with the run's own "
@@ -230,10 +240,10 @@ class Trainer:
             x = self.x_train[idx]
             if dynamic:
                 x = torch.bernoulli(x)
-            loss = objective.loss(vae, x, idx, n)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            for loss in objective.step_losses(vae, x, idx, n):  # one step for all but MCEM
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
             loss = loss.detach()
             running += loss
             epoch_sum += loss * (idx.shape[0] / n)  # each minibatch loss estimates the full-data loss
@@ -252,12 +262,15 @@ class Trainer:
         total = epoch_sum.item()
         self._check_finite(total, f"epoch {self.epoch + 1}")
         self.epoch += 1
-        train_elbo = -total / seen_this_epoch  # mean over the points seen of their ELBO estimates
+        train_objective = -total / seen_this_epoch  # the objective's own value per datapoint
         epoch_seconds = time.perf_counter() - start
         self.wall_seconds += epoch_seconds
         test_elbo = float("nan")
+        train_elbo = train_objective if objective.loss_is_elbo and not cfg.eval_train_points else float("nan")
         if self.epoch % cfg.eval_every == 0 or self._stop_reason() is not None:
             test_elbo = elbo_per_datapoint(vae, self.x_test, cfg.eval_batch_size).mean().item()
+            if cfg.eval_train_points:
+                train_elbo = elbo_per_datapoint(vae, self.x_train_eval, cfg.eval_batch_size).mean().item()
         lr = opt.param_groups[0]["lr"]
         if self.scheduler is not None:
             self.scheduler.step()
@@ -265,6 +278,7 @@ class Trainer:
             epoch=self.epoch,
             step=self.step,
             samples_seen=self.samples_seen,
+            train_objective=train_objective,
             train_elbo=train_elbo,
             test_elbo=test_elbo,
             lr=lr,
@@ -273,7 +287,10 @@ class Trainer:
         )
         self._write_metrics(row)
         if self.progress:
-            tqdm.write(f"epoch {self.epoch}: train ELBO {train_elbo:.3f}  test ELBO {test_elbo:.3f}  ({epoch_seconds:.1f}s)")
+            tqdm.write(
+                f"epoch {self.epoch}: train {objective.name} {train_objective:.3f}  train ELBO {train_elbo:.3f}  "
+                f"test ELBO {test_elbo:.3f}  ({epoch_seconds:.1f}s)"
+            )
         if self.epoch % cfg.checkpoint_every == 0 or self._stop_reason() is not None:
             self.save()
             self._saved_epoch = self.epoch

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from typing import Literal, Optional
 
-import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
 
@@ -168,13 +167,9 @@ def _reverse(steps: torch.Tensor) -> torch.Tensor:
     return torch.cat([steps.flip(0)[1:], steps[:1]])
 
 
-@torch.no_grad()
 def simulate(vae: VAE, num_points: int):
-    """(x, z) from the model: z ~ p(z), x ~ p(x|z). z is an exact posterior sample for x."""
-    p0 = next(vae.parameters())
-    dummy = torch.zeros(num_points, vae.x_dim, device=p0.device, dtype=p0.dtype)
-    trace = poutine.trace(poutine.uncondition(vae.model)).get_trace(dummy)
-    return trace.nodes["x"]["value"], trace.nodes["z"]["value"]
+    """(x, z) from the model (see :meth:`pyro_vae.model.VAE.simulate`)."""
+    return vae.simulate(num_points)
 
 
 def bdmc(

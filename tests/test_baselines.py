@@ -1,0 +1,75 @@
+"""Wake-sleep, RWS and MCEM: on probabilistic PCA they move to the closed-form ML solution."""
+
+import pytest
+import torch
+
+from pyro_vae import config as C
+from pyro_vae.estimators import exact_log_px
+from pyro_vae.linear_gaussian import LinearGaussian
+from pyro_vae.registry import OBJECTIVES
+from pyro_vae.train import Trainer
+
+
+def ppca_ml_loglik(x: torch.Tensor, z_dim: int, sigma: float) -> float:
+    """Average log-likelihood at the ML solution of PPCA with known noise (Tipping & Bishop 1999):
+    b = mean, W W^T = U_q (Lambda_q - sigma^2 I) U_q^T from the sample covariance."""
+    x = x.double()
+    lam, U = torch.linalg.eigh(torch.cov(x.T, correction=0))
+    lam, U = lam.flip(0), U.flip(1)
+    W = U[:, :z_dim] * (lam[:z_dim] - sigma**2).clamp(min=0).sqrt()
+    return LinearGaussian(W, x.mean(0), sigma).log_marginal(x).mean().item()
+
+
+@pytest.mark.parametrize(
+    "objective,optimizer,epochs,tolerance",
+    [
+        ("wake_sleep", {"name": "adam", "lr": 0.02}, 30, 0.15),
+        ("rws", {"name": "adam", "lr": 0.02}, 30, 0.1),
+        ("mcem", {"name": "adagrad", "lr": 0.05}, 40, 0.3),
+    ],
+)
+def test_baselines_reach_ppca_maximum_likelihood(tmp_path, objective, optimizer, epochs, tolerance):
+    cfg = C.from_dict({
+        "name": "ppca", "device": "cpu",
+        "data": {"name": "synthetic", "n_train": 500, "n_test": 50, "x_dim": 5, "z_dim": 2, "noise_std": 0.5},
+        "model": {"z_dim": 2, "likelihood": {"name": "gaussian", "variance": "fixed", "fixed_std": 0.5},
+                  "encoder": {"name": "mlp", "hidden": []}, "decoder": {"name": "mlp", "hidden": []}},
+        "objective": {"name": objective}, "optimizer": optimizer, "training": {"epochs": epochs, "batch_size": 50},
+    })
+    trainer = Trainer(cfg, tmp_path / objective, progress=False)
+    x = trainer.data.x_train
+    ml = ppca_ml_loglik(x, 2, 0.5)
+    before = exact_log_px(trainer.vae, x).mean().item()
+    trainer.train()
+    after = exact_log_px(trainer.vae, x).mean().item()
+    assert ml - before > 10  # started far away
+    assert ml - after < tolerance
+    assert after <= ml + 1e-3  # nothing beats maximum likelihood
+
+
+def test_mcem_chains_persist_through_resume(tmp_path):
+    base = {
+        "name": "m", "device": "cpu", "data": {"name": "synthetic", "n_train": 40, "n_test": 10},
+        "model": {"z_dim": 2, "likelihood": {"name": "gaussian", "variance": "learned"},
+                  "encoder": {"name": "mlp", "hidden": [4]}, "decoder": {"name": "mlp", "hidden": [4]}},
+        "objective": {"name": "mcem", "m_steps": 2}, "optimizer": {"name": "adagrad", "lr": 0.05},
+        "training": {"batch_size": 20},
+    }
+    full = Trainer(C.from_dict({**base, "training": {"batch_size": 20, "epochs": 2}}), tmp_path / "full", progress=False)
+    full.train()
+    first = Trainer(C.from_dict({**base, "training": {"batch_size": 20, "epochs": 1}}), tmp_path / "split", progress=False)
+    first.train()
+    second = Trainer(C.from_dict({**base, "training": {"batch_size": 20, "epochs": 2}}), tmp_path / "split", progress=False)
+    second.train(resume=True)
+    assert torch.equal(full.objective.chains, second.objective.chains)
+    for a, b in zip(full.vae.parameters(), second.vae.parameters()):
+        assert torch.equal(a, b)
+    # The encoder is not trained by MCEM.
+    fresh = Trainer(C.from_dict({**base, "training": {"batch_size": 20, "epochs": 1}}), tmp_path / "fresh", progress=False)
+    for a, b in zip(fresh.vae.encoder.parameters(), full.vae.encoder.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_mcem_takes_m_steps_per_batch():
+    objective = OBJECTIVES.build("mcem", {"m_steps": 5})
+    assert objective.m_steps == 5 and objective.num_leapfrog == 10 and objective.target_accept == 0.9
