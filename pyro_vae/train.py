@@ -14,7 +14,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pyro
 import torch
@@ -212,8 +212,12 @@ class Trainer:
             w.writeheader()
             w.writerows(rows)
 
-    def train(self, resume: bool = False) -> List[Dict[str, Any]]:
-        """Train until the config's epochs or sample budget; returns the metric rows of this call."""
+    def train(self, resume: bool = False, on_epoch_end: Optional[Callable[["Trainer", Dict[str, Any]], None]] = None) -> List[Dict[str, Any]]:
+        """Train until the config's epochs or sample budget; returns the metric rows of this call.
+
+        :param on_epoch_end: called with the trainer and the epoch's metric row (experiments use it
+            to estimate log p(x) at chosen points of training).
+        """
         self.prepare_run_dir(resume)
         self._saved_epoch = self.epoch
         cfg = self.config.training
@@ -221,6 +225,8 @@ class Trainer:
         rows = []
         while self._stop_reason() is None:
             rows.append(self._train_epoch(n, cfg))
+            if on_epoch_end is not None:
+                on_epoch_end(self, rows[-1])
         if not rows or self._saved_epoch != self.epoch:
             self.save()
         return rows

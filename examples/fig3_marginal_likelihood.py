@@ -1,0 +1,118 @@
+"""AEVB Figure 3: estimated marginal log-likelihood against training samples seen, AEVB against
+wake-sleep against Monte Carlo EM, with 100 hidden units, Nz = 3, and Ntrain in {1000, 50000}.
+
+log p(x) is estimated on the first ``--eval-points`` (1000) training and test points, at
+log-spaced points of training, with the paper's HMC estimator (Appendix D; 4 leapfrog steps) and
+with IWAE-k. MCEM trains no encoder, so its IWAE numbers (which sample from that encoder) are loose
+lower bounds; its HMC-estimator numbers are the comparable ones, as in the paper.
+Writes ``fig3.csv``, ``fig3.png`` and ``fig3.md`` into ``--out``.
+
+    python examples/fig3_marginal_likelihood.py --budget 1e6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from pyro_vae import estimators  # noqa: E402
+from pyro_vae import experiments as X  # noqa: E402
+from pyro_vae.datasets import binarize  # noqa: E402
+from pyro_vae.train import Trainer  # noqa: E402
+
+METHODS = {"aevb": "trace_meanfield", "wake_sleep": "wake_sleep", "mcem": "mcem"}
+
+
+def main(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    rows = []
+    for n_train in args.n_train:
+        for method in args.methods:
+            cfg = X.variant("configs/aevb_mnist.yaml", [
+                f"name=fig3_n{n_train}_{method}", "model.z_dim=3", "model.encoder.hidden=[100]", "model.decoder.hidden=[100]",
+                f"objective.name={METHODS[method]}", f"data.n_train={n_train}", "training.epochs=null",
+                f"training.sample_budget={int(args.budget)}", f"seed={args.seed}", *args.set,
+            ], args.data)
+            run_dir = out / "runs" / cfg.name
+            trainer = Trainer(cfg, run_dir, progress=False)
+            # Evaluations are kept beside the checkpoint, so a resumed or repeated run keeps them.
+            saved = run_dir / "fig3_rows.json"
+            run_rows = json.loads(saved.read_text()) if saved.exists() else []
+            x_train = trainer.x_train[: args.eval_points]
+            if cfg.data.binarize == "dynamic":  # score one fixed binarization of the training points
+                x_train = binarize(x_train, cfg.data.binarize_seed)
+            done = max((r["samples_seen"] for r in run_rows), default=0)
+            pending = [p for p in X.log_points(int(args.budget), first=min(n_train, int(args.budget)), per_decade=args.per_decade) if p > done]
+
+            def evaluate(trainer, row, method=method, n_train=n_train, pending=pending, x_train=x_train, run_rows=run_rows, saved=saved):
+                if not pending or (row["samples_seen"] < pending[0] and trainer._stop_reason() is None):
+                    return
+                while pending and pending[0] <= row["samples_seen"]:
+                    pending.pop(0)
+                trainer.vae.eval()
+                for split, x in (("train", x_train), ("test", trainer.x_test[: args.eval_points])):
+                    torch.manual_seed(args.seed)
+                    for name, est in (
+                        ("hmc", estimators.hmc_marginal_likelihood(trainer.vae, x, num_samples=args.hmc_samples, num_leapfrog=4)),
+                        ("iwae", estimators.iwae(trainer.vae, x, k=args.k)),
+                    ):
+                        run_rows.append({"n_train": n_train, "method": method, "samples_seen": row["samples_seen"], "split": split,
+                                         "estimator": name, "log_px": est.mean, "stderr": est.stderr})
+                trainer.vae.train()
+                saved.write_text(json.dumps(run_rows))
+                print(f"N={n_train} {method:10s} {row['samples_seen']:>9d} samples: test log p(x) (HMC) {run_rows[-2]['log_px']:.2f}")
+
+            trainer.train(resume=(run_dir / "checkpoint.pt").exists(), on_epoch_end=evaluate)
+            rows += run_rows
+    X.write_csv(rows, out / "fig3.csv")
+
+    fig, axes = plt.subplots(len(args.n_train), 2, figsize=(9, 3.3 * len(args.n_train)), squeeze=False)
+    for i, n_train in enumerate(args.n_train):
+        for j, split in enumerate(("train", "test")):
+            ax = axes[i][j]
+            for method, colour in zip(args.methods, ("C0", "C3", "C2")):
+                for est, style in (("hmc", "-o"), ("iwae", ":")):
+                    pts = [r for r in rows if (r["n_train"], r["method"], r["split"], r["estimator"]) == (n_train, method, split, est)]
+                    if pts:
+                        ax.plot([r["samples_seen"] for r in pts], [r["log_px"] for r in pts], style, color=colour, ms=3,
+                                label=f"{method} ({est})")
+            ax.set_xscale("log")
+            ax.set_title(f"Ntrain = {n_train}, {split}")
+            ax.set_xlabel("training samples evaluated")
+            ax.set_ylabel("log p(x) per datapoint")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "fig3.png", dpi=110)
+    plt.close(fig)
+    last = {}
+    for r in rows:
+        last[(r["n_train"], r["method"], r["split"], r["estimator"])] = r
+    X.write_markdown(list(last.values()), ["n_train", "method", "split", "estimator", "samples_seen", "log_px", "stderr"],
+                     out / "fig3.md", f"Fig. 3: log p(x) after {int(args.budget)} training samples",
+                     [f"Nz=3, 100 hidden; first {args.eval_points} train/test points; HMC = AEVB App. D ({args.hmc_samples} samples, "
+                      f"4 leapfrog steps), IWAE k={args.k}; binarize={cfg.data.binarize}. Command: "
+                      f"`python examples/fig3_marginal_likelihood.py --budget {int(args.budget)}`"])
+    print(f"wrote {out}/fig3.csv, .png, .md")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", type=float, default=1e6, help="training samples per run (the paper: up to 1e8)")
+    p.add_argument("--n-train", type=int, nargs="*", default=[1000, 50000])
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--eval-points", type=int, default=1000)
+    p.add_argument("--per-decade", type=int, default=3, help="evaluations per decade of training samples")
+    p.add_argument("--hmc-samples", type=int, default=50)
+    p.add_argument("--k", type=int, default=1000, help="IWAE particles")
+    p.add_argument("--out", default="results/fig3")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    main(p.parse_args())

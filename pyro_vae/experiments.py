@@ -1,0 +1,77 @@
+"""Helpers shared by the paper's experiments in ``examples/``: train a variant of a config,
+choose log-spaced evaluation points, and write results as CSV and markdown tables."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import yaml
+
+from .config import RunConfig, load
+from .train import Trainer
+
+Row = Dict[str, Any]
+
+
+def variant(base: str | Path, overrides: Sequence[str], data: Optional[str] = None) -> RunConfig:
+    """The config ``base`` with ``--set``-style overrides; ``data`` (a YAML mapping) replaces the
+    data section, e.g. ``"{name: npz, path: small.npz, binarize: static}"`` for a quick run."""
+    extra = []
+    if data:  # first, so that later overrides (data.n_train=...) apply to the new section
+        mapping = yaml.safe_load(data)
+        if not isinstance(mapping, dict):
+            raise ValueError(f"--data must be a YAML mapping, got {data!r}")
+        extra.append("data=" + yaml.safe_dump(mapping, default_flow_style=True).strip())
+    return load(base, extra + list(overrides))
+
+
+def train(config: RunConfig, run_dir: Path, on_epoch_end: Optional[Callable[[Trainer, Row], None]] = None, resume: bool = True) -> Trainer:
+    """Train ``config`` into ``run_dir``; a finished or interrupted run there is resumed, not redone."""
+    trainer = Trainer(config, run_dir, progress=False)
+    trainer.train(resume=resume and (Path(run_dir) / "checkpoint.pt").exists(), on_epoch_end=on_epoch_end)
+    return trainer
+
+
+def log_points(budget: int, first: int, per_decade: int = 4) -> List[int]:
+    """Training-sample counts, log-spaced from ``first`` to ``budget`` (both included)."""
+    if budget <= first:
+        return [budget]
+    n = max(1, int(math.ceil(per_decade * math.log10(budget / first))))
+    return sorted({int(round(first * (budget / first) ** (i / n))) for i in range(n + 1)})
+
+
+def read_metrics(run_dir: Path) -> List[Row]:
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(rows: Iterable[Row], path: Path) -> Path:
+    rows = list(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields: List[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.2f}"
+    return str(v)
+
+
+def write_markdown(rows: Iterable[Row], columns: Sequence[str], path: Path, title: str, notes: Sequence[str] = ()) -> Path:
+    lines = [f"# {title}", ""] + [f"{n}" for n in notes] + ([""] if notes else [])
+    lines += ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
