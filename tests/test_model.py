@@ -85,3 +85,23 @@ def test_subsample_scaling_is_n_over_m():
         torch.manual_seed(2)
         scaled = objective.loss(vae, x, torch.arange(10), 1000)
         assert torch.allclose(scaled, unscaled * 100, rtol=1e-5), name
+
+
+def test_model_and_guide_work_with_plain_pyro_svi():
+    """Users may drive the model and guide with Pyro's own SVI and pyro.optim: every parameter
+    (generative ones registered in the model, recognition ones in the guide) must be trained."""
+    import pyro
+    from pyro.infer import SVI
+
+    from pyro_vae.model import build_vae
+
+    from .conftest import tiny_config
+
+    vae = build_vae(tiny_config().model, (6,))
+    before = {k: v.detach().clone() for k, v in vae.named_parameters()}
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), TraceMeanField_ELBO())
+    x = torch.randn(10, 6)
+    for _ in range(2):
+        svi.step(x)
+    changed = {k for k, v in vae.named_parameters() if not torch.equal(v, before[k])}
+    assert changed == set(before)
