@@ -95,6 +95,7 @@ class ReweightedWakeSleep(Objective):
 
 class MonteCarloEM(Objective):
     name = "mcem"
+    supports_distributed = False  # each rank would update its own copy of the chains
 
     def __init__(self, num_leapfrog: int, target_accept: float, initial_step_size: float, m_steps: int, hmc_steps: int) -> None:
         self.num_leapfrog = num_leapfrog

@@ -28,8 +28,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, run_dir, progress=not args.no_progress)
     rows = trainer.train(resume=args.resume)
     last = rows[-1] if rows else None
-    print(f"run folder: {run_dir}")
-    if last:
+    if _is_main():
+        print(f"run folder: {run_dir}")
+    if last and _is_main():
         print(f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.3f}, test ELBO {last['test_elbo']:.3f} nats per datapoint")
     if args.evaluate:
         from .evaluate import evaluate_run
@@ -40,7 +41,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_main() -> bool:
+    from .distributed import from_env
+
+    return from_env().is_main
+
+
 def _print_result(result: dict) -> None:
+    if not _is_main():
+        return
     if result["estimator"] == "gaps":
         gaps = ", ".join(f"{k} {v:.3f}" for k, v in result["summary"].items())
         print(f"gaps on {result['split']} (n={result['n']}; log p(x) from {result['settings']['log_px_from']}): {gaps} nats -> {result['path']}")

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from . import estimators
+from . import distributed, estimators
 from .errors import ConfigError
 from .train import load_run
 
@@ -45,7 +45,11 @@ def evaluate_run(
         x = torch.bernoulli(x, generator=g)
     if n is not None:
         x = x[:n]
-    torch.manual_seed(seed)
+    info = trainer.dist
+    n_points = x.shape[0]
+    if info.enabled and estimator != "gaps":
+        x = x[distributed.shard(n_points, info)]  # each rank scores a contiguous shard
+    torch.manual_seed(seed + 7919 * info.rank)
     vae = trainer.vae
     start = time.perf_counter()
     if estimator == "elbo":
@@ -58,6 +62,9 @@ def evaluate_run(
         est = estimators.hmc_marginal_likelihood(vae, x, num_samples=hmc_samples)
     else:
         return _gaps(trainer, x, k, ais_steps, memory_gb, run_dir, split, seed, start, out)
+    if info.enabled:
+        est.per_datapoint = distributed.gather_shards(est.per_datapoint.to(trainer.device), n_points, info).cpu()
+        est.settings["world_size"] = info.world_size
     result = est.to_dict()
     result.update(
         run=str(run_dir),
@@ -70,7 +77,8 @@ def evaluate_run(
         trained_samples=trainer.samples_seen,
     )
     path = Path(out) if out else Path(run_dir) / f"eval_{estimator}_{split}.json"
-    path.write_text(json.dumps(result, indent=2, default=str))
+    if info.is_main:
+        path.write_text(json.dumps(result, indent=2, default=str))
     result["path"] = str(path)
     return result
 

@@ -32,6 +32,7 @@ class Objective:
 
     name: str = "objective"
     loss_is_elbo: bool = False  # True when -loss/N is itself an ELBO estimate (then logged as one)
+    supports_distributed: bool = True  # False for objectives with per-datapoint state
 
     def loss(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> torch.Tensor:
         raise NotImplementedError

@@ -22,6 +22,12 @@ def adagrad(*, params: Iterable, lr: float = 0.01, eps: float = 1e-10, weight_de
     return torch.optim.Adagrad(params, lr=lr, eps=eps, weight_decay=weight_decay, foreach=True)
 
 
+@OPTIMIZERS.register("sgd")
+def sgd(*, params: Iterable, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Plain (momentum) SGD."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
+
+
 @OPTIMIZERS.register("adam")
 def adam(
     *, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RunConfig, save as save_config
 from .datasets import Dataset, check_support, load_dataset
@@ -71,11 +72,19 @@ class Trainer:
     :param data: an already-loaded data set (tests, examples); loaded from the config otherwise.
     """
 
-    def __init__(self, config: RunConfig, run_dir: Path | str, data: Optional[Dataset] = None, progress: bool = True) -> None:
+    def __init__(
+        self, config: RunConfig, run_dir: Path | str, data: Optional[Dataset] = None, progress: bool = True,
+        dist_info: Optional[distributed.DistInfo] = None,
+    ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
-        self.progress = progress
+        self.dist = dist_info if dist_info is not None else distributed.from_env()
+        self.progress = progress and self.dist.is_main
         self.device = resolve_device(config.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        distributed.check_batch(self.dist, config.training.batch_size)
+        distributed.init(self.dist, self.device)
         set_validation(config.training.validate_distributions)
         pyro.clear_param_store()  # pyro.module would otherwise reuse a previous model's parameters
         torch.manual_seed(config.seed)
@@ -97,7 +106,15 @@ class Trainer:
             from .datasets import binarize
 
             self.x_train_eval = binarize(self.x_train_eval, config.data.binarize_seed)
-        self.shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.shuffle_generator = torch.Generator().manual_seed(config.seed + 1)  # the same on every rank
+        if self.dist.enabled:
+            if not self.objective.supports_distributed:
+                raise ConfigError(
+                    f"objective {self.objective.name!r} keeps per-datapoint state (MCEM's chains) and is not supported "
+                    "in distributed training yet; run it in one process."
+                )
+            # Initialisation above is identical on every rank (same seed); sampling noise must not be.
+            torch.manual_seed(config.seed + 1_000_003 * (self.dist.rank + 1))
         self.epoch = 0
         self.step = 0
         self.samples_seen = 0
@@ -114,6 +131,7 @@ class Trainer:
             "samples_seen": self.samples_seen,
             "wall_seconds": self.wall_seconds,
             "torch_rng": torch.get_rng_state(),
+            "rank_rngs": self._rank_rngs(),
             "shuffle_rng": self.shuffle_generator.get_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "objective": self.objective.state_dict(),
@@ -121,6 +139,13 @@ class Trainer:
             "x_shape": list(self.data.x_shape),
         }
         return state
+
+    def _rank_rngs(self) -> Optional[List[Any]]:
+        """Every rank's RNG states (collective: all ranks must call it), for exact distributed resume."""
+        if not self.dist.enabled:
+            return None
+        mine = [torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None]
+        return distributed.gather_objects(mine, self.dist)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         try:
@@ -140,12 +165,26 @@ class Trainer:
         self.shuffle_generator.set_state(state["shuffle_rng"])
         if self.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        rank_rngs = state.get("rank_rngs")
+        if self.dist.enabled:
+            if not rank_rngs or len(rank_rngs) != self.dist.world_size:
+                raise CheckpointError(
+                    f"the checkpoint was written by {len(rank_rngs) if rank_rngs else 1} process(es), this job has "
+                    f"{self.dist.world_size}; resume with the same number of processes."
+                )
+            cpu_rng, cuda_rng = rank_rngs[self.dist.rank]
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(cuda_rng, self.device)
 
     def resume(self) -> None:
         self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT_NAME))
 
     def save(self) -> None:
-        save_checkpoint(self.state_dict(), self.run_dir / CHECKPOINT_NAME)
+        state = self.state_dict()  # collective in distributed mode: every rank builds it
+        if self.dist.is_main:
+            save_checkpoint(state, self.run_dir / CHECKPOINT_NAME)
+        distributed.barrier(self.dist)
 
     # --- training ------------------------------------------------------------------------------
     def _stop_reason(self) -> Optional[str]:
@@ -157,6 +196,8 @@ class Trainer:
         return None
 
     def _write_metrics(self, row: Dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         path = self.run_dir / METRICS_NAME
         new = not path.exists()
         with open(path, "a", newline="") as f:
@@ -187,8 +228,11 @@ class Trainer:
                 f"{self.run_dir} already holds a run (checkpoint.pt). Pass --resume to continue it, or "
                 "choose another --run-dir."
             )
-        elif (self.run_dir / METRICS_NAME).exists():
+        elif (self.run_dir / METRICS_NAME).exists() and self.dist.is_main:
             (self.run_dir / METRICS_NAME).unlink()
+        distributed.barrier(self.dist)  # every rank has checked the folder before rank 0 writes to it
+        if not self.dist.is_main:
+            return
         save_config(self.config, self.run_dir / "config.yaml")
         info = {
             "pyro_vae": __version__,
@@ -198,12 +242,13 @@ class Trainer:
             "data": self.data.info,
             "x_shape": list(self.data.x_shape),
             "num_parameters": sum(p.numel() for p in self.vae.parameters()),
+            "world_size": self.dist.world_size,
         }
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
 
     def _truncate_metrics(self) -> None:
         path = self.run_dir / METRICS_NAME
-        if not path.exists():
+        if not path.exists() or not self.dist.is_main:
             return
         with open(path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= self.epoch]
@@ -231,33 +276,49 @@ class Trainer:
             self.save()
         return rows
 
+    def _sharded_elbo(self, x: torch.Tensor, batch_size: int) -> float:
+        """Mean per-datapoint ELBO, each rank scoring a contiguous shard of the points."""
+        part = elbo_per_datapoint(self.vae, x[distributed.shard(x.shape[0], self.dist)], batch_size)
+        return distributed.gather_shards(part, x.shape[0], self.dist).mean().item()
+
     def _train_epoch(self, n: int, cfg) -> Dict[str, Any]:
         start = time.perf_counter()
         vae, opt, objective = self.vae, self.optimizer, self.objective
         dynamic = self.config.data.binarize == "dynamic"
         perm = torch.randperm(n, generator=self.shuffle_generator).to(self.device)
-        batches = perm.split(cfg.batch_size)
+        batches = perm.split(cfg.batch_size)  # global minibatches, identical on every rank
+        world, rank = self.dist.world_size, self.dist.rank
+        params = list(vae.parameters())
         budget = cfg.sample_budget
         running = torch.zeros((), device=self.device)
         epoch_sum = torch.zeros((), device=self.device)
         seen_this_epoch = 0
         bar = tqdm(total=len(batches), desc=f"epoch {self.epoch + 1}", disable=not self.progress, leave=False)
-        for i, idx in enumerate(batches):
+        for i, global_idx in enumerate(batches):
+            if world > 1:
+                # Trim a short last batch to a multiple of the world size so that every shard has
+                # B/W points and the N/(B/W) scaling of each rank stays exact.
+                global_idx = global_idx[: global_idx.shape[0] - global_idx.shape[0] % world]
+                if global_idx.shape[0] == 0:
+                    continue
+            idx = global_idx[rank::world]
             x = self.x_train[idx]
             if dynamic:
                 x = torch.bernoulli(x)
             for loss in objective.step_losses(vae, x, idx, n):  # one step for all but MCEM
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(params, self.dist)
                 opt.step()
             loss = loss.detach()
             running += loss
             epoch_sum += loss * (idx.shape[0] / n)  # each minibatch loss estimates the full-data loss
             self.step += 1
-            seen_this_epoch += idx.shape[0]
-            self.samples_seen += idx.shape[0]
+            seen_this_epoch += global_idx.shape[0]
+            self.samples_seen += global_idx.shape[0]
             if (i + 1) % cfg.log_every == 0:
-                value = running.item() / cfg.log_every  # the one host sync every log_every steps
+                # the one host sync every log_every steps (all ranks agree on a NaN stop)
+                value = distributed.all_reduce_mean(running, self.dist).item() / cfg.log_every
                 self._check_finite(value, f"epoch {self.epoch + 1}, step {self.step}")
                 bar.set_postfix(elbo_per_point=f"{-value / n:.2f}")
                 running.zero_()
@@ -265,7 +326,7 @@ class Trainer:
             if budget is not None and self.samples_seen >= budget:
                 break
         bar.close()
-        total = epoch_sum.item()
+        total = distributed.all_reduce_mean(epoch_sum, self.dist).item()
         self._check_finite(total, f"epoch {self.epoch + 1}")
         self.epoch += 1
         train_objective = -total / seen_this_epoch  # the objective's own value per datapoint
@@ -274,9 +335,9 @@ class Trainer:
         test_elbo = float("nan")
         train_elbo = train_objective if objective.loss_is_elbo and not cfg.eval_train_points else float("nan")
         if self.epoch % cfg.eval_every == 0 or self._stop_reason() is not None:
-            test_elbo = elbo_per_datapoint(vae, self.x_test, cfg.eval_batch_size).mean().item()
+            test_elbo = self._sharded_elbo(self.x_test, cfg.eval_batch_size)
             if cfg.eval_train_points:
-                train_elbo = elbo_per_datapoint(vae, self.x_train_eval, cfg.eval_batch_size).mean().item()
+                train_elbo = self._sharded_elbo(self.x_train_eval, cfg.eval_batch_size)
         lr = opt.param_groups[0]["lr"]
         if self.scheduler is not None:
             self.scheduler.step()

@@ -22,3 +22,12 @@ def test_iwae_benchmark_runs_on_tiny_data(capsys):
     spec.loader.exec_module(mod)
     mod.main(argparse.Namespace(k=10, n=4, repeats=1, memory_gb=0.01, threads=1, random=True))
     assert "ratio pyro-vae / matmul bound" in capsys.readouterr().out
+
+
+def test_hmc_benchmark_runs_on_tiny_data(capsys):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hmc.py"
+    spec = importlib.util.spec_from_file_location("bench_hmc", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(argparse.Namespace(points=5, z=2, hidden=8, leapfrog=2, trajectories=2, repeats=1, threads=1))
+    assert "ratio batched HMC / plain loop" in capsys.readouterr().out

@@ -1,0 +1,134 @@
+"""Data-parallel training and sharded evaluation with ``torch.distributed`` (launched by torchrun).
+
+``torchrun --nproc_per_node N -m pyro_vae train CONFIG`` starts N processes; each reads RANK,
+WORLD_SIZE and LOCAL_RANK from the environment. Semantics are those of DistributedDataParallel:
+
+* every rank draws the same global permutation of the data each epoch and takes a distinct shard of
+  every global minibatch (``batch[rank::world]``), so together the ranks see each point once;
+* each rank's loss is scaled by N / (B / W), and gradients are averaged across ranks with one
+  all-reduce over a flat buffer: the average of the W shard estimates is exactly the single-process
+  estimate on the combined batch, so the ELBO stays unbiased for the full data set;
+* only rank 0 writes metrics, plots and checkpoints; RNG states of every rank are checkpointed.
+
+Backends: NCCL on GPUs, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Iterable, List
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError, TrainingError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = DistInfo()
+
+
+def from_env() -> DistInfo:
+    """The process's place in a torchrun job (single process when WORLD_SIZE is unset or 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    return DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(info: DistInfo, device: torch.device, timeout_s: float | None = None) -> None:
+    """Join the process group (no-op for a single process or when already joined)."""
+    if not info.enabled or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s or float(os.environ.get("PYRO_VAE_DIST_TIMEOUT", "120")))
+    try:
+        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size, timeout=timeout)
+    except Exception as e:  # a rank that never comes up, a bad address, a port in use
+        raise TrainingError(
+            f"rank {info.rank} of {info.world_size} could not join the {backend} process group within {timeout}: {e}. "
+            "Check that every rank started (torchrun's log), that MASTER_ADDR/MASTER_PORT are reachable, "
+            "and raise PYRO_VAE_DIST_TIMEOUT for slow starts."
+        ) from e
+
+
+def check_batch(info: DistInfo, batch_size: int) -> int:
+    """The per-rank batch size; the world size must divide the global batch size."""
+    if batch_size % info.world_size:
+        raise ConfigError(
+            f"training.batch_size {batch_size} is not divisible by the world size {info.world_size}; "
+            f"use a batch size that is a multiple of {info.world_size} (the global batch is split evenly across ranks)."
+        )
+    return batch_size // info.world_size
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
+    """Average .grad across ranks with one all-reduce (missing grads count as zero)."""
+    if not info.enabled:
+        return
+    params = list(params)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if not info.enabled:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / info.world_size
+
+
+def shard(n: int, info: DistInfo) -> slice:
+    """Contiguous shard of ``range(n)`` for evaluation (sizes differ by at most one)."""
+    base, extra = divmod(n, info.world_size)
+    start = info.rank * base + min(info.rank, extra)
+    return slice(start, start + base + (1 if info.rank < extra else 0))
+
+
+def gather_shards(values: torch.Tensor, n: int, info: DistInfo) -> torch.Tensor:
+    """Concatenate every rank's contiguous shard of per-datapoint values, in datapoint order."""
+    if not info.enabled:
+        return values
+    sizes = [shard(n, DistInfo(r, info.world_size)).stop - shard(n, DistInfo(r, info.world_size)).start for r in range(info.world_size)]
+    padded = torch.zeros(max(sizes), dtype=values.dtype, device=values.device)
+    padded[: values.shape[0]] = values
+    out: List[torch.Tensor] = [torch.zeros_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(out, padded)
+    return torch.cat([o[:s] for o, s in zip(out, sizes)])
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
