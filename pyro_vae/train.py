@@ -312,7 +312,9 @@ class Trainer:
                 opt.step()
             loss = loss.detach()
             running += loss
-            epoch_sum += loss * (idx.shape[0] / n)  # each minibatch loss estimates the full-data loss
+            # Each rank's loss estimates the full-data loss; weight it by the global batch's share of
+            # the epoch (ranks are averaged at the epoch's end).
+            epoch_sum += loss * (global_idx.shape[0] / n)
             self.step += 1
             seen_this_epoch += global_idx.shape[0]
             self.samples_seen += global_idx.shape[0]
