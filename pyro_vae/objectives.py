@@ -96,7 +96,9 @@ def _check_particles(num_particles: int) -> None:
 
 def _elbo(name: str, elbo_class: type, num_particles: int, **extra) -> Objective:
     _check_particles(num_particles)
-    return ElboObjective(name, elbo_class(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1, **extra))
+    # A particle plate of size 1 only adds broadcasting work: vectorize from two particles on.
+    vectorize = num_particles > 1
+    return ElboObjective(name, elbo_class(num_particles=num_particles, vectorize_particles=vectorize, max_plate_nesting=1, **extra))
 
 
 @OBJECTIVES.register("trace")
