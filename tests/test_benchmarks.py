@@ -10,7 +10,8 @@ def test_training_benchmark_runs_on_tiny_data(capsys):
     spec = importlib.util.spec_from_file_location("bench_train", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(argparse.Namespace(epochs=1, n=200, batch=50, hidden=16, z=2, activation="relu", objective="trace", threads=1))
+    mod.main(argparse.Namespace(epochs=1, n=200, batch=50, hidden=16, z=2, activation="relu", objective="trace", threads=1,
+                                fresh_first_step=False))
     out = capsys.readouterr().out
     assert "ratio pyro-vae / plain torch" in out and "plain torch" in out
 

@@ -105,3 +105,21 @@ def test_model_and_guide_work_with_plain_pyro_svi():
         svi.step(x)
     changed = {k for k, v in vae.named_parameters() if not torch.equal(v, before[k])}
     assert changed == set(before)
+
+
+def test_jit_objectives_compile_once():
+    from pyro_vae.model import build_vae
+    from pyro_vae.registry import OBJECTIVES as REG
+
+    from .conftest import tiny_config
+
+    vae = build_vae(tiny_config().model, (6,))
+    x = torch.randn(10, 6)
+    idx = torch.arange(10)
+    for name in ("jit_trace", "jit_trace_meanfield"):
+        objective = REG.build(name, {})
+        losses = [objective.loss(vae, x, idx, 100) for _ in range(3)]
+        elbo = objective.elbo
+        compiled = getattr(elbo, "_differentiable_loss", None) or elbo._loss_and_surrogate_loss
+        assert len(compiled.compiled) == 1, name  # one trace, reused by every step
+        assert all(torch.isfinite(v) for v in losses)
