@@ -18,7 +18,7 @@ import torch
 
 from pyro_vae import config as C
 from pyro_vae.estimators import iwae
-from pyro_vae.estimators.iwae import bytes_per_particle, plan_chunks
+from pyro_vae.estimators.iwae import CPU_CHUNK_BYTES, bytes_per_particle, plan_chunks
 from pyro_vae.model import build_vae
 
 
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> None:
 
         x = load_dataset(cfg.data).x_test[: args.n]
     vae = build_vae(cfg.model, (1, 28, 28))
-    kc, nc = plan_chunks(args.k, x.shape[0], bytes_per_particle(vae), args.memory_gb)
+    kc, nc = plan_chunks(args.k, x.shape[0], bytes_per_particle(vae), args.memory_gb, CPU_CHUNK_BYTES)
     ours, bound = [], []
     for _ in range(args.repeats):
         s = time.perf_counter()

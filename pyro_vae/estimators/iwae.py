@@ -39,9 +39,19 @@ def bytes_per_particle(vae: VAE) -> int:
     return 4 * (sum(sizes) + 4 * vae.x_dim + 4 * vae.z_dim)
 
 
-def plan_chunks(k: int, n: int, bytes_per_pair: int, memory_gb: float) -> Tuple[int, int]:
-    """(particles per chunk, datapoints per chunk) with ``kc * nc * bytes_per_pair <= memory``."""
-    pairs = max(1, int(memory_gb * 2**30) // max(1, bytes_per_pair))
+# On CPU, chunks with a working set near 64 MiB ran fastest (IWAE-5000, MNIST model, 2 cores:
+# 4.9 s at 50 MB, 5.4 s at 100 MB, 7.5 s at 2 GB, 8.3 s at 10 MB): big fresh allocations cost page
+# faults, tiny chunks cost per-call overhead. The memory cap stays the upper bound.
+CPU_CHUNK_BYTES = 64 * 2**20
+
+
+def plan_chunks(k: int, n: int, bytes_per_pair: int, memory_gb: float, target_bytes: Optional[int] = None) -> Tuple[int, int]:
+    """(particles per chunk, datapoints per chunk) with ``kc * nc * bytes_per_pair <= memory``
+    (and ``<= target_bytes`` when given)."""
+    budget = int(memory_gb * 2**30)
+    if target_bytes is not None:
+        budget = min(budget, target_bytes)
+    pairs = max(1, budget // max(1, bytes_per_pair))
     kc = max(1, min(k, pairs))
     nc = max(1, min(n, pairs // kc))
     return kc, nc
@@ -80,7 +90,8 @@ def iwae(
     if k < 1:
         raise ValueError("k must be >= 1")
     n = x.shape[0]
-    kc, nc = chunks or plan_chunks(k, n, bytes_per_particle(vae), memory_gb)
+    target = CPU_CHUNK_BYTES if x.device.type == "cpu" else None
+    kc, nc = chunks or plan_chunks(k, n, bytes_per_particle(vae), memory_gb, target)
     values, ess = [], []
     for xb in tqdm(x.split(nc), desc=f"IWAE-{k}", disable=not progress):
         lse, lse2 = log_weight_stats(vae.model, vae.guide, xb, k, kc)
@@ -98,7 +109,7 @@ def iwae(
 
 def elbo(vae: VAE, x: torch.Tensor, num_samples: int = 1, memory_gb: float = 2.0) -> Estimate:
     """The Monte Carlo ELBO per datapoint, averaged over ``num_samples`` draws of q (a lower bound)."""
-    kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae), memory_gb)
+    kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae), memory_gb, CPU_CHUNK_BYTES if x.device.type == "cpu" else None)
     out = []
     with torch.no_grad():
         for xb in x.split(nc):
