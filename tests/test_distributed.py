@@ -47,6 +47,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     _near_deterministic(trainer)
     trainer.train()
     torch.save([p.detach() for p in trainer.vae.parameters()], f"{out_dir}/params_{rank}.pt")
+    # Resume in distributed mode: every rank reloads the checkpoint and its own RNG state.
+    cfg2 = _config()
+    cfg2.training.epochs = 2
+    resumed = Trainer(cfg2, f"{out_dir}/run", progress=False)
+    resumed.train(resume=True)
+    torch.save(resumed.epoch, f"{out_dir}/resumed_epoch_{rank}.pt")
     # Sharded IWAE: exact guide => deterministic per-datapoint values.
     from pyro_vae.estimators import exact_vae, iwae
     from pyro_vae.linear_gaussian import LinearGaussian
@@ -73,6 +79,7 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
         params = torch.load(tmp_path / f"params_{rank}.pt")
         for a, b in zip(params, single.vae.parameters()):
             assert torch.allclose(a, b, atol=1e-6), "parameters after one step differ from the single-process run"
+    assert all(torch.load(tmp_path / f"resumed_epoch_{r}.pt") == 2 for r in (0, 1))
     # Only rank 0 wrote the run folder; metrics count the global batch.
     assert (tmp_path / "run" / "checkpoint.pt").exists()
     import csv
