@@ -132,3 +132,11 @@ def gather_objects(obj, info: DistInfo) -> list:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave the process group cleanly: every rank reaches the barrier before any tears down its
+    connections (tearing down while a peer still talks to the store aborted a rank in our tests)."""
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

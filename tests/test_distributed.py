@@ -5,7 +5,6 @@ import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pyro_vae import distributed
@@ -64,7 +63,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     part = iwae(vae, x[distributed.shard(11, info)], k=4).per_datapoint
     full = distributed.gather_shards(part, 11, info)
     torch.save(full, f"{out_dir}/iwae_{rank}.pt")
-    dist.destroy_process_group()
+    distributed.shutdown(info)
 
 
 def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
