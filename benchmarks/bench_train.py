@@ -131,7 +131,7 @@ def main(args: argparse.Namespace) -> None:
     t_ours, t_plain, elbo_ours, elbo_plain = [], [], float("nan"), float("nan")
     for _ in range(args.epochs):
         s = time.perf_counter()
-        row = ours._train_epoch(args.n, ours.config.training)
+        row = ours.train_epoch()
         t_ours.append(time.perf_counter() - s)
         elbo_ours = row["train_elbo"]
         s = time.perf_counter()

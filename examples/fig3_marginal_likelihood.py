@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> None:
             pending = [p for p in X.log_points(int(args.budget), first=min(n_train, int(args.budget)), per_decade=args.per_decade) if p > done]
 
             def evaluate(trainer, row, method=method, n_train=n_train, pending=pending, x_train=x_train, run_rows=run_rows, saved=saved):
-                if not pending or (row["samples_seen"] < pending[0] and trainer._stop_reason() is None):
+                if not pending or (row["samples_seen"] < pending[0] and not trainer.finished):
                     return
                 while pending and pending[0] <= row["samples_seen"]:
                     pending.pop(0)

@@ -187,6 +187,11 @@ class Trainer:
         distributed.barrier(self.dist)
 
     # --- training ------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """True once the config's epochs or sample budget are reached."""
+        return self._stop_reason() is not None
+
     def _stop_reason(self) -> Optional[str]:
         t = self.config.training
         if t.sample_budget is not None and self.samples_seen >= t.sample_budget:
@@ -280,6 +285,11 @@ class Trainer:
         """Mean per-datapoint ELBO, each rank scoring a contiguous shard of the points."""
         part = elbo_per_datapoint(self.vae, x[distributed.shard(x.shape[0], self.dist)], batch_size)
         return distributed.gather_shards(part, x.shape[0], self.dist).mean().item()
+
+    def train_epoch(self) -> Dict[str, Any]:
+        """One pass over the training data (or up to the sample budget); returns its metric row.
+        ``train`` calls it until ``finished``; benchmarks call it directly."""
+        return self._train_epoch(self.x_train.shape[0], self.config.training)
 
     def _train_epoch(self, n: int, cfg) -> Dict[str, Any]:
         start = time.perf_counter()

@@ -59,7 +59,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with torch.no_grad():
         trainer.vae.decoder[0].weight.fill_(float("nan"))
     with pytest.raises(TrainingError, match="loss became nan.*last good checkpoint.*epoch 1"):
-        trainer._train_epoch(trainer.x_train.shape[0], trainer.config.training)
+        trainer.train_epoch()
     kept = load_checkpoint(tmp_path / "r")
     assert kept["epoch"] == good["epoch"] == 1
     for k, v in good["vae"].items():
