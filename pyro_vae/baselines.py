@@ -45,8 +45,8 @@ def _sleep_term(vae: VAE, dream_batch_size: int) -> torch.Tensor:
     return guide_log_prob(vae.guide, {"z": z_dream.unsqueeze(0)}, x_dream).sum()
 
 
-class WakeSleep(Objective):
-    name = "wake_sleep"
+class _WakeSleepFamily(Objective):
+    """What wake-sleep and RWS share: K particles from q with no gradient path, and dreams."""
 
     def __init__(self, num_particles: int, dream_batch_size: Optional[int]) -> None:
         self.num_particles = num_particles
@@ -55,32 +55,36 @@ class WakeSleep(Objective):
     def check(self, vae: VAE) -> None:
         _reject_encoder_prior(vae, self.name)
 
+    def _particles(self, vae: VAE, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return sample_latents(vae.guide, self.num_particles, x)["z"]  # (K, batch, D)
+
+    def _scaled_sleep(self, vae: VAE, batch: int, num_data: int) -> torch.Tensor:
+        dreams = self.dream_batch_size or batch
+        return _sleep_term(vae, dreams) * (num_data / dreams)
+
+
+class WakeSleep(_WakeSleepFamily):
+    name = "wake_sleep"
+
     def loss(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> torch.Tensor:
         batch = x.shape[0]
-        with torch.no_grad():
-            z = sample_latents(vae.guide, self.num_particles, x)["z"]  # (K, batch, D), no path to q
+        z = self._particles(vae, x)
         log_prior, log_lik = log_densities(vae.model, {"z": z}, x)
         wake = (log_prior + log_lik).mean(0).sum() * (num_data / batch)
-        dreams = self.dream_batch_size or batch
-        sleep = _sleep_term(vae, dreams) * (num_data / dreams)
-        return -(wake + sleep)
+        return -(wake + self._scaled_sleep(vae, batch, num_data))
 
 
-class ReweightedWakeSleep(Objective):
+class ReweightedWakeSleep(_WakeSleepFamily):
     name = "rws"
 
     def __init__(self, num_particles: int, wake_phi_weight: float, dream_batch_size: Optional[int]) -> None:
-        self.num_particles = num_particles
+        super().__init__(num_particles, dream_batch_size)
         self.wake_phi_weight = wake_phi_weight
-        self.dream_batch_size = dream_batch_size
-
-    def check(self, vae: VAE) -> None:
-        _reject_encoder_prior(vae, self.name)
 
     def loss(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> torch.Tensor:
         batch = x.shape[0]
-        with torch.no_grad():
-            z = sample_latents(vae.guide, self.num_particles, x)["z"]  # (K, batch, D)
+        z = self._particles(vae, x)
         log_prior, log_lik = log_densities(vae.model, {"z": z}, x)  # grads: generative parameters
         log_q = guide_log_prob(vae.guide, {"z": z}, x)  # grads: recognition parameters
         weights = torch.softmax((log_prior + log_lik - log_q).detach(), dim=0)  # normalised per datapoint
@@ -88,8 +92,7 @@ class ReweightedWakeSleep(Objective):
         wake_theta = (weights * (log_prior + log_lik)).sum() * scale
         recognition = self.wake_phi_weight * (weights * log_q).sum() * scale
         if self.wake_phi_weight < 1:
-            dreams = self.dream_batch_size or batch
-            recognition = recognition + (1 - self.wake_phi_weight) * _sleep_term(vae, dreams) * (num_data / dreams)
+            recognition = recognition + (1 - self.wake_phi_weight) * self._scaled_sleep(vae, batch, num_data)
         return -(wake_theta + recognition)
 
 
