@@ -55,6 +55,10 @@ class VAE(nn.Module):
         self.guide_head = guide_head
         self.encoder = encoder
         self.decoder = decoder
+        # Register parameters with Pyro's param store (needed by Pyro's SVI and the JIT ELBOs). The
+        # trainer turns it off for objectives that do not need it, since its own optimizer holds
+        # the parameters (measured interleaved: about 1% of a step, and no stale param-store state).
+        self.register_params = True
         # Views for registration with Pyro (no parameters of their own; state_dict keys unchanged).
         object.__setattr__(self, "generative", nn.ModuleDict({"prior": prior, "likelihood": likelihood, "decoder": decoder}))
         object.__setattr__(self, "recognition", nn.ModuleDict({"guide_head": guide_head, "encoder": encoder}))
@@ -89,7 +93,8 @@ class VAE(nn.Module):
         # Each parameter is registered once per step: generative ones here, recognition ones in
         # the guide (Pyro's SVI collects parameters from both traces). Registering the whole VAE in
         # both doubled pyro.module's cost, the largest Python overhead of a step.
-        pyro.module("vae.generative", self.generative)
+        if self.register_params:
+            pyro.module("vae.generative", self.generative)
         with self._plate(x, idx, num_data):
             z = pyro.sample("z", self.prior_dist())
             pyro.sample("x", self.decode(z), obs=self.likelihood.prepare(x))
@@ -97,7 +102,8 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None, num_data: Optional[int] = None) -> torch.Tensor:
         """q(z | x)."""
-        pyro.module("vae.recognition", self.recognition)
+        if self.register_params:
+            pyro.module("vae.recognition", self.recognition)
         with self._plate(x, idx, num_data):
             return pyro.sample("z", self.encode(x))
 

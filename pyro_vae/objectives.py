@@ -33,6 +33,7 @@ class Objective:
     name: str = "objective"
     loss_is_elbo: bool = False  # True when -loss/N is itself an ELBO estimate (then logged as one)
     supports_distributed: bool = True  # False for objectives with per-datapoint state
+    needs_param_store: bool = False  # True if parameters must appear as Pyro param sites (JIT)
 
     def loss(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> torch.Tensor:
         raise NotImplementedError
@@ -58,9 +59,10 @@ class ElboObjective(Objective):
 
     loss_is_elbo = True
 
-    def __init__(self, name: str, elbo: ELBO) -> None:
+    def __init__(self, name: str, elbo: ELBO, needs_param_store: bool = False) -> None:
         self.name = name
         self.elbo = elbo
+        self.needs_param_store = needs_param_store  # the JIT ELBOs feed param sites to the compiled graph
         self._vae: Optional[VAE] = None
 
     def _programs(self, vae: VAE):
@@ -121,7 +123,8 @@ def _elbo(name: str, elbo_class: type, num_particles: int, **extra) -> Objective
     _check_particles(num_particles)
     # A particle plate of size 1 only adds broadcasting work: vectorize from two particles on.
     vectorize = num_particles > 1
-    return ElboObjective(name, elbo_class(num_particles=num_particles, vectorize_particles=vectorize, max_plate_nesting=1, **extra))
+    elbo = elbo_class(num_particles=num_particles, vectorize_particles=vectorize, max_plate_nesting=1, **extra)
+    return ElboObjective(name, elbo, needs_param_store=name.startswith("jit"))
 
 
 @OBJECTIVES.register("trace")

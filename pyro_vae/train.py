@@ -94,6 +94,8 @@ class Trainer:
         check_support(self.data, self.vae.likelihood, config.data.binarize)
         self.objective: Objective = OBJECTIVES.build(config.objective.name, config.objective.options)
         self.objective.check(self.vae)
+        # Our optimizer holds the parameters; Pyro's param store is needed only by JIT objectives.
+        self.vae.register_params = self.objective.needs_param_store
         self.optimizer = build_optimizer(
             config.optimizer.name, config.optimizer.options, list(self.vae.parameters()), config.objective.weight_prior_std
         )

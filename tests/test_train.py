@@ -115,3 +115,14 @@ def test_checkpoint_from_other_model_is_rejected(tmp_path):
     other = Trainer(tiny_config(model={"z_dim": 3}), tmp_path / "r", progress=False)
     with pytest.raises(CheckpointError, match="does not fit"):
         other.resume()
+
+
+@pytest.mark.parametrize("objective,registered", [("trace_meanfield", False), ("wake_sleep", False), ("jit_trace", True)])
+def test_param_store_is_used_only_when_needed(tmp_path, objective, registered):
+    import pyro
+
+    trainer = Trainer(tiny_config(objective={"name": objective}), tmp_path / "r", progress=False)
+    before = [p.detach().clone() for p in trainer.vae.parameters()]
+    trainer.train()
+    assert (len(pyro.get_param_store()) > 0) == registered
+    assert all(not torch.equal(a, b) for a, b in zip(before, trainer.vae.parameters()) if a.numel() > 1)
