@@ -118,6 +118,7 @@ class Trainer:
             # Initialisation above is identical on every rank (same seed); sampling noise must not be.
             torch.manual_seed(config.seed + 1_000_003 * (self.dist.rank + 1))
         self.epoch = 0
+        self._saved_epoch = 0  # epoch of the checkpoint on disk (named when training must stop)
         self.step = 0
         self.samples_seen = 0
         self.wall_seconds = 0.0

@@ -159,3 +159,23 @@ def test_gap_report_decomposes(problem):
     # The full-covariance exact family: q* (diagonal) is no better than the amortized guide here,
     # but the amortization gap of the perturbed diagonal-free guide is finite and the gap positive.
     assert s["inference_gap"] > 0
+
+
+def test_hmc_reuses_the_potential_of_its_last_state():
+    calls = []
+
+    def potential(z):
+        calls.append(1)
+        return 0.5 * (z * z).sum(-1)
+
+    kernel = BatchedHMC(potential, step_size=0.3, num_leapfrog=4)
+    z = torch.randn(10, 2)
+    for _ in range(5):
+        z, _ = kernel.step(z)
+    assert len(calls) == 1 + 5 * 4  # one start-up evaluation, then only the leapfrog steps
+    tempered = BatchedHMC(potential, step_size=0.3, num_leapfrog=4, fixed_potential=False)
+    calls.clear()
+    z = torch.randn(10, 2)
+    for _ in range(5):
+        z, _ = tempered.step(z)
+    assert len(calls) == 5 * 5  # a potential that may change is evaluated afresh every step

@@ -82,7 +82,8 @@ def _anneal(
         joint, p0 = log_target_and_p0(zz)
         return -((1 - beta) * p0 + beta * joint)
 
-    kernel = BatchedHMC(potential, step_size=step_size, num_leapfrog=num_leapfrog, target_accept=target_accept)
+    # The potential changes with beta between steps: no reuse of U and its gradient.
+    kernel = BatchedHMC(potential, step_size=step_size, num_leapfrog=num_leapfrog, target_accept=target_accept, fixed_potential=False)
     log_w = torch.zeros(z.shape[:-1], dtype=torch.float64, device=z.device)
     accept_sum = torch.zeros(z.shape[:-1], device=z.device)
     used = []
@@ -167,11 +168,6 @@ def _reverse(steps: torch.Tensor) -> torch.Tensor:
     return torch.cat([steps.flip(0)[1:], steps[:1]])
 
 
-def simulate(vae: VAE, num_points: int):
-    """(x, z) from the model (see :meth:`pyro_vae.model.VAE.simulate`)."""
-    return vae.simulate(num_points)
-
-
 def bdmc(
     vae: VAE,
     num_points: int = 100,
@@ -188,7 +184,7 @@ def bdmc(
     """BDMC on simulated data: forward AIS (lower bound) and reverse AIS from the exact posterior
     sample (upper bound). Returns both estimates and the gap (upper - lower), mean over points."""
     if x is None or z is None:
-        x, z = simulate(vae, num_points)
+        x, z = vae.simulate(num_points)
     betas = beta_schedule(num_steps, schedule)
     steps = pilot_step_sizes(vae, x, betas, "prior", num_leapfrog, step_size, target_accept, 2, progress)
     lower = ais(vae, x, num_steps, num_chains, schedule, num_leapfrog, step_size, target_accept, "prior", progress=progress, step_schedule=steps)

@@ -43,18 +43,12 @@ def optimise_local_gaussians(vae: VAE, x: torch.Tensor, steps: int = 300, lr: fl
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
     opt = torch.optim.Adam([loc, log_scale], lr=lr)
-    for p in vae.parameters():
-        p.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            for _ in range(steps):
-                loss = -log_importance_weights(vae.model, local_guide, x, num_particles=num_samples).mean(0).sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    finally:
-        for p in vae.parameters():
-            p.requires_grad_(True)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = -log_importance_weights(vae.model, local_guide, x, num_particles=num_samples).mean(0).sum()
+            # Gradients for q*'s parameters only: the model's parameters are left untouched.
+            loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
+            opt.step()
     with torch.no_grad():
         values = log_importance_weights(vae.model, local_guide, x, num_particles=100).double().mean(0)
     return Estimate("elbo_local_gaussian", values.cpu(), settings={"steps": steps, "lr": lr, "num_samples": num_samples})

@@ -86,13 +86,19 @@ class HMCStats:
 class BatchedHMC:
     """HMC for independent chains, each with its own step size and accept/reject.
 
-    :param potential: U(z) -> per-chain values; may be changed between steps (AIS tempers it).
+    :param potential: U(z) -> per-chain values.
     :param step_size: initial step size (scalar or per chain).
     :param num_leapfrog: leapfrog steps per trajectory.
     :param target_accept: acceptance probability that adaptation aims for.
+    :param fixed_potential: True if ``potential`` stays the same between steps; then U and its
+        gradient at the state a step returned are reused by the next step (one evaluation of
+        ``num_leapfrog + 1`` saved). AIS, which tempers the potential between steps, passes False.
     """
 
-    def __init__(self, potential: Potential, step_size: float | torch.Tensor = 0.1, num_leapfrog: int = 10, target_accept: float = 0.65) -> None:
+    def __init__(
+        self, potential: Potential, step_size: float | torch.Tensor = 0.1, num_leapfrog: int = 10,
+        target_accept: float = 0.65, fixed_potential: bool = True,
+    ) -> None:
         if num_leapfrog < 1:
             raise ValueError("num_leapfrog must be >= 1")
         if not 0 < target_accept < 1:
@@ -101,8 +107,10 @@ class BatchedHMC:
         self.initial_step_size = step_size
         self.num_leapfrog = num_leapfrog
         self.target_accept = target_accept
+        self.fixed_potential = fixed_potential
         self.step_size: Optional[torch.Tensor] = None
         self._adapter: Optional[DualAveraging] = None
+        self._cache: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None  # (z, U(z), grad U(z))
 
     def _init_step(self, z: torch.Tensor) -> None:
         if self.step_size is None:
@@ -112,9 +120,12 @@ class BatchedHMC:
     def step(self, z: torch.Tensor, adapt: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """One HMC transition for every chain. Returns (new z, acceptance probability per chain)."""
         self._init_step(z)
-        u0, g0 = potential_and_grad(self.potential, z)
+        if self.fixed_potential and self._cache is not None and self._cache[0] is z:
+            _, u0, g0 = self._cache
+        else:
+            u0, g0 = potential_and_grad(self.potential, z)
         p0 = torch.randn_like(z)
-        z1, p1, u1, _ = leapfrog(self.potential, z, p0, g0, self.step_size, self.num_leapfrog)
+        z1, p1, u1, g1 = leapfrog(self.potential, z, p0, g0, self.step_size, self.num_leapfrog)
         h0 = u0 + 0.5 * (p0 * p0).sum(-1)
         h1 = u1 + 0.5 * (p1 * p1).sum(-1)
         log_accept = (h0 - h1).clamp(max=0.0)
@@ -122,6 +133,8 @@ class BatchedHMC:
         accept_prob = log_accept.exp()
         accept = torch.rand_like(accept_prob).log() < log_accept
         z_new = torch.where(accept.unsqueeze(-1), z1.detach(), z)
+        if self.fixed_potential:
+            self._cache = (z_new, torch.where(accept, u1, u0), torch.where(accept.unsqueeze(-1), g1, g0))
         if adapt:
             if self._adapter is None:
                 self._adapter = DualAveraging(self.step_size, self.target_accept)
