@@ -13,9 +13,10 @@ from typing import Any, Dict, Iterator, Optional
 
 import pyro
 import torch
-from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
 
+from .elbo import LeanTrace_ELBO, LeanTraceMeanField_ELBO
 from .model import VAE
 from .registry import OBJECTIVES
 from .traces import log_importance_weights
@@ -129,14 +130,17 @@ def _elbo(name: str, elbo_class: type, num_particles: int, **extra) -> Objective
 
 @OBJECTIVES.register("trace")
 def trace(*, num_particles: int = 1) -> Objective:
-    """Trace_ELBO with L = ``num_particles`` vectorized samples per datapoint (AEVB estimator A)."""
-    return _elbo("trace", Trace_ELBO, num_particles)
+    """Trace_ELBO with L = ``num_particles`` vectorized samples per datapoint (AEVB estimator A).
+    Computed by :class:`~pyro_vae.elbo.LeanTrace_ELBO`: Pyro's estimator without its per-step
+    trace copies and host syncs."""
+    return _elbo("trace", LeanTrace_ELBO, num_particles)
 
 
 @OBJECTIVES.register("trace_meanfield")
 def trace_meanfield(*, num_particles: int = 1) -> Objective:
-    """TraceMeanField_ELBO: the paper's estimator B (analytic KL, AEVB eq. 10)."""
-    return _elbo("trace_meanfield", TraceMeanField_ELBO, num_particles)
+    """TraceMeanField_ELBO: the paper's estimator B (analytic KL, AEVB eq. 10), computed by
+    :class:`~pyro_vae.elbo.LeanTraceMeanField_ELBO`."""
+    return _elbo("trace_meanfield", LeanTraceMeanField_ELBO, num_particles)
 
 
 @OBJECTIVES.register("jit_trace")

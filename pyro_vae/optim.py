@@ -1,4 +1,5 @@
-"""Optimizers: one torch optimizer over all parameters (multi-tensor ``foreach`` kernels).
+"""Optimizers: one optimizer over all parameters (in-place multi-tensor updates, see
+:mod:`pyro_vae.optimizers`; ``pyro.optim`` would run one torch optimizer per parameter).
 
 The paper's weight prior N(0, s^2 I) (approximate MAP, AEVB Sec. 5) enters as the optimizer's L2
 ``weight_decay = 1 / s^2``: its gradient theta / s^2 is exactly that of -log N(theta; 0, s^2 I)
@@ -13,26 +14,27 @@ import torch
 from pyro.optim.clipped_adam import ClippedAdam
 
 from .config import ScheduleConfig
+from .optimizers import SGD, Adagrad, Adam
 from .registry import OPTIMIZERS
 
 
 @OPTIMIZERS.register("adagrad")
 def adagrad(*, params: Iterable, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adagrad (Duchi et al. 2011), the paper's optimizer (global step size in {0.01, 0.02, 0.1})."""
-    return torch.optim.Adagrad(params, lr=lr, eps=eps, weight_decay=weight_decay, foreach=True)
+    return Adagrad(params, lr=lr, eps=eps, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("sgd")
 def sgd(*, params: Iterable, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Plain (momentum) SGD."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
+    return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("adam")
 def adam(
     *, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=True)
+    return Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
 @OPTIMIZERS.register("clipped_adam")

@@ -18,6 +18,7 @@ import torch
 
 from ..guides import DiagonalNormal
 from ..model import VAE
+from ..optimizers import Adam
 from ..traces import DATA_PLATE, log_importance_weights
 from .ais import ais
 from .iwae import elbo, iwae
@@ -42,7 +43,7 @@ def optimise_local_gaussians(vae: VAE, x: torch.Tensor, steps: int = 300, lr: fl
         with pyro.plate(DATA_PLATE, xx.shape[0], dim=-1):
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
-    opt = torch.optim.Adam([loc, log_scale], lr=lr)
+    opt = Adam([loc, log_scale], lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
             loss = -log_importance_weights(vae.model, local_guide, x, num_particles=num_samples).mean(0).sum()

@@ -1,0 +1,188 @@
+"""Adagrad, Adam and SGD over all parameters at once, updating in place.
+
+The math (and the names of the state entries, so checkpoints load either way) is that of
+``torch.optim.Adagrad``, ``Adam`` and ``SGD`` with ``foreach=True``. Two things differ, both for
+speed:
+
+* Every intermediate lives in a buffer allocated once per parameter. ``torch.optim`` allocates
+  new tensors of each parameter's size at every step (``sqrt(sum)``, ``grad * -lr``, ...); for
+  large weight matrices on CPU each such allocation is served by fresh pages from the kernel,
+  and those page faults cost more than the arithmetic: an Adagrad step over the paper's
+  784-500-20 MLP takes about 0.45 ms this way against 2.8 ms (measured on 2 CPU threads).
+* ``torch.optim.Optimizer`` wraps ``add_param_group``, ``zero_grad``, ``state_dict`` and
+  ``load_state_dict`` in ``torch._disable_dynamo``, and ``step`` in a helper, that import
+  ``torch._dynamo`` on first use: about 1 s, the bulk of a first training step. These classes
+  use the undecorated methods (the decorators only matter under ``torch.compile``, which
+  pyro-vae does not apply to its optimizers).
+
+They remain ``torch.optim.Optimizer`` subclasses, so learning-rate schedulers work unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch.optim import Optimizer
+
+
+def _undecorated(method: Callable) -> Callable:
+    return getattr(method, "__wrapped__", method)
+
+
+def _sqrt_into(out: List[torch.Tensor], tensors: List[torch.Tensor]) -> None:
+    # one pass per tensor (a foreach copy then an in-place sqrt would read and write twice)
+    for o, t in zip(out, tensors):
+        torch.sqrt(t, out=o)
+
+
+class _InPlaceOptimizer(Optimizer):
+    """Base: per-parameter scratch buffers (not part of ``state_dict``) and the dynamo-free
+    methods of ``torch.optim.Optimizer``."""
+
+    add_param_group = _undecorated(Optimizer.add_param_group)
+    zero_grad = _undecorated(Optimizer.zero_grad)
+    state_dict = _undecorated(Optimizer.state_dict)
+    load_state_dict = _undecorated(Optimizer.load_state_dict)
+
+    def __init__(self, params: Iterable, defaults: Dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+        self._scratch: Dict[Tuple[str, int], torch.Tensor] = {}
+
+    def _scratch_for(self, purpose: str, params: List[torch.Tensor]) -> List[torch.Tensor]:
+        """One buffer shaped like each parameter, per purpose, allocated on first use."""
+        out = []
+        for p in params:
+            key = (purpose, id(p))
+            buf = self._scratch.get(key)
+            if buf is None:
+                buf = self._scratch[key] = torch.empty_like(p, memory_format=torch.preserve_format)
+            out.append(buf)
+        return out
+
+    def _with_grads(self, group: Dict[str, Any]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        return params, [p.grad for p in params]
+
+    def _decayed(self, params: List[torch.Tensor], grads: List[torch.Tensor], weight_decay: float) -> List[torch.Tensor]:
+        """grad + weight_decay * param (L2, as torch.optim) in scratch buffers; ``.grad`` is left as is."""
+        if weight_decay == 0:
+            return grads
+        out = self._scratch_for("decayed_grad", params)
+        torch._foreach_copy_(out, grads)
+        torch._foreach_add_(out, params, alpha=weight_decay)
+        return out
+
+
+class Adagrad(_InPlaceOptimizer):
+    """Adagrad (Duchi, Hazan & Singer 2011): ``s += g^2;  theta -= lr * g / (sqrt(s) + eps)``."""
+
+    def __init__(self, params: Iterable, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0) -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0 or initial_accumulator_value < 0:
+            raise ValueError("Adagrad: lr, eps, weight_decay and initial_accumulator_value must be >= 0")
+        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value))
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params, grads = self._with_grads(group)
+            if not params:
+                continue
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["sum"] = torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format)
+                state["step"] += 1
+            grads = self._decayed(params, grads, group["weight_decay"])
+            sums = [self.state[p]["sum"] for p in params]
+            denom = self._scratch_for("denom", params)
+            torch._foreach_addcmul_(sums, grads, grads, value=1.0)
+            _sqrt_into(denom, sums)
+            torch._foreach_add_(denom, group["eps"])
+            torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
+        return loss
+
+
+class Adam(_InPlaceOptimizer):
+    """Adam (Kingma & Ba 2015) with bias correction; ``weight_decay`` is L2 (added to the gradient)."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError("Adam: lr, eps and weight_decay must be >= 0 and betas in [0, 1)")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params, grads = self._with_grads(group)
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            by_step: Dict[float, List[int]] = {}  # bias corrections differ only if step counts do
+            for i, p in enumerate(params):
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                by_step.setdefault(float(state["step"]), []).append(i)
+            grads = self._decayed(params, grads, group["weight_decay"])
+            for t, members in by_step.items():
+                ps = [params[i] for i in members]
+                gs = [grads[i] for i in members]
+                exp_avg = [self.state[p]["exp_avg"] for p in ps]
+                exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in ps]
+                torch._foreach_lerp_(exp_avg, gs, 1 - beta1)
+                torch._foreach_mul_(exp_avg_sq, beta2)
+                torch._foreach_addcmul_(exp_avg_sq, gs, gs, value=1 - beta2)
+                denom = self._scratch_for("denom", ps)
+                _sqrt_into(denom, exp_avg_sq)
+                torch._foreach_div_(denom, math.sqrt(1 - beta2**t))
+                torch._foreach_add_(denom, group["eps"])
+                torch._foreach_addcdiv_(ps, exp_avg, denom, value=-group["lr"] / (1 - beta1**t))
+        return loss
+
+
+class SGD(_InPlaceOptimizer):
+    """SGD with optional (heavy-ball) momentum: ``b = m b + g;  theta -= lr * b``."""
+
+    def __init__(self, params: Iterable, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError("SGD: lr, momentum and weight_decay must be >= 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params, grads = self._with_grads(group)
+            if not params:
+                continue
+            grads = self._decayed(params, grads, group["weight_decay"])
+            if group["momentum"] == 0:
+                torch._foreach_add_(params, grads, alpha=-group["lr"])
+                continue
+            running, running_grads = [], []
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                if state.get("momentum_buffer") is None:  # first step: the buffer is the gradient
+                    state["momentum_buffer"] = g.detach().clone()
+                else:
+                    running.append(state["momentum_buffer"])
+                    running_grads.append(g)
+            if running:
+                torch._foreach_mul_(running, group["momentum"])
+                torch._foreach_add_(running, running_grads)
+            torch._foreach_add_(params, [self.state[p]["momentum_buffer"] for p in params], alpha=-group["lr"])
+        return loss
