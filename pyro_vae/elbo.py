@@ -33,20 +33,15 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
+
+from .traces import sample_sites
 
 
 def _log_prob_sum(site: dict) -> torch.Tensor:
     """``sum(scale * mask * log p(value))`` of one sample site, as Pyro's ``Trace.compute_log_prob``."""
     log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
     return scale_and_mask(log_p, site["scale"], site["mask"]).sum()
-
-
-def _sample_sites(trace: Trace):
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            yield site
 
 
 def _fast_path_applies(guide: Callable) -> bool:
@@ -58,7 +53,7 @@ def _fast_path_applies(guide: Callable) -> bool:
 def _all_reparameterized(guide_trace: Trace) -> bool:
     return all(
         getattr(site["fn"], "has_rsample", False) and site["infer"].get("enumerate") is None
-        for site in _sample_sites(guide_trace)
+        for site in sample_sites(guide_trace)
     )
 
 
@@ -111,9 +106,9 @@ class LeanTrace_ELBO(_LeanELBOMixin, Trace_ELBO):
 
     def _particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
         elbo: torch.Tensor | float = 0.0
-        for site in _sample_sites(model_trace):
+        for site in sample_sites(model_trace):
             elbo = elbo + _log_prob_sum(site)
-        for site in _sample_sites(guide_trace):
+        for site in sample_sites(guide_trace):
             elbo = elbo - _log_prob_sum(site)
         return elbo  # type: ignore[return-value]
 
@@ -130,7 +125,7 @@ class LeanTraceMeanField_ELBO(_LeanELBOMixin, TraceMeanField_ELBO):
 
     def _particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
         elbo: torch.Tensor | float = 0.0
-        for site in _sample_sites(model_trace):
+        for site in sample_sites(model_trace):
             if site["is_observed"]:
                 elbo = elbo + _log_prob_sum(site)
                 continue
@@ -145,7 +140,7 @@ class LeanTraceMeanField_ELBO(_LeanELBOMixin, TraceMeanField_ELBO):
                 elbo = elbo - kl.sum()
             else:  # a constant KL (identical distributions) counts once per batch element
                 elbo = elbo - kl * torch.Size(guide_site["fn"].batch_shape).numel()
-        for site in _sample_sites(guide_trace):  # auxiliary guide sites, absent from the model
+        for site in sample_sites(guide_trace):  # auxiliary guide sites, absent from the model
             if site["name"] not in model_trace.nodes:
                 elbo = elbo - _log_prob_sum(site)
         return elbo  # type: ignore[return-value]

@@ -6,13 +6,13 @@ every prior, likelihood and guide in the registry without special cases.
 
 Conventions: the model and guide put every sample site inside a plate named ``"data"`` at
 ``dim=-1``. Particles / chains are vectorized with an outer plate at ``dim=-2``. Log-probs are
-read *unscaled* (``site["unscaled_log_prob"]``; Pyro's ``site["log_prob"]`` is already scaled): the subsample scale N/M of the data plate must act after
-any nonlinearity over particles (a log-sum-exp), never inside it.
+read *unscaled* (Pyro's ``site["log_prob"]`` is already scaled): the subsample scale N/M of the
+data plate must act after any nonlinearity over particles (a log-sum-exp), never inside it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Dict, Tuple
+from typing import Any, Callable, Collection, Dict, Iterator, Tuple
 
 import pyro
 import pyro.poutine as poutine
@@ -34,6 +34,22 @@ def _check_local(site: Dict[str, Any]) -> None:
         )
 
 
+def _unscaled_log_prob(site: Dict[str, Any]) -> torch.Tensor:
+    """log p(value) of one site, masked but without the subsample scale. Computed here rather than
+    by ``Trace.compute_log_prob``, which also stores a scaled copy and its sum for every site
+    (per-call overhead that the HMC and AIS potentials pay at every leapfrog step)."""
+    _check_local(site)
+    log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(log_p, mask=site["mask"])
+
+
+def sample_sites(trace: Trace) -> Iterator[Dict[str, Any]]:
+    """The trace's sample sites, without the plates' subsample sites."""
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            yield site
+
+
 def site_log_probs(trace: Trace, observed: bool | None = None, names: Collection[str] | None = None) -> torch.Tensor:
     """Sum of the unscaled log-probs of the trace's sample sites, per datapoint.
 
@@ -42,18 +58,14 @@ def site_log_probs(trace: Trace, observed: bool | None = None, names: Collection
         conditioned traces select latents by name).
     :returns: tensor broadcast to the trace's (particle, datapoint) batch shape.
     """
-    trace.compute_log_prob()
     total: torch.Tensor | float = 0.0
-    for site in trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
+    for site in sample_sites(trace):
         if observed is not None and site["is_observed"] != observed:
             continue
         if names is not None and site["name"] not in names:
             continue
-        _check_local(site)
-        # site["log_prob"] carries the subsample scale N/M; the unscaled value (masked) is wanted.
-        total = total + scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
+        # Pyro's site["log_prob"] would carry the subsample scale N/M; the unscaled value is wanted.
+        total = total + _unscaled_log_prob(site)
     return total  # type: ignore[return-value]
 
 
@@ -92,8 +104,14 @@ def log_densities(
     chains = next(iter(latents.values())).shape[0]
     with pyro.plate(PARTICLE_PLATE, chains, dim=-2):
         trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(*args, **kwargs)
-    log_prior = site_log_probs(trace, names=latents.keys())
-    return log_prior, site_log_probs(trace) - log_prior
+    log_prior: torch.Tensor | float = 0.0
+    log_lik: torch.Tensor | float = 0.0
+    for site in sample_sites(trace):
+        if site["name"] in latents:
+            log_prior = log_prior + _unscaled_log_prob(site)
+        else:
+            log_lik = log_lik + _unscaled_log_prob(site)
+    return log_prior, log_lik  # type: ignore[return-value]
 
 
 def guide_log_prob(guide: Callable, latents: Dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:

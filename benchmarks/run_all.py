@@ -1,0 +1,69 @@
+"""The benchmark suite: every configuration the speed targets name, one table at the end.
+
+Runs each benchmark script in its own process (so that one-time costs and allocator state do not
+leak between them), prints their full output, then a summary of the ratios (each measured
+interleaved within its own run):
+
+* training, paper MLP 784-500-20 tanh and the 784-400-20 ReLU shape, batch 100 and 1000,
+  analytic KL (``trace_meanfield``, and its JIT variant) and Monte Carlo KL (``trace``);
+  first step in a fresh process;
+* IWAE-5000 against the matrix-product bound and a hand-written PyTorch IWAE;
+* HMC against a plain-torch leapfrog loop.
+
+    python benchmarks/run_all.py            # about 10 minutes on 2 CPU threads
+    python benchmarks/run_all.py --quick    # smaller sizes, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+HERE = Path(__file__).resolve().parent
+
+
+def training_runs(quick: bool) -> List[Tuple[str, List[str]]]:
+    n, epochs = ("2000", "3") if quick else ("10000", "7")
+    runs = []
+    for act, hidden in (("tanh", "500"), ("relu", "400")):
+        for batch in ("100", "1000"):
+            for objective in ("trace_meanfield", "jit_trace_meanfield", "trace"):
+                if batch == "1000" and objective == "jit_trace_meanfield":
+                    continue
+                label = f"train 784-{hidden}-20 {act}, batch {batch}, {objective}"
+                runs.append((label, ["bench_train.py", "--activation", act, "--hidden", hidden, "--batch", batch,
+                                     "--objective", objective, "--n", n, "--epochs", epochs]))
+    runs[0][1].append("--fresh-first-step")
+    return runs
+
+
+def main(args: argparse.Namespace) -> None:
+    runs = training_runs(args.quick)
+    runs.append(("IWAE-5000" if not args.quick else "IWAE-500",
+                 ["bench_iwae.py", "--random", "--n", "10" if args.quick else "100", "--k", "500" if args.quick else "5000"]))
+    runs.append(("HMC", ["bench_hmc.py", "--points", "200" if args.quick else "1000", "--trajectories", "5" if args.quick else "10"]))
+    summary = []
+    for label, cmd in runs:
+        out = subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:], "--threads", str(args.threads)],
+                             capture_output=True, text=True, check=True).stdout
+        print(f"== {label}\n{out}", flush=True)
+        ratios = re.findall(r"^ratio (.+?): ([0-9.]+)$", out, flags=re.M)
+        first = re.search(r"^pyro-vae\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)", out, flags=re.M)
+        summary.append((label, ratios, first.group(1) if first and "--fresh-first-step" in cmd else None))
+    print("| benchmark | ratios (this run) |\n| --- | --- |")
+    for label, ratios, first in summary:
+        cells = "; ".join(f"{name} {value}" for name, value in ratios)
+        if first:
+            cells += f"; first step {first} s (fresh process)"
+        print(f"| {label} | {cells} |")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    main(p.parse_args())
