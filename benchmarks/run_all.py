@@ -41,25 +41,29 @@ def training_runs(quick: bool) -> List[Tuple[str, List[str]]]:
     return runs
 
 
+def summarize(label: str, output: str, with_first_step: bool) -> str:
+    """One markdown row from a benchmark's printed output: its ratio lines (and first step)."""
+    ratios = re.findall(r"^ratio (.+?): ([0-9.]+)$", output, flags=re.M)
+    cells = "; ".join(f"{name} {value}" for name, value in ratios)
+    first = re.search(r"^pyro-vae\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)", output, flags=re.M)
+    if with_first_step and first:
+        cells += f"; first step {first.group(1)} s (fresh process)"
+    return f"| {label} | {cells} |"
+
+
 def main(args: argparse.Namespace) -> None:
     runs = training_runs(args.quick)
     runs.append(("IWAE-5000" if not args.quick else "IWAE-500",
                  ["bench_iwae.py", "--random", "--n", "10" if args.quick else "100", "--k", "500" if args.quick else "5000"]))
     runs.append(("HMC", ["bench_hmc.py", "--points", "200" if args.quick else "1000", "--trajectories", "5" if args.quick else "10"]))
-    summary = []
+    rows = []
     for label, cmd in runs:
         out = subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:], "--threads", str(args.threads)],
                              capture_output=True, text=True, check=True).stdout
         print(f"== {label}\n{out}", flush=True)
-        ratios = re.findall(r"^ratio (.+?): ([0-9.]+)$", out, flags=re.M)
-        first = re.search(r"^pyro-vae\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)", out, flags=re.M)
-        summary.append((label, ratios, first.group(1) if first and "--fresh-first-step" in cmd else None))
+        rows.append(summarize(label, out, "--fresh-first-step" in cmd))
     print("| benchmark | ratios (this run) |\n| --- | --- |")
-    for label, ratios, first in summary:
-        cells = "; ".join(f"{name} {value}" for name, value in ratios)
-        if first:
-            cells += f"; first step {first} s (fresh process)"
-        print(f"| {label} | {cells} |")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

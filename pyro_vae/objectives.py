@@ -9,6 +9,7 @@ their ``jit_*`` variants, and ``iwae`` (Burda et al. 2015).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Dict, Iterator, Optional
 
 import pyro
@@ -75,10 +76,15 @@ class ElboObjective(Objective):
 
     def loss(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> torch.Tensor:
         model, guide = self._programs(vae)
-        # num_data goes as a keyword: Pyro's JIT treats keywords as static (an int cannot be traced).
-        if idx is None:
-            return self.elbo.differentiable_loss(model, guide, x, num_data=num_data)
-        return self.elbo.differentiable_loss(model, guide, x, idx, num_data=num_data)
+        args = (x,) if idx is None else (x, idx)
+        if not self.needs_param_store:
+            return self.elbo.differentiable_loss(model, guide, *args, num_data=num_data)
+        with warnings.catch_warnings():
+            # Pyro's JIT ELBOs are built on torch.jit.trace, which torch >= 2.9 marks deprecated at
+            # every compile; users cannot act on that, so it is not repeated to them.
+            warnings.filterwarnings("ignore", message=r"`torch.jit.trace` is deprecated", category=FutureWarning)
+            # num_data goes as a keyword: Pyro's JIT treats keywords as static (an int cannot be traced).
+            return self.elbo.differentiable_loss(model, guide, *args, num_data=num_data)
 
 
 class _CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):

@@ -13,7 +13,15 @@ def test_training_benchmark_runs_on_tiny_data(capsys):
     mod.main(argparse.Namespace(epochs=1, n=200, batch=50, hidden=16, z=2, activation="relu", objective="trace", threads=1,
                                 fresh_first_step=False))
     out = capsys.readouterr().out
-    assert "ratio pyro-vae / plain torch" in out and "plain torch" in out
+    assert "ratio pyro-vae / plain torch:" in out and "with the same optimizer" in out
+
+    # the suite's summary reads these lines
+    spec = importlib.util.spec_from_file_location("run_all", path.parent / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    row = run_all.summarize("tiny", out, with_first_step=True)
+    assert row.startswith("| tiny | pyro-vae / plain torch ") and "same optimizer" in row and "first step" in row
+    assert len(run_all.training_runs(quick=True)) == 10
 
 
 def test_iwae_benchmark_runs_on_tiny_data(capsys):
@@ -22,7 +30,11 @@ def test_iwae_benchmark_runs_on_tiny_data(capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.main(argparse.Namespace(k=10, n=4, repeats=1, memory_gb=0.01, threads=1, random=True))
-    assert "ratio pyro-vae / matmul bound" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ratio pyro-vae / matmul bound" in out and "ratio pyro-vae / plain torch" in out
+    # the hand-written IWAE and the estimator are the same estimator: their means agree
+    ours, plain = (float(line.split("mean log p(x)")[1].strip(" )")) for line in out.splitlines() if "mean log p(x)" in line)
+    assert abs(ours - plain) < 5.0
 
 
 def test_hmc_benchmark_runs_on_tiny_data(capsys):

@@ -14,7 +14,7 @@ def test_shipped_configs_validate():
     paper = C.load("configs/aevb_mnist.yaml")
     assert paper.model.encoder.options["hidden"] == [500]
     assert paper.optimizer.name == "adagrad" and paper.optimizer.options["lr"] == 0.02
-    assert paper.objective.name == "trace_meanfield" and paper.data.binarize == "dynamic"
+    assert paper.objective.name == "jit_trace_meanfield" and paper.data.binarize == "dynamic"
     assert paper.training.batch_size == 100
 
 
