@@ -20,7 +20,7 @@ from pyro_vae import config as C
 from pyro_vae.estimators.hmc import BatchedHMC
 from pyro_vae.model import build_vae
 from pyro_vae.traces import log_densities
-from pyro_vae.train import set_validation
+from pyro_vae.train import describe_device, resolve_device, set_validation, synchronize
 
 
 def plain_potential(vae, x):
@@ -61,15 +61,16 @@ def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     cfg = C.load("configs/aevb_mnist.yaml", [f"model.z_dim={args.z}", f"model.decoder.hidden=[{args.hidden}]", f"model.encoder.hidden=[{args.hidden}]"])
     set_validation(False)  # as in training and `pyro-vae evaluate`; the plain loop validates nothing
-    vae = build_vae(cfg.model, (1, 28, 28))
-    x = torch.bernoulli(torch.full((args.points, 784), 0.15), generator=torch.Generator().manual_seed(0))
-    z = torch.zeros(1, args.points, args.z)
+    device = resolve_device(args.device)
+    vae = build_vae(cfg.model, (1, 28, 28)).to(device)
+    x = torch.bernoulli(torch.full((args.points, 784), 0.15), generator=torch.Generator().manual_seed(0)).to(device)
+    z = torch.zeros(1, args.points, args.z, device=device)
 
     def pyro_potential(zz):
         prior, lik = log_densities(vae.model, {"z": zz}, x)
         return -(prior + lik)
 
-    step = torch.full((1, args.points), 0.05)
+    step = torch.full((1, args.points), 0.05, device=device)
     plain = plain_potential(vae, x)
     assert torch.allclose(plain(z + 0.1), pyro_potential(z + 0.1), rtol=1e-4, atol=1e-3), "the two potentials differ"
     ours_t, plain_t = [], []
@@ -79,12 +80,14 @@ def main(args: argparse.Namespace) -> None:
         zz = z
         for _ in range(args.trajectories):
             zz, _ = kernel.step(zz)
+        synchronize(device)
         ours_t.append(time.perf_counter() - s)
         s = time.perf_counter()
         plain_hmc(plain, z, step.unsqueeze(-1), args.leapfrog, args.trajectories)
+        synchronize(device)
         plain_t.append(time.perf_counter() - s)
     mo, mp = statistics.median(ours_t), statistics.median(plain_t)
-    print(f"device cpu ({args.threads} threads), {args.points} chains, Nz={args.z}, decoder {args.z}-{args.hidden}-784, {args.leapfrog} leapfrog steps")
+    print(f"device {describe_device(device, args.threads)}, {args.points} chains, Nz={args.z}, decoder {args.z}-{args.hidden}-784, {args.leapfrog} leapfrog steps")
     # Same sampling work on both sides: trajectories of all chains (the batched kernel reuses the
     # gradient at its last state, the plain loop recomputes it).
     print(f"batched HMC (Pyro traces)  {args.trajectories / mo:8.2f} trajectories/s  ({mo:.3f} s)")
@@ -100,5 +103,6 @@ if __name__ == "__main__":
     p.add_argument("--leapfrog", type=int, default=10)
     p.add_argument("--trajectories", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     main(p.parse_args())

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pyro_vae import config as C
 from pyro_vae.estimators.iwae import CPU_CHUNK_BYTES, bytes_per_particle, log_weight_stats, plan_chunks
 from pyro_vae.model import build_vae
-from pyro_vae.train import set_validation
+from pyro_vae.train import describe_device, resolve_device, set_validation, synchronize
 
 
 def matmul_bound(vae, x: torch.Tensor, k: int, kc: int, nc: int) -> None:
@@ -41,7 +41,7 @@ def matmul_bound(vae, x: torch.Tensor, k: int, kc: int, nc: int) -> None:
             done = 0
             while done < k:
                 c = min(kc, k - done)
-                z = torch.empty(c * xb.shape[0], vae.z_dim)
+                z = torch.empty(c * xb.shape[0], vae.z_dim, device=xb.device)
                 for layer in dec:
                     z = z @ layer.weight.T
                 done += c
@@ -53,12 +53,12 @@ def plain_log_weight_stats(vae, x: torch.Tensor, k: int, kc: int):
     d = vae.z_dim
     h = vae.encoder(x)
     mu, sd = h[:, :d], (0.5 * h[:, d:]).exp()
-    lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float64)
+    lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
     lse2 = lse.clone()
     done = 0
     while done < k:
         c = min(kc, k - done)
-        eps = torch.randn(c, x.shape[0], d)
+        eps = torch.randn(c, x.shape[0], d, device=x.device)
         z = mu + eps * sd
         logits = vae.decoder(z)
         log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
@@ -74,6 +74,7 @@ def plain_log_weight_stats(vae, x: torch.Tensor, k: int, kc: int):
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     set_validation(False)  # as in `pyro-vae evaluate`
+    device = resolve_device(args.device)
     cfg = C.load("configs/aevb_mnist.yaml")
     if args.random:
         g = torch.Generator().manual_seed(0)
@@ -82,25 +83,31 @@ def main(args: argparse.Namespace) -> None:
         from pyro_vae.datasets import load_dataset
 
         x = load_dataset(cfg.data).x_test[: args.n]
-    vae = build_vae(cfg.model, (1, 28, 28))
-    kc, nc = plan_chunks(args.k, x.shape[0], bytes_per_particle(vae), args.memory_gb, CPU_CHUNK_BYTES)
+    x = x.to(device)
+    vae = build_vae(cfg.model, (1, 28, 28)).to(device)
+    # the chunk plan of `iwae` on this device
+    target = CPU_CHUNK_BYTES if device.type == "cpu" else None
+    kc, nc = plan_chunks(args.k, x.shape[0], bytes_per_particle(vae), args.memory_gb, target)
+
+    def timed(fn, *fn_args):
+        start = time.perf_counter()
+        out = fn(*fn_args)
+        synchronize(device)
+        return out, time.perf_counter() - start
+
     ours = plain = bound = 0.0
     values, plain_values = [], []
     for _ in range(args.repeats):
         for xb in x.split(nc):
-            s = time.perf_counter()
-            lse, _ = log_weight_stats(vae.model, vae.guide, xb, args.k, kc)
-            ours += time.perf_counter() - s
-            s = time.perf_counter()
-            plain_lse, _ = plain_log_weight_stats(vae, xb, args.k, kc)
-            plain += time.perf_counter() - s
-            s = time.perf_counter()
-            matmul_bound(vae, xb, args.k, kc, nc)
-            bound += time.perf_counter() - s
+            (lse, _), seconds = timed(log_weight_stats, vae.model, vae.guide, xb, args.k, kc)
+            ours += seconds
+            (plain_lse, _), seconds = timed(plain_log_weight_stats, vae, xb, args.k, kc)
+            plain += seconds
+            bound += timed(matmul_bound, vae, xb, args.k, kc, nc)[1]
             values.append(lse - math.log(args.k))
             plain_values.append(plain_lse - math.log(args.k))
     value, plain_value = torch.cat(values).mean().item(), torch.cat(plain_values).mean().item()
-    print(f"device cpu ({args.threads} threads), IWAE-{args.k} on {x.shape[0]} points x {args.repeats}, "
+    print(f"device {describe_device(device, args.threads)}, IWAE-{args.k} on {x.shape[0]} points x {args.repeats}, "
           f"chunks {kc} particles x {nc} points, untrained paper model")
     print(f"pyro-vae        {ours:8.3f} s  (mean log p(x) {value:.2f})")
     print(f"plain torch     {plain:8.3f} s  (mean log p(x) {plain_value:.2f})")
@@ -116,6 +123,7 @@ if __name__ == "__main__":
     p.add_argument("--n", type=int, default=100, help="test points (10000: the full MNIST test set)")
     p.add_argument("--repeats", type=int, default=1, help="passes over the points")
     p.add_argument("--memory-gb", type=float, default=2.0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--random", action="store_true", help="random binary images instead of MNIST")
     main(p.parse_args())

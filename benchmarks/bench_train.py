@@ -29,7 +29,7 @@ from torch import nn
 from pyro_vae import config as C
 from pyro_vae.datasets import Dataset
 from pyro_vae.optimizers import Adagrad
-from pyro_vae.train import Trainer
+from pyro_vae.train import Trainer, describe_device, resolve_device, synchronize
 
 
 class PlainVAE(nn.Module):
@@ -54,8 +54,8 @@ class PlainVAE(nn.Module):
 
 def plain_epoch(vae: PlainVAE, opt, x: torch.Tensor, batch: int, gen: torch.Generator, analytic_kl: bool = True) -> float:
     n = x.shape[0]
-    total = torch.zeros(())
-    for idx in torch.randperm(n, generator=gen).split(batch):
+    total = torch.zeros((), device=x.device)
+    for idx in torch.randperm(n, generator=gen).to(x.device).split(batch):
         loss = vae.loss(x[idx], n, analytic_kl)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -70,14 +70,15 @@ import time, torch
 t = time.perf_counter()
 import torch.nn.functional as F
 from torch import nn
-enc = nn.Sequential(nn.Linear(784, {h}), nn.Tanh(), nn.Linear({h}, {z2}))
-dec = nn.Sequential(nn.Linear({z}, {h}), nn.Tanh(), nn.Linear({h}, 784))
+enc = nn.Sequential(nn.Linear(784, {h}), nn.Tanh(), nn.Linear({h}, {z2})).to("{dev}")
+dec = nn.Sequential(nn.Linear({z}, {h}), nn.Tanh(), nn.Linear({h}, 784)).to("{dev}")
 opt = torch.optim.Adagrad(list(enc.parameters()) + list(dec.parameters()), lr=0.02, foreach=True)
-x = torch.bernoulli(torch.full(({b}, 784), 0.3))
+x = torch.bernoulli(torch.full(({b}, 784), 0.3, device="{dev}"))
 h = enc(x); mu, lv = h[:, :{z}], h[:, {z}:]
 zz = mu + torch.randn_like(mu) * (0.5 * lv).exp()
 loss = F.binary_cross_entropy_with_logits(dec(zz), x, reduction="sum") - 0.5 * (1 + lv - mu**2 - lv.exp()).sum()
 loss.backward(); opt.step()
+if x.is_cuda: torch.cuda.synchronize()
 print(time.perf_counter() - t)
 """,
     "pyro-vae": """
@@ -88,11 +89,12 @@ from pyro_vae.datasets import Dataset
 from pyro_vae.optimizers import Adagrad
 from pyro_vae.train import Trainer
 x = torch.bernoulli(torch.full(({b}, 784), 0.3))
-cfg = C.load("configs/aevb_mnist.yaml", ["device=cpu", "model.z_dim={z}", "model.encoder.hidden=[{h}]", "model.decoder.hidden=[{h}]"])
+cfg = C.load("configs/aevb_mnist.yaml", ["device={dev}", "model.z_dim={z}", "model.encoder.hidden=[{h}]", "model.decoder.hidden=[{h}]"])
 tr = Trainer(cfg, "{tmp}", data=Dataset("b", x, x, (1, 28, 28)), progress=False)
-idx = torch.arange({b})
-loss = tr.objective.loss(tr.vae, x, idx, {b})
+idx = torch.arange({b}, device=tr.device)
+loss = tr.objective.loss(tr.vae, x.to(tr.device), idx, {b})
 loss.backward(); tr.optimizer.step()
+if x.is_cuda or tr.device.type == "cuda": torch.cuda.synchronize()
 print(time.perf_counter() - t)
 """,
 }
@@ -104,19 +106,20 @@ def first_step_seconds(which: str, args: argparse.Namespace) -> float:
     import subprocess
     import sys
 
-    code = FIRST_STEP[which].format(h=args.hidden, z=args.z, z2=2 * args.z, b=args.batch, tmp=tempfile.mkdtemp())
+    code = FIRST_STEP[which].format(h=args.hidden, z=args.z, z2=2 * args.z, b=args.batch, tmp=tempfile.mkdtemp(), dev=args.device)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     g = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.rand(args.n, 784, generator=g) * 0.3, generator=g)
     data = Dataset("bench", x, x[:1000], (1, 28, 28))
     act_name = args.activation
     cfg = C.from_dict({
-        "name": "bench", "device": "cpu", "data": {"name": "synthetic"},
+        "name": "bench", "device": args.device, "data": {"name": "synthetic"},
         "model": {"z_dim": args.z, "likelihood": {"name": "bernoulli"},
                   "encoder": {"name": "mlp", "hidden": [args.hidden], "activation": act_name},
                   "decoder": {"name": "mlp", "hidden": [args.hidden], "activation": act_name}},
@@ -125,21 +128,24 @@ def main(args: argparse.Namespace) -> None:
     })
     t0 = time.perf_counter()
     ours = Trainer(cfg, tempfile.mkdtemp(prefix="pyro_vae_bench_"), data=data, progress=False)
-    idx0 = torch.arange(args.batch)
-    loss = ours.objective.loss(ours.vae, x[idx0], idx0, args.n)
+    idx0 = torch.arange(args.batch, device=device)
+    loss = ours.objective.loss(ours.vae, ours.x_train[idx0], idx0, args.n)
     loss.backward()
     ours.optimizer.step()
+    synchronize(device)
     first_ours = time.perf_counter() - t0
+    x = x.to(device)
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
     act = {"tanh": nn.Tanh, "relu": nn.ReLU}[act_name]
-    plain = PlainVAE(784, args.hidden, args.z, act)
+    plain = PlainVAE(784, args.hidden, args.z, act).to(device)
     plain_opt = torch.optim.Adagrad(plain.parameters(), lr=0.02, foreach=True)
     plain.loss(x[:args.batch], args.n).backward()
     plain_opt.step()
+    synchronize(device)
     first_plain = time.perf_counter() - t0
-    twin = PlainVAE(784, args.hidden, args.z, act)
+    twin = PlainVAE(784, args.hidden, args.z, act).to(device)
     twin_opt = Adagrad(twin.parameters(), lr=0.02)
 
     analytic = "meanfield" in args.objective
@@ -160,7 +166,7 @@ def main(args: argparse.Namespace) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     if args.fresh_first_step:
         first_ours, first_plain = first_step_seconds("pyro-vae", args), first_step_seconds("plain torch", args)
-    print(f"device cpu ({args.threads} threads), 784-{args.hidden}-{args.z} {act_name}, batch {args.batch}, objective {args.objective}, n {args.n}")
+    print(f"device {describe_device(device, args.threads)}, 784-{args.hidden}-{args.z} {act_name}, batch {args.batch}, objective {args.objective}, n {args.n}")
     print(f"{'':34s}{'s/epoch':>10s}{'steps/s':>10s}{'first step s':>14s}{'train ELBO':>12s}")
     print(f"{'pyro-vae':34s}{med['ours']:10.3f}{steps / med['ours']:10.1f}{first_ours:14.3f}{elbo['ours']:12.2f}")
     print(f"{'plain torch':34s}{med['plain']:10.3f}{steps / med['plain']:10.1f}{first_plain:14.3f}{elbo['plain']:12.2f}")
@@ -180,6 +186,7 @@ if __name__ == "__main__":
     p.add_argument("--z", type=int, default=20)
     p.add_argument("--activation", default="tanh", choices=["tanh", "relu"])
     p.add_argument("--objective", default="trace_meanfield")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--fresh-first-step", action="store_true", help="time each first step in a fresh process")
     main(p.parse_args())

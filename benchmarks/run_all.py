@@ -12,6 +12,7 @@ interleaved within its own run):
 
     python benchmarks/run_all.py            # about 10 minutes on 2 CPU threads
     python benchmarks/run_all.py --quick    # smaller sizes, for a smoke test
+    python benchmarks/run_all.py --device cuda
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def main(args: argparse.Namespace) -> None:
     runs.append(("HMC", ["bench_hmc.py", "--points", "200" if args.quick else "1000", "--trajectories", "5" if args.quick else "10"]))
     rows = []
     for label, cmd in runs:
-        out = subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:], "--threads", str(args.threads)],
+        out = subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:], "--threads", str(args.threads), "--device", args.device],
                              capture_output=True, text=True, check=True).stdout
         print(f"== {label}\n{out}", flush=True)
         rows.append(summarize(label, out, "--fresh-first-step" in cmd))
@@ -69,5 +70,6 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (every benchmark runs on it; the output names it)")
     main(p.parse_args())

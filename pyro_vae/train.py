@@ -53,6 +53,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def describe_device(device: torch.device, threads: Optional[int] = None) -> str:
+    """The device in words, for benchmark output: ``cpu (2 threads)`` or ``cuda:0 (NVIDIA H100 ...)``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({threads if threads is not None else torch.get_num_threads()} threads)"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings on CUDA would otherwise measure only launches)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def set_validation(enabled: bool) -> None:
     """Distribution argument checks: useful for debugging, a measurable cost per step."""
     pyro.enable_validation(enabled)

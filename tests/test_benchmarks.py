@@ -10,7 +10,7 @@ def test_training_benchmark_runs_on_tiny_data(capsys):
     spec = importlib.util.spec_from_file_location("bench_train", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(argparse.Namespace(epochs=1, n=200, batch=50, hidden=16, z=2, activation="relu", objective="trace", threads=1,
+    mod.main(argparse.Namespace(epochs=1, n=200, batch=50, hidden=16, z=2, activation="relu", objective="trace", threads=1, device="cpu",
                                 fresh_first_step=False))
     out = capsys.readouterr().out
     assert "ratio pyro-vae / plain torch:" in out and "with the same optimizer" in out
@@ -29,7 +29,7 @@ def test_iwae_benchmark_runs_on_tiny_data(capsys):
     spec = importlib.util.spec_from_file_location("bench_iwae", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(argparse.Namespace(k=10, n=4, repeats=1, memory_gb=0.01, threads=1, random=True))
+    mod.main(argparse.Namespace(k=10, n=4, repeats=1, memory_gb=0.01, threads=1, random=True, device="cpu"))
     out = capsys.readouterr().out
     assert "ratio pyro-vae / matmul bound" in out and "ratio pyro-vae / plain torch" in out
     # the hand-written IWAE and the estimator are the same estimator: their means agree
@@ -42,5 +42,5 @@ def test_hmc_benchmark_runs_on_tiny_data(capsys):
     spec = importlib.util.spec_from_file_location("bench_hmc", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(argparse.Namespace(points=5, z=2, hidden=8, leapfrog=2, trajectories=2, repeats=1, threads=1))
+    mod.main(argparse.Namespace(points=5, z=2, hidden=8, leapfrog=2, trajectories=2, repeats=1, threads=1, device="cpu"))
     assert "ratio batched HMC / plain loop" in capsys.readouterr().out
