@@ -67,10 +67,12 @@ class LogitBernoulli(dist.Bernoulli):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         logits = self.logits
-        if torch.is_grad_enabled() and (logits.requires_grad or value.requires_grad):
-            return super().log_prob(value)
         if self._validate_args:
             self._validate_sample(value)
+        if torch.is_grad_enabled() and (logits.requires_grad or value.requires_grad):
+            if value.shape == logits.shape:  # torch's own form, without broadcast_all's expand nodes
+                return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+            return super().log_prob(value)
         log_p = F.softplus(logits).neg_()
         if torch.broadcast_shapes(value.shape, logits.shape) == logits.shape:
             return log_p.addcmul_(value, logits)

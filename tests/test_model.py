@@ -123,3 +123,27 @@ def test_jit_objectives_compile_once():
         compiled = getattr(elbo, "_differentiable_loss", None) or elbo._loss_and_surrogate_loss
         assert len(compiled.compiled) == 1, name  # one trace, reused by every step
         assert all(torch.isfinite(v) for v in losses)
+
+
+def test_logit_bernoulli_log_prob_equals_torch_in_every_branch():
+    """The likelihood's cheaper log-prob (used without gradients) and its gradient path agree with
+    torch's Bernoulli, for same-shape, broadcast and larger-than-logits values and soft targets."""
+    from pyro_vae.likelihoods import LogitBernoulli
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 10, generator=g) * 4
+    binary = torch.bernoulli(torch.full((4, 10), 0.4), generator=g)
+    soft = torch.rand(3, 4, 10, generator=g)
+    cases = [(logits, binary.expand(3, 4, 10).clone()), (logits, binary), (logits, soft), (logits[0], torch.bernoulli(soft))]
+    for lg, value in cases:
+        expected = dist.Bernoulli(logits=lg, validate_args=False).log_prob(value)
+        with torch.no_grad():
+            fast = LogitBernoulli(lg, validate_args=False).log_prob(value)
+        assert fast.shape == expected.shape and torch.allclose(fast, expected, atol=1e-5)
+        lg_req = lg.clone().requires_grad_(True)
+        out = LogitBernoulli(lg_req, validate_args=False).log_prob(value)
+        (grad,) = torch.autograd.grad(out.sum(), lg_req)
+        lg_ref = lg.clone().requires_grad_(True)
+        (grad_ref,) = torch.autograd.grad(dist.Bernoulli(logits=lg_ref).log_prob(value).sum(), lg_ref)
+        assert torch.allclose(out, expected, atol=1e-5) and torch.allclose(grad, grad_ref, atol=1e-6)
+    assert isinstance(LogitBernoulli(logits[0, 0]).expand((5, 10)), LogitBernoulli)
