@@ -101,3 +101,20 @@ def test_lean_elbo_defers_to_pyro_with_validation(monkeypatch):
     pyro.enable_validation(True)
     LeanTrace_ELBO().differentiable_loss(vae.model, vae.guide, torch.randn(4, 6))
     assert called == [1]
+
+
+@pytest.mark.parametrize("lean_cls", [LeanTrace_ELBO, LeanTraceMeanField_ELBO])
+def test_lean_elbo_never_reads_a_value_back_to_the_host(lean_cls, monkeypatch):
+    """Pyro's ELBOs call .item() at every step (a device synchronisation on CUDA); these must not."""
+    vae = build_vae(tiny_config().model, (6,))
+    x, idx = torch.randn(10, 6), torch.arange(10)
+
+    def no_item(self):
+        raise AssertionError(".item() called inside the loss")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    loss = lean_cls(max_plate_nesting=1).differentiable_loss(vae.model, vae.guide, x, idx, num_data=100)
+    loss.backward()
+    with pytest.raises(AssertionError, match="item"):  # and Pyro's own does
+        (Trace_ELBO if lean_cls is LeanTrace_ELBO else TraceMeanField_ELBO)(max_plate_nesting=1).differentiable_loss(
+            vae.model, vae.guide, x, idx, num_data=100)
