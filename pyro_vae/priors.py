@@ -31,9 +31,11 @@ class StandardNormal(Prior):
         super().__init__()
         self.z_dim = z_dim
         self.register_buffer("zero", torch.zeros(z_dim))
+        # not in the state dict, so that checkpoints written before it existed still load
+        self.register_buffer("one", torch.ones(z_dim), persistent=False)
 
     def forward(self, encode: Optional[Encode] = None) -> dist.Distribution:
-        return dist.Normal(self.zero, torch.ones_like(self.zero)).to_event(1)
+        return dist.Normal(self.zero, self.one).to_event(1)
 
 
 class LearnedNormal(Prior):
