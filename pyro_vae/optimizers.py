@@ -77,6 +77,36 @@ class _InPlaceOptimizer(Optimizer):
         torch._foreach_add_(out, params, alpha=weight_decay)
         return out
 
+    def _counted_states(self, group: Dict[str, Any], params: List[torch.Tensor]) -> List[Dict[str, Any]]:
+        """Each parameter's state (created by ``_new_state`` on first use), step count advanced."""
+        states = []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)  # a CPU scalar, as torch.optim keeps it
+                state.update(self._new_state(group, p))
+            state["step"] += 1
+            states.append(state)
+        return states
+
+    def _new_state(self, group: Dict[str, Any], p: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {}
+
+    def _update(self, group: Dict[str, Any], params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._with_grads(group)
+            if params:
+                self._update(group, params, self._decayed(params, grads, group["weight_decay"]))
+        return loss
+
 
 class Adagrad(_InPlaceOptimizer):
     """Adagrad (Duchi, Hazan & Singer 2011): ``s += g^2;  theta -= lr * g / (sqrt(s) + eps)``."""
@@ -88,27 +118,16 @@ class Adagrad(_InPlaceOptimizer):
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value))
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            params, grads = self._with_grads(group)
-            if not params:
-                continue
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["sum"] = torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format)
-                state["step"] += 1
-            grads = self._decayed(params, grads, group["weight_decay"])
-            sums = [self.state[p]["sum"] for p in params]
-            denom = self._scratch_for("denom", params)
-            torch._foreach_addcmul_(sums, grads, grads, value=1.0)
-            _sqrt_into(denom, sums)
-            torch._foreach_add_(denom, group["eps"])
-            torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
-        return loss
+    def _new_state(self, group: Dict[str, Any], p: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"sum": torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format)}
+
+    def _update(self, group: Dict[str, Any], params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
+        sums = [state["sum"] for state in self._counted_states(group, params)]
+        denom = self._scratch_for("denom", params)
+        torch._foreach_addcmul_(sums, grads, grads, value=1.0)
+        _sqrt_into(denom, sums)
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
 
 
 class Adam(_InPlaceOptimizer):
@@ -120,38 +139,28 @@ class Adam(_InPlaceOptimizer):
             raise ValueError("Adam: lr, eps and weight_decay must be >= 0 and betas in [0, 1)")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            params, grads = self._with_grads(group)
-            if not params:
-                continue
-            beta1, beta2 = group["betas"]
-            by_step: Dict[float, List[int]] = {}  # bias corrections differ only if step counts do
-            for i, p in enumerate(params):
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                by_step.setdefault(float(state["step"]), []).append(i)
-            grads = self._decayed(params, grads, group["weight_decay"])
-            for t, members in by_step.items():
-                ps = [params[i] for i in members]
-                gs = [grads[i] for i in members]
-                exp_avg = [self.state[p]["exp_avg"] for p in ps]
-                exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in ps]
-                torch._foreach_lerp_(exp_avg, gs, 1 - beta1)
-                torch._foreach_mul_(exp_avg_sq, beta2)
-                torch._foreach_addcmul_(exp_avg_sq, gs, gs, value=1 - beta2)
-                denom = self._scratch_for("denom", ps)
-                _sqrt_into(denom, exp_avg_sq)
-                torch._foreach_div_(denom, math.sqrt(1 - beta2**t))
-                torch._foreach_add_(denom, group["eps"])
-                torch._foreach_addcdiv_(ps, exp_avg, denom, value=-group["lr"] / (1 - beta1**t))
-        return loss
+    def _new_state(self, group: Dict[str, Any], p: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    def _update(self, group: Dict[str, Any], params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        by_step: Dict[float, List[int]] = {}  # bias corrections differ only where step counts do
+        for i, state in enumerate(self._counted_states(group, params)):
+            by_step.setdefault(float(state["step"]), []).append(i)
+        for t, members in by_step.items():
+            ps = [params[i] for i in members]
+            gs = [grads[i] for i in members]
+            exp_avg = [self.state[p]["exp_avg"] for p in ps]
+            exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in ps]
+            torch._foreach_lerp_(exp_avg, gs, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sq, beta2)
+            torch._foreach_addcmul_(exp_avg_sq, gs, gs, value=1 - beta2)
+            denom = self._scratch_for("denom", ps)
+            _sqrt_into(denom, exp_avg_sq)
+            torch._foreach_div_(denom, math.sqrt(1 - beta2**t))
+            torch._foreach_add_(denom, group["eps"])
+            torch._foreach_addcdiv_(ps, exp_avg, denom, value=-group["lr"] / (1 - beta1**t))
 
 
 class SGD(_InPlaceOptimizer):
@@ -162,27 +171,19 @@ class SGD(_InPlaceOptimizer):
             raise ValueError("SGD: lr, momentum and weight_decay must be >= 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            params, grads = self._with_grads(group)
-            if not params:
-                continue
-            grads = self._decayed(params, grads, group["weight_decay"])
-            if group["momentum"] == 0:
-                torch._foreach_add_(params, grads, alpha=-group["lr"])
-                continue
-            running, running_grads = [], []
-            for p, g in zip(params, grads):
-                state = self.state[p]
-                if state.get("momentum_buffer") is None:  # first step: the buffer is the gradient
-                    state["momentum_buffer"] = g.detach().clone()
-                else:
-                    running.append(state["momentum_buffer"])
-                    running_grads.append(g)
-            if running:
-                torch._foreach_mul_(running, group["momentum"])
-                torch._foreach_add_(running, running_grads)
-            torch._foreach_add_(params, [self.state[p]["momentum_buffer"] for p in params], alpha=-group["lr"])
-        return loss
+    def _update(self, group: Dict[str, Any], params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
+        if group["momentum"] == 0:
+            torch._foreach_add_(params, grads, alpha=-group["lr"])
+            return
+        running, running_grads = [], []
+        for p, g in zip(params, grads):
+            state = self.state[p]
+            if state.get("momentum_buffer") is None:  # first step: the buffer is the gradient
+                state["momentum_buffer"] = g.detach().clone()
+            else:
+                running.append(state["momentum_buffer"])
+                running_grads.append(g)
+        if running:
+            torch._foreach_mul_(running, group["momentum"])
+            torch._foreach_add_(running, running_grads)
+        torch._foreach_add_(params, [self.state[p]["momentum_buffer"] for p in params], alpha=-group["lr"])

@@ -88,3 +88,19 @@ def test_no_dynamo_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("ours", [Adagrad, Adam, SGD])
+def test_closure_runs_with_gradients_and_its_loss_is_returned(ours):
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = ours([w], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        return loss
+
+    with torch.no_grad():  # a caller under no_grad still gets gradients inside the closure
+        loss = opt.step(closure)
+    assert loss.item() == pytest.approx(5.0) and w.abs().sum().item() < 3.0
