@@ -2,13 +2,13 @@
 training loop taken out.
 
 For a guide whose every sample site is reparameterized (every guide in the registry), the
-surrogate loss of ``Trace_ELBO`` is the plain Monte Carlo ELBO (Kingma & Welling 2013, eq. 3,
+surrogate loss of ``Trace_ELBO`` is the plain Monte Carlo ELBO (Kingma & Welling 2013, eq. 6,
 "estimator A")::
 
     L(x) = sum_sites scale * log p(site | ...)  -  sum_guide_sites scale * log q(z | x),   z ~ q
 
 and that of ``TraceMeanField_ELBO`` replaces each latent's two terms by the analytic
-``-scale * KL(q(z|x) || p(z))`` where torch knows it (eq. 10, "estimator B"), falling back to the
+``-scale * KL(q(z|x) || p(z))`` where torch knows it (eq. 7, "estimator B"; eq. 10 for Gaussians), falling back to the
 Monte Carlo terms where it does not. ``scale`` is the subsample scale N/M of the data plate.
 
 Pyro computes the same values, but per step it also copies both traces (``prune_subsample_sites``),
@@ -96,9 +96,8 @@ class _LeanELBOMixin:
                 elbo = elbo - (loss + (surrogate_loss - surrogate_loss.detach()))
         return -elbo / self.num_particles  # type: ignore[operator]
 
-
     def _check_score_function_allowed(self) -> None:
-        pass
+        """Raise if this estimator cannot handle a non-reparameterized guide site."""
 
 
 class LeanTrace_ELBO(_LeanELBOMixin, Trace_ELBO):
