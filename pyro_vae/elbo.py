@@ -8,8 +8,9 @@ surrogate loss of ``Trace_ELBO`` is the plain Monte Carlo ELBO (Kingma & Welling
     L(x) = sum_sites scale * log p(site | ...)  -  sum_guide_sites scale * log q(z | x),   z ~ q
 
 and that of ``TraceMeanField_ELBO`` replaces each latent's two terms by the analytic
-``-scale * KL(q(z|x) || p(z))`` where torch knows it (eq. 7, "estimator B"; eq. 10 for Gaussians), falling back to the
-Monte Carlo terms where it does not. ``scale`` is the subsample scale N/M of the data plate.
+``-scale * KL(q(z|x) || p(z))`` where torch knows it (eq. 7, "estimator B"; eq. 10 for Gaussians),
+falling back to the Monte Carlo terms where it does not. ``scale`` is the subsample scale N/M of
+the data plate.
 
 Pyro computes the same values, but per step it also copies both traces (``prune_subsample_sites``),
 computes log-probs and score parts that the analytic-KL estimator throws away, and calls
