@@ -112,7 +112,8 @@ def plot_latents(vae: VAE, x: torch.Tensor, y: Optional[torch.Tensor], path: Pat
         z = torch.cat([z, torch.zeros_like(z)], 1)
     fig, ax = plt.subplots(figsize=(5, 5))
     c = None if y is None else y[:n].cpu().numpy()
-    sc = ax.scatter(z[:, 0].numpy(), z[:, 1].numpy(), c=c, s=3, cmap="tab10")
+    colours = {} if c is None else {"c": c, "cmap": "tab10"}  # unlabelled data: one colour
+    sc = ax.scatter(z[:, 0].numpy(), z[:, 1].numpy(), s=3, **colours)
     if c is not None:
         fig.colorbar(sc, ax=ax, label="label")
     ax.set_title("E_q[z|x] on test data" + (" (PCA)" if vae.z_dim > 2 else ""))
