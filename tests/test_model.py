@@ -3,6 +3,7 @@
 import math
 
 import pyro.distributions as dist
+import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
@@ -147,3 +148,26 @@ def test_logit_bernoulli_log_prob_equals_torch_in_every_branch():
         (grad_ref,) = torch.autograd.grad(dist.Bernoulli(logits=lg_ref, validate_args=False).log_prob(value).sum(), lg_ref)
         assert torch.allclose(out, expected, atol=1e-5) and torch.allclose(grad, grad_ref, atol=1e-6)
     assert isinstance(LogitBernoulli(logits[0, 0]).expand((5, 10)), LogitBernoulli)
+
+
+def test_jit_objective_scales_a_short_last_batch_like_the_uncompiled_one():
+    """The compiled graph is traced on one batch size; a short last batch must still be scaled by
+    N/M with its own M (the plate's subsample size must not be frozen into the graph)."""
+    from pyro_vae.model import build_vae
+    from pyro_vae.registry import OBJECTIVES as REG
+
+    from .conftest import tiny_config
+
+    torch.manual_seed(0)
+    vae = build_vae(tiny_config().model, (6,))
+    vae.register_params = True
+    x = torch.randn(10, 6)
+    jit, lean = REG.build("jit_trace_meanfield", {}), REG.build("trace_meanfield", {})
+    jit.loss(vae, x, torch.arange(10), 1000)  # compiled on batch 10
+
+    def mean_loss(objective, m, n=300):
+        with torch.no_grad():
+            return sum(objective.loss(vae, x[:m], torch.arange(m), 1000).item() for _ in range(n)) / n
+
+    for m in (7, 3):
+        assert mean_loss(jit, m) == pytest.approx(mean_loss(lean, m), rel=0.01)
