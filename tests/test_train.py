@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +127,28 @@ def test_param_store_is_used_only_when_needed(tmp_path, objective, registered):
     trainer.train()
     assert (len(pyro.get_param_store()) > 0) == registered
     assert all(not torch.equal(a, b) for a, b in zip(before, trainer.vae.parameters()) if a.numel() > 1)
+
+
+def test_first_step_imports_nothing_heavy(tmp_path):
+    """The first training step stays fast (the speed issue's first-step target) by importing neither
+    torch._dynamo (torch.optim does, about 1 s) nor sympy (torch.broadcast_shapes' first call does,
+    about 0.35 s). Checked by module presence in a fresh process, not by timing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from pyro_vae import config as C\n"
+        "from pyro_vae.datasets import Dataset\n"
+        "from pyro_vae.train import Trainer\n"
+        "x = torch.bernoulli(torch.full((20, 784), 0.3))\n"
+        "for objective in ('jit_trace_meanfield', 'trace_meanfield', 'trace'):\n"
+        "    cfg = C.load('configs/aevb_mnist.yaml', ['device=cpu', 'objective.name=' + objective, 'training.batch_size=10'])\n"
+        f"    tr = Trainer(cfg, r'{tmp_path}/' + objective, data=Dataset('b', x, x, (1, 28, 28)), progress=False)\n"
+        "    tr.objective.loss(tr.vae, x[:10], torch.arange(10), 20).backward()\n"
+        "    tr.optimizer.step()\n"
+        "print([m for m in ('torch._dynamo', 'sympy') if m in sys.modules])\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
