@@ -62,6 +62,7 @@ def main(args: argparse.Namespace) -> None:
     set_validation(False)  # as in training and `pyro-vae evaluate`; the plain loop validates nothing
     device = resolve_device(args.device)
     vae = build_vae(cfg.model, (1, 28, 28)).to(device)
+    vae.register_params = False  # as inside the estimators (`without_param_store`)
     x = torch.bernoulli(torch.full((args.points, 784), 0.15), generator=torch.Generator().manual_seed(0)).to(device)
     z = torch.zeros(1, args.points, args.z, device=device)
 

@@ -85,6 +85,7 @@ def main(args: argparse.Namespace) -> None:
         x = load_dataset(cfg.data).x_test[: args.n]
     x = x.to(device)
     vae = build_vae(cfg.model, (1, 28, 28)).to(device)
+    vae.register_params = False  # as inside `iwae` (`without_param_store`)
     # the chunk plan of `iwae` on this device
     target = CPU_CHUNK_BYTES if device.type == "cpu" else None
     kc, nc = plan_chunks(args.k, x.shape[0], bytes_per_particle(vae), args.memory_gb, target)

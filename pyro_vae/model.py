@@ -15,7 +15,9 @@ by N/M and its ELBO is an unbiased estimate of the full-data ELBO (AEVB Sec. 2.3
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import functools
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar
 
 import pyro
 import pyro.distributions as dist
@@ -107,6 +109,20 @@ class VAE(nn.Module):
         with self._plate(x, idx, num_data):
             return pyro.sample("z", self.encode(x))
 
+    @contextmanager
+    def param_store_off(self) -> Iterator["VAE"]:
+        """Run ``model`` and ``guide`` without registering parameters with Pyro's param store.
+
+        Estimators and evaluations use the modules' parameters directly and never need the store;
+        ``pyro.module`` walks every parameter at every call (about 0.13 ms, a third of the fixed
+        cost of an HMC potential evaluation)."""
+        saved = self.register_params
+        self.register_params = False
+        try:
+            yield self
+        finally:
+            self.register_params = saved
+
     @torch.no_grad()
     def simulate(self, num_points: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(x, z) from the model: z ~ p(z), x ~ p(x|z); z is an exact posterior sample for x.
@@ -136,6 +152,20 @@ class VAE(nn.Module):
         except NotImplementedError:
             z = q.sample()
         return self.decode_means(z)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def without_param_store(fn: F) -> F:
+    """Decorator for estimators ``fn(vae, ...)``: the call runs inside ``vae.param_store_off()``."""
+
+    @functools.wraps(fn)
+    def wrapper(vae: VAE, *args: Any, **kwargs: Any) -> Any:
+        with vae.param_store_off():
+            return fn(vae, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def build_vae(cfg: ModelConfig, x_shape: Tuple[int, ...]) -> VAE:

@@ -26,7 +26,7 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RunConfig, save as save_config
 from .datasets import Dataset, check_support, load_dataset
 from .errors import CheckpointError, ConfigError, TrainingError
-from .model import VAE, build_vae
+from .model import VAE, build_vae, without_param_store
 from .objectives import Objective
 from .optim import build_optimizer, build_scheduler
 from .registry import OBJECTIVES
@@ -72,6 +72,7 @@ def set_validation(enabled: bool) -> None:
     torch.distributions.Distribution.set_default_validate_args(enabled)
 
 
+@without_param_store
 @torch.no_grad()
 def elbo_per_datapoint(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Monte Carlo ELBO (one sample of q per datapoint): log p(x, z) - log q(z|x), per datapoint."""

@@ -179,3 +179,24 @@ def test_hmc_reuses_the_potential_of_its_last_state():
     for _ in range(5):
         z, _ = tempered.step(z)
     assert len(calls) == 5 * 5  # a potential that may change is evaluated afresh every step
+
+
+def test_estimators_leave_pyros_param_store_alone():
+    """Estimators use the modules' parameters directly: no pyro.module registration per call (its
+    cost is a third of a small HMC potential evaluation), and the VAE's setting is restored."""
+    import pyro
+
+    from pyro_vae.model import build_vae
+
+    from .conftest import tiny_config
+
+    vae = build_vae(tiny_config().model, (6,))
+    assert vae.register_params
+    x = torch.randn(4, 6)
+    pyro.clear_param_store()
+    E.iwae(vae, x, k=3)
+    E.elbo(vae, x)
+    E.hmc_marginal_likelihood(vae, x, num_samples=4, num_warmup=2, num_leapfrog=2)
+    assert len(pyro.get_param_store()) == 0 and vae.register_params
+    vae.model(x)  # outside an estimator, the model registers as Pyro users expect
+    assert len(pyro.get_param_store()) > 0

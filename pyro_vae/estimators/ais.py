@@ -29,7 +29,7 @@ from typing import Literal, Optional
 import torch
 from tqdm.auto import tqdm
 
-from ..model import VAE
+from ..model import VAE, without_param_store
 from ..traces import guide_log_prob, log_densities, sample_latents
 from .hmc import BatchedHMC
 from .result import Estimate
@@ -113,6 +113,7 @@ def pilot_step_sizes(
     return _anneal(vae, x, z, betas, start, num_leapfrog, step_size, target_accept, None, progress)[2]
 
 
+@without_param_store
 def ais(
     vae: VAE,
     x: torch.Tensor,
@@ -168,6 +169,7 @@ def _reverse(steps: torch.Tensor) -> torch.Tensor:
     return torch.cat([steps.flip(0)[1:], steps[:1]])
 
 
+@without_param_store
 def bdmc(
     vae: VAE,
     num_points: int = 100,

@@ -18,12 +18,13 @@ import math
 
 import torch
 
-from ..model import VAE
+from ..model import VAE, without_param_store
 from ..traces import log_densities, sample_latents
 from .hmc import BatchedHMC, chain_diagnostics
 from .result import Estimate
 
 
+@without_param_store
 def hmc_marginal_likelihood(
     vae: VAE,
     x: torch.Tensor,

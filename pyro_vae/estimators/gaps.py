@@ -17,7 +17,7 @@ import pyro.distributions as dist
 import torch
 
 from ..guides import DiagonalNormal
-from ..model import VAE
+from ..model import VAE, without_param_store
 from ..optimizers import Adam
 from ..traces import DATA_PLATE, log_importance_weights
 from .ais import ais
@@ -25,6 +25,7 @@ from .iwae import elbo, iwae
 from .result import Estimate
 
 
+@without_param_store
 def optimise_local_gaussians(vae: VAE, x: torch.Tensor, steps: int = 300, lr: float = 0.05, num_samples: int = 8) -> Estimate:
     """ELBO of q*(z) = N(m_n, diag s_n^2), fitted to each datapoint by Adam on a reparameterized
     ELBO estimate; the final ELBO uses 100 fresh samples per point."""
@@ -55,6 +56,7 @@ def optimise_local_gaussians(vae: VAE, x: torch.Tensor, steps: int = 300, lr: fl
     return Estimate("elbo_local_gaussian", values.cpu(), settings={"steps": steps, "lr": lr, "num_samples": num_samples})
 
 
+@without_param_store
 def gap_report(vae: VAE, x: torch.Tensor, k: int = 5000, ais_steps: Optional[int] = None, memory_gb: float = 2.0) -> Dict[str, object]:
     """ELBO, IWAE-k, (AIS,) q* ELBO and the gaps, per datapoint and on average."""
     elbo_q = elbo(vae, x, num_samples=100, memory_gb=memory_gb)

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from ..model import VAE
+from ..model import VAE, without_param_store
 from ..traces import log_importance_weights
 from .result import Estimate
 
@@ -74,6 +74,7 @@ def log_weight_stats(
     return lse, lse2
 
 
+@without_param_store
 @torch.no_grad()
 def iwae(
     vae: VAE,
@@ -107,6 +108,7 @@ def iwae(
     )
 
 
+@without_param_store
 def elbo(vae: VAE, x: torch.Tensor, num_samples: int = 1, memory_gb: float = 2.0) -> Estimate:
     """The Monte Carlo ELBO per datapoint, averaged over ``num_samples`` draws of q (a lower bound)."""
     kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae), memory_gb, CPU_CHUNK_BYTES if x.device.type == "cpu" else None)
