@@ -154,10 +154,10 @@ class VAE(nn.Module):
         return self.decode_means(z)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+EstimatorFn = TypeVar("EstimatorFn", bound=Callable[..., Any])
 
 
-def without_param_store(fn: F) -> F:
+def without_param_store(fn: EstimatorFn) -> EstimatorFn:
     """Decorator for estimators ``fn(vae, ...)``: the call runs inside ``vae.param_store_off()``."""
 
     @functools.wraps(fn)
