@@ -88,12 +88,14 @@ class IndependentLogitBernoulli(dist.Independent):
         if base._validate_args:
             base._validate_sample(value)
         logits = base.logits
+        fits = _broadcasts_into(value.shape, logits.shape)  # e.g. data (batch, D) against (particles, batch, D)
         if torch.is_grad_enabled() and (logits.requires_grad or value.requires_grad):
-            if value.shape != logits.shape:
+            if not fits:
                 return super().log_prob(value)
-            return F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1).neg()
+            target = value.expand(logits.shape)  # a view: no copy
+            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1).neg()
         neg_log_p = F.softplus(logits)
-        if _broadcasts_into(value.shape, logits.shape):
+        if fits:
             neg_log_p.addcmul_(value, logits, value=-1.0)
         else:
             neg_log_p = torch.addcmul(neg_log_p, value, logits, value=-1.0)
