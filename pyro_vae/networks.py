@@ -18,7 +18,35 @@ from torch import nn
 
 from .registry import NETWORKS
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU}
+class _InPlaceWithoutGrad(nn.Module):
+    """An activation that overwrites its input when no gradient is being recorded (evaluation:
+    IWAE-k pushes k x hidden activations per datapoint through it, and a fresh output tensor per
+    layer costs an allocation and a pass); with gradients it is the ordinary function."""
+
+    def __init__(self, name: str, fn, fn_) -> None:
+        super().__init__()
+        self.name, self.fn, self.fn_ = name, fn, fn_
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self.fn(h)
+        return self.fn_(h)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class Tanh(_InPlaceWithoutGrad):
+    def __init__(self) -> None:
+        super().__init__("tanh", torch.tanh, torch.tanh_)
+
+
+class ReLU(_InPlaceWithoutGrad):
+    def __init__(self) -> None:
+        super().__init__("relu", torch.relu, torch.relu_)
+
+
+ACTIVATIONS = {"tanh": Tanh, "relu": ReLU, "softplus": nn.Softplus, "elu": nn.ELU}
 INITS = ("default", "paper", "xavier", "kaiming")
 
 

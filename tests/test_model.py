@@ -175,3 +175,19 @@ def test_jit_objective_scales_a_short_last_batch_like_the_uncompiled_one():
 
     for m in (7, 3):
         assert mean_loss(jit, m) == pytest.approx(mean_loss(lean, m), rel=0.01)
+
+
+@pytest.mark.parametrize("name,fn", [("tanh", torch.tanh), ("relu", torch.relu)])
+def test_activations_work_in_place_only_without_gradients(name, fn):
+    from pyro_vae.networks import ACTIVATIONS
+
+    act = ACTIVATIONS[name]()
+    h = torch.randn(5, 4, requires_grad=True)
+    out = act(h)  # with gradients: a new tensor, the input untouched, gradients flow
+    out.sum().backward()
+    assert out is not h and torch.equal(out, fn(h.detach())) and h.grad is not None
+    pre = torch.randn(5, 4)
+    expected = fn(pre)
+    with torch.no_grad():
+        again = act(pre)
+    assert again is pre and torch.equal(again, expected)  # overwritten: no new allocation
