@@ -85,8 +85,8 @@ class _InPlaceOptimizer(Optimizer):
             if not state:
                 state["step"] = torch.tensor(0.0)  # a CPU scalar, as torch.optim keeps it
                 state.update(self._new_state(group, p))
-            state["step"] += 1
             states.append(state)
+        torch._foreach_add_([state["step"] for state in states], 1.0)
         return states
 
     def _new_state(self, group: Dict[str, Any], p: torch.Tensor) -> Dict[str, torch.Tensor]:
