@@ -191,3 +191,24 @@ def test_activations_work_in_place_only_without_gradients(name, fn):
     with torch.no_grad():
         again = act(pre)
     assert again is pre and torch.equal(again, expected)  # overwritten: no new allocation
+
+
+def test_kl_against_the_standard_normal_prior_equals_torchs_general_form():
+    from torch.distributions import kl_divergence
+
+    from pyro_vae.priors import StandardNormal, UnitNormal
+
+    prior = StandardNormal(4)()
+    assert isinstance(prior.base_dist, UnitNormal)
+    loc = torch.randn(6, 4, requires_grad=True)
+    log_scale = torch.randn(6, 4, requires_grad=True)
+    general = dist.Normal(torch.zeros(4), torch.ones(4)).to_event(1)
+    for shape in ((6,), (3, 6)):  # as the data plate expands it, and with an extra particle dim
+        kls = []
+        for p in (prior, general):
+            q = dist.Normal(loc, log_scale.exp()).to_event(1)
+            kl = kl_divergence(q, p.expand(shape))
+            kls.append((kl, torch.autograd.grad(kl.sum(), [loc, log_scale])))
+        (kl, grads), (ref, ref_grads) = kls
+        assert kl.shape == ref.shape == shape and torch.allclose(kl, ref, atol=1e-5)
+        assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(grads, ref_grads))
