@@ -15,7 +15,6 @@ machine's drift hits all three alike:
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import math
