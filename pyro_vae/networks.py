@@ -10,10 +10,12 @@ batch) pass through untouched.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .registry import NETWORKS
@@ -98,6 +100,70 @@ class MLP(nn.Sequential):
         layers.append(nn.Linear(width, out_dim))
         super().__init__(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or not _fused_linear_applies(x):
+            return super().forward(x)
+        # Evaluation on CPU (IWAE-k pushes k x batch inputs through the decoder): each Linear and
+        # the activation after it run as one oneDNN product with the bias and activation applied
+        # in its epilogue, instead of a product, a pass adding the bias and a pass applying tanh.
+        layers = list(self)
+        h, i = x, 0
+        while i < len(layers):
+            layer = layers[i]
+            if not isinstance(layer, nn.Linear):  # an activation oneDNN cannot fuse
+                h, i = layer(h), i + 1
+                continue
+            after = layers[i + 1] if i + 1 < len(layers) else None
+            fused = after.name if type(after) in _FUSABLE else None
+            h = _fused_linear(h, layer.weight, layer.bias, fused or "none")
+            i += 2 if fused else 1
+        return h
+
+
+# Activations oneDNN applies inside the product (`_linear_pointwise` attribute names). Others
+# (softplus, elu) run as a separate module after an unfused product.
+_FUSABLE = (Tanh, ReLU)
+
+
+def _fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
+    """``activation(x @ weight.T + bias)`` as one oneDNN matrix product (the kernel torch's own
+    compiler emits for a CPU Linear followed by a pointwise op); no autograd."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
+
+
+@functools.lru_cache(maxsize=None)
+def fused_linear_available() -> bool:
+    """Whether this torch build has the oneDNN fused Linear and it agrees with ``F.linear`` (probed
+    once on a small input; a build without oneDNN, or a torch version that changed the private op,
+    falls back to the plain layers)."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(s, generator=g) for s in ((5, 3, 7), (4, 7), (4,)))
+        for name, fn in (("tanh", torch.tanh), ("relu", torch.relu), ("none", lambda t: t)):
+            out = _fused_linear(x, w, b, name)
+            if out.shape != (5, 3, 4) or not torch.allclose(out, fn(F.linear(x, w, b)), atol=1e-5):
+                return False
+        return True
+    except (RuntimeError, AttributeError, TypeError):
+        return False
+
+
+# Switched off by tests that compare the fused and plain paths, and by users who want the plain one.
+USE_FUSED_LINEAR = True
+
+
+def _fused_linear_applies(x: torch.Tensor) -> bool:
+    return (
+        USE_FUSED_LINEAR
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() >= 2
+        and not torch.jit.is_tracing()
+        and fused_linear_available()
+    )
 
 
 @NETWORKS.register("mlp")

@@ -200,3 +200,15 @@ def test_estimators_leave_pyros_param_store_alone():
     assert len(pyro.get_param_store()) == 0 and vae.register_params
     vae.model(x)  # outside an estimator, the model registers as Pyro users expect
     assert len(pyro.get_param_store()) > 0
+
+
+def test_particle_memory_counts_every_hidden_layer_of_a_fused_decoder():
+    """The decoder's evaluation path fuses layers (no per-layer hooks fire there); the memory
+    plan still counts each hidden activation: z, 500 hidden units and 784 outputs for the paper's
+    MLP, plus four x-sized and four z-sized temporaries."""
+    from pyro_vae import config as C
+    from pyro_vae.estimators.iwae import bytes_per_particle
+    from pyro_vae.model import build_vae
+
+    vae = build_vae(C.load("configs/aevb_mnist.yaml").model, (1, 28, 28))
+    assert bytes_per_particle(vae) >= 4 * (500 + 784 + 4 * 784 + 4 * 20)

@@ -212,3 +212,59 @@ def test_kl_against_the_standard_normal_prior_equals_torchs_general_form():
         (kl, grads), (ref, ref_grads) = kls
         assert kl.shape == ref.shape == shape and torch.allclose(kl, ref, atol=1e-5)
         assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(grads, ref_grads))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "softplus", "elu"])
+@pytest.mark.parametrize("hidden", [[], [50], [50, 30]])
+def test_mlp_evaluates_with_fused_layers_to_the_same_values(monkeypatch, activation, hidden):
+    """Without gradients the MLP runs each Linear and its activation as one oneDNN product (when
+    this torch build has it); the values are those of the layer-by-layer network."""
+    from pyro_vae import networks
+
+    net = networks.mlp(in_dim=6, out_dim=11, x_shape=(11,), role="decoder", hidden=hidden, activation=activation)
+    z = torch.randn(7, 3, 6)
+    layer_by_layer = net(z)  # gradients on: the plain path
+    networks.fused_linear_available()  # probed (and cached) before the op is watched
+    calls = []
+    monkeypatch.setattr(networks, "_fused_linear", lambda *a: calls.append(a[-1]) or torch.ops.mkldnn._linear_pointwise(*a, [], ""))
+    with torch.no_grad():
+        fused = net(z)
+    assert fused.shape == (7, 3, 11)
+    assert torch.allclose(fused, layer_by_layer, atol=1e-5)
+    if networks.fused_linear_available():
+        fusable = activation in ("tanh", "relu")
+        assert calls == [activation if fusable else "none"] * len(hidden) + ["none"]
+    else:
+        assert calls == []
+
+
+def test_fused_mlp_path_is_skipped_with_gradients_and_when_switched_off(monkeypatch):
+    from pyro_vae import networks
+
+    networks.fused_linear_available()
+    net = networks.mlp(in_dim=4, out_dim=3, x_shape=(3,), role="decoder", hidden=[5])
+    calls = []
+    monkeypatch.setattr(networks, "_fused_linear", lambda *a: calls.append(a) or torch.ops.mkldnn._linear_pointwise(*a, [], ""))
+    z = torch.randn(2, 4)
+    net(z)  # gradients on
+    monkeypatch.setattr(networks, "USE_FUSED_LINEAR", False)
+    with torch.no_grad():
+        net(z)
+    assert calls == []
+
+
+def test_fused_linear_probe_reports_a_missing_op_as_unavailable(monkeypatch):
+    from pyro_vae import networks
+
+    def missing(*args):
+        raise RuntimeError("No such operator mkldnn::_linear_pointwise")
+
+    networks.fused_linear_available.cache_clear()
+    monkeypatch.setattr(networks, "_fused_linear", missing)
+    try:
+        assert networks.fused_linear_available() is False
+        net = networks.mlp(in_dim=4, out_dim=3, x_shape=(3,), role="decoder", hidden=[5])
+        with torch.no_grad():
+            assert net(torch.randn(2, 4)).shape == (2, 3)  # falls back to the plain layers
+    finally:
+        networks.fused_linear_available.cache_clear()

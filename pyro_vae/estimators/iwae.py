@@ -30,7 +30,9 @@ def bytes_per_particle(vae: VAE) -> int:
     sizes = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if torch.is_tensor(out) else 0)) for m in vae.decoder.modules()]
     try:
-        with torch.no_grad():
+        # with gradients on, networks run layer by layer (no fused evaluation kernels), so that
+        # every hidden activation is seen by a hook
+        with torch.enable_grad():
             p0 = next(vae.parameters())
             vae.decoder(torch.zeros(1, vae.z_dim, device=p0.device, dtype=p0.dtype))
     finally:
