@@ -214,42 +214,94 @@ def test_kl_against_the_standard_normal_prior_equals_torchs_general_form():
         assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(grads, ref_grads))
 
 
+def _watch_fused_calls(monkeypatch, networks) -> list:
+    """Record the activation of every fused product the networks run from now on."""
+    networks.fused_linear_available()  # probed (and cached) before the op is watched
+    calls: list = []
+    real = networks._fused_linear
+    monkeypatch.setattr(networks, "_fused_linear", lambda *a: calls.append(a[-1]) or real(*a))
+    return calls
+
+
 @pytest.mark.parametrize("activation", ["tanh", "relu", "softplus", "elu"])
-@pytest.mark.parametrize("hidden", [[], [50], [50, 30]])
+@pytest.mark.parametrize("hidden", [[], [80], [80, 30], [80, 70]])
 def test_mlp_evaluates_with_fused_layers_to_the_same_values(monkeypatch, activation, hidden):
-    """Without gradients the MLP runs each Linear and its activation as one oneDNN product (when
-    this torch build has it); the values are those of the layer-by-layer network."""
+    """Without gradients the MLP runs each wide Linear and its activation as one oneDNN product
+    (when this torch build has it); the values are those of the layer-by-layer network."""
     from pyro_vae import networks
 
-    net = networks.mlp(in_dim=6, out_dim=11, x_shape=(11,), role="decoder", hidden=hidden, activation=activation)
+    net = networks.mlp(in_dim=6, out_dim=90, x_shape=(90,), role="decoder", hidden=hidden, activation=activation)
     z = torch.randn(7, 3, 6)
-    layer_by_layer = net(z)  # gradients on: the plain path
-    networks.fused_linear_available()  # probed (and cached) before the op is watched
-    calls = []
-    monkeypatch.setattr(networks, "_fused_linear", lambda *a: calls.append(a[-1]) or torch.ops.mkldnn._linear_pointwise(*a, [], ""))
+    calls = _watch_fused_calls(monkeypatch, networks)
+    layer_by_layer = net(z)  # gradients on, 21 rows: the plain path
+    assert calls == []
     with torch.no_grad():
         fused = net(z)
-    assert fused.shape == (7, 3, 11)
+    assert fused.shape == (7, 3, 90)
     assert torch.allclose(fused, layer_by_layer, atol=1e-5)
     if networks.fused_linear_available():
-        fusable = activation in ("tanh", "relu")
-        assert calls == [activation if fusable else "none"] * len(hidden) + ["none"]
+        act = activation if activation in ("tanh", "relu") else "none"
+        # layers narrower than FUSED_MIN_OUTPUTS (the 30-wide one) stay plain
+        assert calls == [act for h in hidden if h >= networks.FUSED_MIN_OUTPUTS] + ["none"]
     else:
         assert calls == []
 
 
-def test_fused_mlp_path_is_skipped_with_gradients_and_when_switched_off(monkeypatch):
+@pytest.mark.parametrize("activation", ["tanh", "relu", "softplus"])
+def test_fused_mlp_gradients_equal_the_plain_layers(monkeypatch, activation):
+    """With gradients and enough rows (a batch-1000 step, HMC's chains) the fused layers run
+    through their own autograd.Function: values, first and second derivatives are those of the
+    plain layers, for the input and every parameter."""
     from pyro_vae import networks
 
-    networks.fused_linear_available()
-    net = networks.mlp(in_dim=4, out_dim=3, x_shape=(3,), role="decoder", hidden=[5])
-    calls = []
-    monkeypatch.setattr(networks, "_fused_linear", lambda *a: calls.append(a) or torch.ops.mkldnn._linear_pointwise(*a, [], ""))
-    z = torch.randn(2, 4)
-    net(z)  # gradients on
+    net = networks.mlp(in_dim=5, out_dim=70, x_shape=(70,), role="decoder", hidden=[80], activation=activation)
+    z = torch.randn(2, networks.FUSED_MIN_ROWS_WITH_GRAD, 5, requires_grad=True)
+    params = list(net.parameters())
+
+    def derivatives():
+        y = net(z)
+        first = torch.autograd.grad((y * y).sum(), [z] + params, create_graph=True)
+        second = torch.autograd.grad(first[0].pow(2).sum(), [z] + params)  # d/d(.) |dL/dz|^2
+        return [y] + list(first) + list(second)
+
+    calls = _watch_fused_calls(monkeypatch, networks)
+    fused = derivatives()
+    if networks.fused_linear_available():
+        assert len(calls) == 2
+    monkeypatch.setattr(networks, "USE_FUSED_LINEAR", False)
+    plain = derivatives()
+    for a, b in zip(fused, plain):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+def test_input_gradients_only_leaves_parameters_out_of_the_graph(monkeypatch):
+    """Inside ``input_gradients_only`` (the HMC potential's dU/dz) the fused layers take their
+    parameters as constants; dU/dz is unchanged."""
+    from pyro_vae import networks
+
+    net = networks.mlp(in_dim=5, out_dim=70, x_shape=(70,), role="decoder", hidden=[80])
+    z = torch.randn(networks.FUSED_MIN_ROWS_WITH_GRAD, 5, requires_grad=True)
+    (plain_grad,) = torch.autograd.grad(net(z).pow(2).sum(), z)
+    with networks.input_gradients_only():
+        y = net(z)
+    assert not networks._INPUT_GRADIENTS_ONLY.active  # restored on exit
+    (grad,) = torch.autograd.grad(y.pow(2).sum(), z)
+    assert torch.allclose(grad, plain_grad, rtol=1e-4, atol=1e-6)
+    if networks.fused_linear_available():
+        with networks.input_gradients_only():
+            net(z).pow(2).sum().backward()
+        assert all(p.grad is None for p in net.parameters())
+
+
+def test_fused_mlp_path_is_skipped_when_switched_off(monkeypatch):
+    from pyro_vae import networks
+
+    net = networks.mlp(in_dim=4, out_dim=70, x_shape=(70,), role="decoder", hidden=[80])
+    calls = _watch_fused_calls(monkeypatch, networks)
     monkeypatch.setattr(networks, "USE_FUSED_LINEAR", False)
     with torch.no_grad():
-        net(z)
+        net(torch.randn(2, 4))
+    net(torch.randn(1000, 4))
     assert calls == []
 
 

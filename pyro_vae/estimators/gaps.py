@@ -18,6 +18,7 @@ import torch
 
 from ..guides import DiagonalNormal
 from ..model import VAE, without_param_store
+from ..networks import input_gradients_only
 from ..optimizers import Adam
 from ..traces import DATA_PLATE, log_importance_weights
 from .ais import ais
@@ -45,7 +46,7 @@ def optimise_local_gaussians(vae: VAE, x: torch.Tensor, steps: int = 300, lr: fl
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
     opt = Adam([loc, log_scale], lr=lr)
-    with torch.enable_grad():
+    with torch.enable_grad(), input_gradients_only():
         for _ in range(steps):
             loss = -log_importance_weights(vae.model, local_guide, x, num_particles=num_samples).mean(0).sum()
             # Gradients for q*'s parameters only: the model's parameters are left untouched.

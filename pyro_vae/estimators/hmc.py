@@ -26,12 +26,15 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from ..networks import input_gradients_only
+
 Potential = Callable[[torch.Tensor], torch.Tensor]
 
 
 def potential_and_grad(potential: Potential, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """U(z) per chain and dU/dz. Chains are independent, so the gradient of the sum is per chain."""
-    with torch.enable_grad():
+    """U(z) per chain and dU/dz. Chains are independent, so the gradient of the sum is per chain.
+    Only dU/dz is needed: the networks' parameters are constants here."""
+    with torch.enable_grad(), input_gradients_only():
         z = z.detach().requires_grad_(True)
         u = potential(z)
         (grad,) = torch.autograd.grad(u.sum(), z)
