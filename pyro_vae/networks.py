@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import threading
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -231,8 +232,23 @@ def fused_linear_available() -> bool:
         return False
 
 
-# Switched off by tests that compare the fused and plain paths, and by users who want the plain one.
-USE_FUSED_LINEAR = True
+def _fused_linear_setting(value: str) -> bool:
+    if value not in ("0", "1"):
+        raise ValueError(
+            f"PYRO_VAE_FUSED_LINEAR={value!r}: use 1 (fused oneDNN layers on CPU, the default) or 0 "
+            "(torch's plain layers, e.g. to compare numbers with another machine to the last bit)"
+        )
+    return value == "1"
+
+
+# Off with PYRO_VAE_FUSED_LINEAR=0 (or by setting this attribute): every MLP then runs torch's
+# plain layers. Values differ by float rounding only (about 1e-6 relative).
+USE_FUSED_LINEAR = _fused_linear_setting(os.environ.get("PYRO_VAE_FUSED_LINEAR", "1"))
+
+
+def fused_linear_enabled() -> bool:
+    """Whether MLPs on CPU use the fused oneDNN layers in this process (recorded in run.json)."""
+    return USE_FUSED_LINEAR and fused_linear_available()
 
 
 def _fused_linear_applies(x: torch.Tensor) -> bool:
