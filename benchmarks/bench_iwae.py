@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from pyro_vae import config as C
 from pyro_vae.estimators.iwae import CPU_CHUNK_BYTES, bytes_per_particle, log_weight_stats, plan_chunks
 from pyro_vae.model import build_vae
-from pyro_vae.networks import fused_linear_available
+from pyro_vae.fused_linear import available as fused_linear_available
 from pyro_vae.train import describe_device, resolve_device, set_validation, synchronize
 
 

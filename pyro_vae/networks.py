@@ -10,17 +10,13 @@ batch) pass through untouched.
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-import threading
-from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from . import fused_linear
 from .registry import NETWORKS
 
 class _InPlaceWithoutGrad(nn.Module):
@@ -42,11 +38,15 @@ class _InPlaceWithoutGrad(nn.Module):
 
 
 class Tanh(_InPlaceWithoutGrad):
+    onednn_name = "tanh"  # fused into the preceding product by fused_linear
+
     def __init__(self) -> None:
         super().__init__("tanh", torch.tanh, torch.tanh_)
 
 
 class ReLU(_InPlaceWithoutGrad):
+    onednn_name = "relu"
+
     def __init__(self) -> None:
         super().__init__("relu", torch.relu, torch.relu_)
 
@@ -105,161 +105,22 @@ class MLP(nn.Sequential):
         self.in_dim, self.out_dim = in_dim, out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _fused_linear_applies(x):
+        if not fused_linear.applies(x):
             return super().forward(x)
-        # On CPU each Linear and the activation after it run as one oneDNN product with the bias
-        # and activation applied in its epilogue, instead of a product, a pass adding the bias and
-        # a pass applying tanh (measured on 2 threads: 25% less time for IWAE's decoder, 3x less
-        # for the 20 -> 500 layer whose short inner dimension MKL handles poorly).
-        record = torch.is_grad_enabled()
-        constant_parameters = _INPUT_GRADIENTS_ONLY.active
-        rows = x.numel() // max(1, x.shape[-1])
+        # On CPU each wide Linear and the activation after it run as one oneDNN product, with the
+        # bias and the activation applied in its epilogue (see fused_linear.py).
         layers = list(self)
         h, i = x, 0
         while i < len(layers):
             layer = layers[i]
-            if not isinstance(layer, nn.Linear) or not _fusion_pays(rows, layer.out_features, record):
-                h, i = layer(h), i + 1  # an unfused layer, or an activation oneDNN cannot fuse
+            if not isinstance(layer, nn.Linear) or layer.out_features < fused_linear.MIN_OUTPUTS:
+                h, i = layer(h), i + 1  # a narrow layer, or an activation oneDNN cannot fuse
                 continue
             after = layers[i + 1] if i + 1 < len(layers) else None
-            fused = after.name if type(after) in _FUSABLE else None
-            weight, bias = layer.weight, layer.bias
-            if not record:
-                h = _fused_linear(h, weight, bias, fused or "none")
-            else:
-                if constant_parameters:
-                    weight, bias = weight.detach(), None if bias is None else bias.detach()
-                h = _FusedLinearFunction.apply(h, weight, bias, fused or "none")
-            i += 2 if fused else 1
+            activation = getattr(after, "onednn_name", None)
+            h = fused_linear.linear(h, layer.weight, layer.bias, activation or "none")
+            i += 2 if activation else 1
         return h
-
-
-# Where the fused product pays, measured layer by layer on 2 CPU threads: not for narrow outputs
-# (the encoder's 500 -> 40 head is faster in MKL), and with gradients only from a few hundred rows
-# (the autograd.Function's Python overhead, about 50 us per layer, cancels the gain at batch 100;
-# at batch 400 and 1000 a training step's four layers take 10% less time).
-FUSED_MIN_OUTPUTS = 64
-FUSED_MIN_ROWS_WITH_GRAD = 256
-
-
-def _fusion_pays(rows: int, out_features: int, record: bool) -> bool:
-    return out_features >= FUSED_MIN_OUTPUTS and (not record or rows >= FUSED_MIN_ROWS_WITH_GRAD)
-
-
-# Activations oneDNN applies inside the product (`_linear_pointwise` attribute names). Others
-# (softplus, elu) run as a separate module after an unfused product.
-_FUSABLE = (Tanh, ReLU)
-
-
-def _fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
-    """``activation(x @ weight.T + bias)`` as one oneDNN matrix product (the kernel torch's own
-    compiler emits for a CPU Linear followed by a pointwise op); no autograd."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
-
-
-class _FusedLinearFunction(torch.autograd.Function):
-    """``y = activation(x @ W.T + b)`` with the fused forward and the backward torch itself uses
-    for a Linear and its activation::
-
-        g_pre = g_y * (1 - y^2)  (tanh),  g_y * [y > 0]  (relu),  g_y  (none)
-        g_x = g_pre @ W,   g_W = g_pre^T x,   g_b = sum_rows g_pre
-
-    computed only for the inputs that require gradients; written with differentiable operations,
-    so second derivatives work as well."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:  # type: ignore[override]
-        y = _fused_linear(x, weight, bias, activation)
-        ctx.activation = activation
-        ctx.save_for_backward(x, weight, y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y: torch.Tensor):  # type: ignore[override]
-        x, weight, y = ctx.saved_tensors
-        if ctx.activation == "tanh":
-            grad_pre = torch.ops.aten.tanh_backward(grad_y, y)
-        elif ctx.activation == "relu":
-            grad_pre = torch.ops.aten.threshold_backward(grad_y, y, 0)
-        else:
-            grad_pre = grad_y
-        need_x, need_weight, need_bias, _ = ctx.needs_input_grad
-        grad_x = grad_pre @ weight if need_x else None
-        rows = grad_pre.reshape(-1, grad_pre.shape[-1])
-        grad_weight = rows.T @ x.reshape(-1, x.shape[-1]) if need_weight else None
-        grad_bias = rows.sum(0) if need_bias else None
-        return grad_x, grad_weight, grad_bias, None
-
-
-class _Flag(threading.local):
-    active = False
-
-
-_INPUT_GRADIENTS_ONLY = _Flag()
-
-
-@contextmanager
-def input_gradients_only() -> Iterator[None]:
-    """Networks called inside treat their parameters as constants: gradients reach their inputs
-    only. For code that differentiates with respect to latents alone (the HMC potential's dU/dz):
-    the fused layers' backward then skips the weight gradients, which autograd would otherwise
-    compute because the parameters require gradients."""
-    saved = _INPUT_GRADIENTS_ONLY.active
-    _INPUT_GRADIENTS_ONLY.active = True
-    try:
-        yield
-    finally:
-        _INPUT_GRADIENTS_ONLY.active = saved
-
-
-@functools.lru_cache(maxsize=None)
-def fused_linear_available() -> bool:
-    """Whether this torch build has the oneDNN fused Linear and it agrees with ``F.linear`` (probed
-    once on a small input; a build without oneDNN, or a torch version that changed the private op,
-    falls back to the plain layers)."""
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return False
-        g = torch.Generator().manual_seed(0)
-        x, w, b = (torch.randn(s, generator=g) for s in ((5, 3, 7), (4, 7), (4,)))
-        with torch.no_grad():
-            for name, fn in (("tanh", torch.tanh), ("relu", torch.relu), ("none", lambda t: t)):
-                out = _fused_linear(x, w, b, name)
-                if out.shape != (5, 3, 4) or not torch.allclose(out, fn(F.linear(x, w, b)), atol=1e-5):
-                    return False
-        return True
-    except (RuntimeError, AttributeError, TypeError):
-        return False
-
-
-def _fused_linear_setting(value: str) -> bool:
-    if value not in ("0", "1"):
-        raise ValueError(
-            f"PYRO_VAE_FUSED_LINEAR={value!r}: use 1 (fused oneDNN layers on CPU, the default) or 0 "
-            "(torch's plain layers, e.g. to compare numbers with another machine to the last bit)"
-        )
-    return value == "1"
-
-
-# Off with PYRO_VAE_FUSED_LINEAR=0 (or by setting this attribute): every MLP then runs torch's
-# plain layers. Values differ by float rounding only (about 1e-6 relative).
-USE_FUSED_LINEAR = _fused_linear_setting(os.environ.get("PYRO_VAE_FUSED_LINEAR", "1"))
-
-
-def fused_linear_enabled() -> bool:
-    """Whether MLPs on CPU use the fused oneDNN layers in this process (recorded in run.json)."""
-    return USE_FUSED_LINEAR and fused_linear_available()
-
-
-def _fused_linear_applies(x: torch.Tensor) -> bool:
-    return (
-        USE_FUSED_LINEAR
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.dim() >= 2
-        and not torch.jit.is_tracing()
-        and fused_linear_available()
-    )
 
 
 @NETWORKS.register("mlp")

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from . import distributed, networks
+from . import distributed, fused_linear
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RunConfig, save as save_config
 from .datasets import Dataset, check_support, load_dataset
@@ -266,7 +266,7 @@ class Trainer:
             "num_parameters": sum(p.numel() for p in self.vae.parameters()),
             "world_size": self.dist.world_size,
             # oneDNN's fused Linear + activation for MLPs on CPU (PYRO_VAE_FUSED_LINEAR)
-            "fused_linear": self.device.type == "cpu" and networks.fused_linear_enabled(),
+            "fused_linear": self.device.type == "cpu" and fused_linear.enabled(),
         }
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
 

@@ -217,16 +217,16 @@ def test_particle_memory_counts_every_hidden_layer_of_a_fused_decoder():
 def test_hmc_potential_gradients_treat_network_parameters_as_constants():
     """dU/dz is all HMC needs: the potential runs inside ``input_gradients_only`` (so the fused
     layers skip weight gradients), and the setting is restored afterwards."""
-    from pyro_vae import networks
+    from pyro_vae import fused_linear
     from pyro_vae.estimators.hmc import potential_and_grad
 
     seen = []
 
     def potential(z):
-        seen.append(networks._INPUT_GRADIENTS_ONLY.active)
+        seen.append(fused_linear._INPUT_GRADIENTS_ONLY.active)
         return 0.5 * (z**2).sum(-1)
 
     z = torch.randn(4, 3)
     u, grad = potential_and_grad(potential, z)
-    assert seen == [True] and not networks._INPUT_GRADIENTS_ONLY.active
+    assert seen == [True] and not fused_linear._INPUT_GRADIENTS_ONLY.active
     assert torch.allclose(grad, z) and torch.allclose(u, 0.5 * (z**2).sum(-1))

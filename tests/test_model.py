@@ -214,12 +214,14 @@ def test_kl_against_the_standard_normal_prior_equals_torchs_general_form():
         assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(grads, ref_grads))
 
 
-def _watch_fused_calls(monkeypatch, networks) -> list:
+def _watch_fused_calls(monkeypatch) -> list:
     """Record the activation of every fused product the networks run from now on."""
-    networks.fused_linear_available()  # probed (and cached) before the op is watched
+    from pyro_vae import fused_linear
+
+    fused_linear.available()  # probed (and cached) before the op is watched
     calls: list = []
-    real = networks._fused_linear
-    monkeypatch.setattr(networks, "_fused_linear", lambda *a: calls.append(a[-1]) or real(*a))
+    real = fused_linear._op
+    monkeypatch.setattr(fused_linear, "_op", lambda *a: calls.append(a[-1]) or real(*a))
     return calls
 
 
@@ -228,21 +230,21 @@ def _watch_fused_calls(monkeypatch, networks) -> list:
 def test_mlp_evaluates_with_fused_layers_to_the_same_values(monkeypatch, activation, hidden):
     """Without gradients the MLP runs each wide Linear and its activation as one oneDNN product
     (when this torch build has it); the values are those of the layer-by-layer network."""
-    from pyro_vae import networks
+    from pyro_vae import fused_linear, networks
 
     net = networks.mlp(in_dim=6, out_dim=90, x_shape=(90,), role="decoder", hidden=hidden, activation=activation)
     z = torch.randn(7, 3, 6)
-    calls = _watch_fused_calls(monkeypatch, networks)
+    calls = _watch_fused_calls(monkeypatch)
     layer_by_layer = net(z)  # gradients on, 21 rows: the plain path
     assert calls == []
     with torch.no_grad():
         fused = net(z)
     assert fused.shape == (7, 3, 90)
     assert torch.allclose(fused, layer_by_layer, atol=1e-5)
-    if networks.fused_linear_available():
+    if fused_linear.available():
         act = activation if activation in ("tanh", "relu") else "none"
-        # layers narrower than FUSED_MIN_OUTPUTS (the 30-wide one) stay plain
-        assert calls == [act for h in hidden if h >= networks.FUSED_MIN_OUTPUTS] + ["none"]
+        # layers narrower than MIN_OUTPUTS (the 30-wide one) stay plain
+        assert calls == [act for h in hidden if h >= fused_linear.MIN_OUTPUTS] + ["none"]
     else:
         assert calls == []
 
@@ -252,10 +254,10 @@ def test_fused_mlp_gradients_equal_the_plain_layers(monkeypatch, activation):
     """With gradients and enough rows (a batch-1000 step, HMC's chains) the fused layers run
     through their own autograd.Function: values, first and second derivatives are those of the
     plain layers, for the input and every parameter."""
-    from pyro_vae import networks
+    from pyro_vae import fused_linear, networks
 
     net = networks.mlp(in_dim=5, out_dim=70, x_shape=(70,), role="decoder", hidden=[80], activation=activation)
-    z = torch.randn(2, networks.FUSED_MIN_ROWS_WITH_GRAD, 5, requires_grad=True)
+    z = torch.randn(2, fused_linear.MIN_ROWS_WITH_GRAD, 5, requires_grad=True)
     params = list(net.parameters())
 
     def derivatives():
@@ -264,11 +266,11 @@ def test_fused_mlp_gradients_equal_the_plain_layers(monkeypatch, activation):
         second = torch.autograd.grad(first[0].pow(2).sum(), [z] + params)  # d/d(.) |dL/dz|^2
         return [y] + list(first) + list(second)
 
-    calls = _watch_fused_calls(monkeypatch, networks)
+    calls = _watch_fused_calls(monkeypatch)
     fused = derivatives()
-    if networks.fused_linear_available():
+    if fused_linear.available():
         assert len(calls) == 2
-    monkeypatch.setattr(networks, "USE_FUSED_LINEAR", False)
+    monkeypatch.setattr(fused_linear, "ENABLED", False)
     plain = derivatives()
     for a, b in zip(fused, plain):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
@@ -277,28 +279,28 @@ def test_fused_mlp_gradients_equal_the_plain_layers(monkeypatch, activation):
 def test_input_gradients_only_leaves_parameters_out_of_the_graph(monkeypatch):
     """Inside ``input_gradients_only`` (the HMC potential's dU/dz) the fused layers take their
     parameters as constants; dU/dz is unchanged."""
-    from pyro_vae import networks
+    from pyro_vae import fused_linear, networks
 
     net = networks.mlp(in_dim=5, out_dim=70, x_shape=(70,), role="decoder", hidden=[80])
-    z = torch.randn(networks.FUSED_MIN_ROWS_WITH_GRAD, 5, requires_grad=True)
+    z = torch.randn(fused_linear.MIN_ROWS_WITH_GRAD, 5, requires_grad=True)
     (plain_grad,) = torch.autograd.grad(net(z).pow(2).sum(), z)
-    with networks.input_gradients_only():
+    with fused_linear.input_gradients_only():
         y = net(z)
-    assert not networks._INPUT_GRADIENTS_ONLY.active  # restored on exit
+    assert not fused_linear._INPUT_GRADIENTS_ONLY.active  # restored on exit
     (grad,) = torch.autograd.grad(y.pow(2).sum(), z)
     assert torch.allclose(grad, plain_grad, rtol=1e-4, atol=1e-6)
-    if networks.fused_linear_available():
-        with networks.input_gradients_only():
+    if fused_linear.available():
+        with fused_linear.input_gradients_only():
             net(z).pow(2).sum().backward()
         assert all(p.grad is None for p in net.parameters())
 
 
 def test_fused_mlp_path_is_skipped_when_switched_off(monkeypatch):
-    from pyro_vae import networks
+    from pyro_vae import fused_linear, networks
 
     net = networks.mlp(in_dim=4, out_dim=70, x_shape=(70,), role="decoder", hidden=[80])
-    calls = _watch_fused_calls(monkeypatch, networks)
-    monkeypatch.setattr(networks, "USE_FUSED_LINEAR", False)
+    calls = _watch_fused_calls(monkeypatch)
+    monkeypatch.setattr(fused_linear, "ENABLED", False)
     with torch.no_grad():
         net(torch.randn(2, 4))
     net(torch.randn(1000, 4))
@@ -306,17 +308,17 @@ def test_fused_mlp_path_is_skipped_when_switched_off(monkeypatch):
 
 
 def test_fused_linear_probe_reports_a_missing_op_as_unavailable(monkeypatch):
-    from pyro_vae import networks
+    from pyro_vae import fused_linear, networks
 
     def missing(*args):
         raise RuntimeError("No such operator mkldnn::_linear_pointwise")
 
-    networks.fused_linear_available.cache_clear()
-    monkeypatch.setattr(networks, "_fused_linear", missing)
+    fused_linear.available.cache_clear()
+    monkeypatch.setattr(fused_linear, "_op", missing)
     try:
-        assert networks.fused_linear_available() is False
-        net = networks.mlp(in_dim=4, out_dim=3, x_shape=(3,), role="decoder", hidden=[5])
+        assert fused_linear.available() is False
+        net = networks.mlp(in_dim=4, out_dim=70, x_shape=(70,), role="decoder", hidden=[80])
         with torch.no_grad():
-            assert net(torch.randn(2, 4)).shape == (2, 3)  # falls back to the plain layers
+            assert net(torch.randn(2, 4)).shape == (2, 70)  # falls back to the plain layers
     finally:
-        networks.fused_linear_available.cache_clear()
+        fused_linear.available.cache_clear()

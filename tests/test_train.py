@@ -157,18 +157,18 @@ def test_first_step_imports_nothing_heavy(tmp_path):
 def test_run_json_records_whether_fused_layers_ran(tmp_path, monkeypatch):
     import json
 
-    from pyro_vae import networks
+    from pyro_vae import fused_linear
 
     for enabled in (True, False):
-        monkeypatch.setattr(networks, "USE_FUSED_LINEAR", enabled)
+        monkeypatch.setattr(fused_linear, "ENABLED", enabled)
         run = tmp_path / str(enabled)
         Trainer(tiny_config(training={"epochs": 1}), run, progress=False).train()
         info = json.loads((run / "run.json").read_text())
-        assert info["fused_linear"] is (enabled and networks.fused_linear_available())
+        assert info["fused_linear"] is (enabled and fused_linear.available())
 
 
 def test_fused_linear_environment_setting_is_checked():
-    from pyro_vae.networks import _fused_linear_setting
+    from pyro_vae.fused_linear import _setting as _fused_linear_setting
 
     assert _fused_linear_setting("1") is True and _fused_linear_setting("0") is False
     with pytest.raises(ValueError, match="PYRO_VAE_FUSED_LINEAR='yes'.*use 1"):

@@ -18,7 +18,7 @@ import torch
 
 from ..guides import DiagonalNormal
 from ..model import VAE, without_param_store
-from ..networks import input_gradients_only
+from ..fused_linear import input_gradients_only
 from ..optimizers import Adam
 from ..traces import DATA_PLATE, log_importance_weights
 from .ais import ais

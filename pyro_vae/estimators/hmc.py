@@ -26,7 +26,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from ..networks import input_gradients_only
+from ..fused_linear import input_gradients_only
 
 Potential = Callable[[torch.Tensor], torch.Tensor]
 
