@@ -4,7 +4,8 @@
 ReLU) applied in its epilogue: the kernel torch's own compiler emits for a CPU Linear followed by
 a pointwise op (``torch.ops.mkldnn._linear_pointwise``). Torch's layers take a product, a pass
 adding the bias and a pass applying the activation. Measured on 2 threads: IWAE's decoder takes
-25% less time, and the 20 -> 500 layer, whose short inner dimension MKL handles poorly, a third.
+25% less time, and the 20 -> 500 layer, whose short inner dimension MKL handles poorly, a third of
+the time it took.
 
 Where it is used (``applies``, ``MIN_OUTPUTS``, ``MIN_ROWS_WITH_GRAD``, measured layer by layer):
 float32 tensors on CPU, outside ``torch.jit.trace``, for layers with at least 64 outputs (the
