@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -53,11 +54,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _cpu_model() -> str:
+    """The processor's name (Linux: /proc/cpuinfo), else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def describe_device(device: torch.device, threads: Optional[int] = None) -> str:
-    """The device in words, for benchmark output: ``cpu (2 threads)`` or ``cuda:0 (NVIDIA H100 ...)``."""
+    """The device in words, for benchmark output: ``cpu (AMD EPYC, 2 threads, torch 2.x)`` or
+    ``cuda:0 (NVIDIA H100 ..., torch 2.x)``."""
     if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device} ({threads if threads is not None else torch.get_num_threads()} threads)"
+        return f"{device} ({torch.cuda.get_device_name(device)}, torch {torch.__version__})"
+    count = threads if threads is not None else torch.get_num_threads()
+    return f"{device} ({_cpu_model()}, {count} threads, torch {torch.__version__})"
 
 
 def synchronize(device: torch.device) -> None:
