@@ -307,6 +307,16 @@ def test_fused_mlp_path_is_skipped_when_switched_off(monkeypatch):
     assert calls == []
 
 
+def test_fused_mlp_path_leaves_cpu_autocast_to_torchs_layers(monkeypatch):
+    from pyro_vae import networks
+
+    net = networks.mlp(in_dim=4, out_dim=70, x_shape=(70,), role="decoder", hidden=[80])
+    calls = _watch_fused_calls(monkeypatch)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(torch.randn(3, 4))
+    assert calls == [] and out.dtype == torch.bfloat16
+
+
 def test_fused_linear_probe_reports_a_missing_op_as_unavailable(monkeypatch):
     from pyro_vae import fused_linear, networks
 
