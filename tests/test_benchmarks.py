@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import math
 from pathlib import Path
 
 
@@ -10,10 +11,16 @@ def test_training_benchmark_runs_on_tiny_data(capsys):
     spec = importlib.util.spec_from_file_location("bench_train", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(argparse.Namespace(epochs=1, n=200, batch=50, hidden=16, z=2, activation="relu", objective="trace", threads=1, device="cpu",
+    mod.main(argparse.Namespace(epochs=2, n=200, batch=50, hidden=16, z=2, activation="relu", objective="trace", threads=1, device="cpu",
                                 fresh_first_step=False))
     out = capsys.readouterr().out
     assert "ratio pyro-vae / plain torch:" in out and "with the same optimizer" in out
+    curves = [line for line in out.splitlines() if line.startswith("train ELBO by epoch")]
+    assert len(curves) == 3
+    for line in curves:  # one finite ELBO per epoch
+        values = [float(v) for v in line.split()[-2:]]
+        assert all(math.isfinite(v) and v < 0 for v in values)
+    assert "largest gap from epoch 2 on" in out
 
     # the suite's summary reads these lines
     spec = importlib.util.spec_from_file_location("run_all", path.parent / "run_all.py")
@@ -32,6 +39,7 @@ def test_iwae_benchmark_runs_on_tiny_data(capsys):
     mod.main(argparse.Namespace(k=10, n=4, repeats=1, memory_gb=0.01, threads=1, random=True, device="cpu"))
     out = capsys.readouterr().out
     assert "ratio pyro-vae / matmul bound" in out and "ratio pyro-vae / plain torch" in out
+    assert "ratio pyro-vae / networks + softplus" in out
     # the hand-written IWAE and the estimator are the same estimator: their means agree
     ours, plain = (float(line.split("mean log p(x)")[1].strip(" )")) for line in out.splitlines() if "mean log p(x)" in line)
     assert abs(ours - plain) < 5.0
