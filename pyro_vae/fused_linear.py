@@ -8,10 +8,10 @@ adding the bias and a pass applying the activation. Measured on 2 threads: IWAE'
 the time it took.
 
 Where it is used (``applies``, ``MIN_OUTPUTS``, ``MIN_ROWS_WITH_GRAD``, measured layer by layer):
-float32 tensors on CPU, outside ``torch.jit.trace`` and CPU autocast, for layers with at least 64 outputs (the
-encoder's 500 -> 40 head is faster in MKL); with gradients only from 256 rows up, where the
-``autograd.Function``'s Python overhead (about 50 us per layer) no longer cancels the gain (a
-batch-1000 training step takes about 10% less time, a batch-100 step would gain nothing).
+float32 tensors on CPU, outside ``torch.jit.trace`` and CPU autocast, for layers with at least 64
+outputs (the encoder's 500 -> 40 head is faster in MKL); with gradients only from 256 rows up,
+where the ``autograd.Function``'s Python overhead (about 50 us per layer) no longer cancels the
+gain (a batch-1000 training step takes about 10% less time, a batch-100 step would gain nothing).
 
 The private op is probed once against ``F.linear``; a build without oneDNN, or a torch version that
 changed the op, keeps torch's layers. ``PYRO_VAE_FUSED_LINEAR=0`` keeps them too (values differ

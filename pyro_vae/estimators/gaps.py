@@ -16,9 +16,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from ..fused_linear import input_gradients_only
 from ..guides import DiagonalNormal
 from ..model import VAE, without_param_store
-from ..fused_linear import input_gradients_only
 from ..optimizers import Adam
 from ..traces import DATA_PLATE, log_importance_weights
 from .ais import ais
