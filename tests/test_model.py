@@ -214,6 +214,22 @@ def test_kl_against_the_standard_normal_prior_equals_torchs_general_form():
         assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(grads, ref_grads))
 
 
+def test_standard_normal_prior_log_density_equals_torchs_normal():
+    """UnitNormal's short log density: same values, gradients and broadcast shapes as Normal(0, 1),
+    for values smaller than, equal to and larger than the (plate-expanded) batch shape."""
+    from pyro_vae.priors import StandardNormal
+
+    prior, general = StandardNormal(4)(), dist.Normal(torch.zeros(4), torch.ones(4)).to_event(1)
+    for batch, value_shape in (((6,), (6, 4)), ((6,), (3, 6, 4)), ((3, 6), (6, 4)), ((), (4,))):
+        z = torch.randn(value_shape, requires_grad=True)
+        out, ref = prior.expand(batch).log_prob(z), general.expand(batch).log_prob(z)
+        assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-6)
+        (g,), (g_ref,) = torch.autograd.grad(out.sum(), [z]), torch.autograd.grad(ref.sum(), [z])
+        assert torch.allclose(g, g_ref, atol=1e-6)
+    with pytest.raises(ValueError):  # validation still applies when it is on
+        StandardNormal(2)().base_dist.__class__(torch.zeros(2), torch.ones(2), validate_args=True).log_prob(torch.tensor([float("nan"), 0.0]))
+
+
 def _watch_fused_calls(monkeypatch) -> list:
     """Record the activation of every fused product the networks run from now on."""
     from pyro_vae import fused_linear
