@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from . import fused_linear
+
+        fused_linear.switched_on()  # environment settings are checked before any work
         code = args.fn(args)
         from .distributed import from_env, shutdown
 

@@ -29,13 +29,15 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 MIN_OUTPUTS = 64
 MIN_ROWS_WITH_GRAD = 256
 
 
 def _setting(value: str) -> bool:
     if value not in ("0", "1"):
-        raise ValueError(
+        raise ConfigError(
             f"PYRO_VAE_FUSED_LINEAR={value!r}: use 1 (fused oneDNN layers on CPU, the default) or 0 "
             "(torch's plain layers, e.g. to compare numbers with another machine to the last bit)"
         )
@@ -43,7 +45,17 @@ def _setting(value: str) -> bool:
 
 
 # PYRO_VAE_FUSED_LINEAR=0, or setting this attribute to False, keeps torch's layers everywhere.
-ENABLED = _setting(os.environ.get("PYRO_VAE_FUSED_LINEAR", "1"))
+# None until first use, when the environment variable is read (a bad value is then a ConfigError,
+# which the CLI checks before any work and reports as one line, not as an import-time traceback).
+ENABLED: Optional[bool] = None
+
+
+def switched_on() -> bool:
+    """The switch (PYRO_VAE_FUSED_LINEAR, read once); a bad value is a ConfigError."""
+    global ENABLED
+    if ENABLED is None:
+        ENABLED = _setting(os.environ.get("PYRO_VAE_FUSED_LINEAR", "1"))
+    return ENABLED
 
 
 def _op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
@@ -71,12 +83,12 @@ def available() -> bool:
 
 def enabled() -> bool:
     """Whether networks on CPU use the fused layers in this process."""
-    return ENABLED and available()
+    return switched_on() and available()
 
 
 def applies(x: torch.Tensor) -> bool:
     """Whether a network should run its layers fused on input ``x`` (shape ``(..., in_dim)``)."""
-    if not (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2):
+    if not (switched_on() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2):
         return False
     if torch.is_grad_enabled() and x.numel() < MIN_ROWS_WITH_GRAD * x.shape[-1]:
         return False

@@ -167,9 +167,20 @@ def test_run_json_records_whether_fused_layers_ran(tmp_path, monkeypatch):
         assert info["fused_linear"] is (enabled and fused_linear.available())
 
 
-def test_fused_linear_environment_setting_is_checked():
-    from pyro_vae.fused_linear import _setting as _fused_linear_setting
+def test_fused_linear_environment_setting_is_checked(tmp_path, monkeypatch, capsys):
+    from pyro_vae import fused_linear
+    from pyro_vae.cli import main
 
-    assert _fused_linear_setting("1") is True and _fused_linear_setting("0") is False
-    with pytest.raises(ValueError, match="PYRO_VAE_FUSED_LINEAR='yes'.*use 1"):
-        _fused_linear_setting("yes")
+    assert fused_linear._setting("1") is True and fused_linear._setting("0") is False
+    with pytest.raises(ConfigError, match="PYRO_VAE_FUSED_LINEAR='yes'.*use 1"):
+        fused_linear._setting("yes")
+    # read at first use, so that the CLI reports a bad value as one line
+    monkeypatch.setenv("PYRO_VAE_FUSED_LINEAR", "yes")
+    monkeypatch.setattr(fused_linear, "ENABLED", None)
+    config = tmp_path / "c.yaml"
+    config.write_text("name: t\ndata: {name: synthetic, n_train: 20, n_test: 10}\nmodel: {z_dim: 2}\ntraining: {epochs: 1, batch_size: 10}\n")
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "PYRO_VAE_FUSED_LINEAR='yes'" in capsys.readouterr().err
+    monkeypatch.setenv("PYRO_VAE_FUSED_LINEAR", "0")
+    monkeypatch.setattr(fused_linear, "ENABLED", None)
+    assert fused_linear.enabled() is False and fused_linear.ENABLED is False
