@@ -24,7 +24,7 @@ import functools
 import os
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import ContextManager, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +88,7 @@ def enabled() -> bool:
 
 def applies(x: torch.Tensor) -> bool:
     """Whether a network should run its layers fused on input ``x`` (shape ``(..., in_dim)``)."""
-    if not (switched_on() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2):
+    if not (switched_on() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() >= 2) or _PLAIN_LAYERS.active:
         return False
     if torch.is_grad_enabled() and x.numel() < MIN_ROWS_WITH_GRAD * x.shape[-1]:
         return False
@@ -143,20 +143,31 @@ class _Flag(threading.local):
 
 
 _INPUT_GRADIENTS_ONLY = _Flag()
+_PLAIN_LAYERS = _Flag()
 
 
 @contextmanager
-def input_gradients_only() -> Iterator[None]:
+def _raised(flag: _Flag) -> Iterator[None]:
+    saved = flag.active
+    flag.active = True
+    try:
+        yield
+    finally:
+        flag.active = saved
+
+
+def input_gradients_only() -> ContextManager[None]:
     """Fused layers called inside treat their parameters as constants: gradients reach their
     inputs only. For code that differentiates with respect to latents alone (the HMC potential's
     dU/dz): the backward then skips the weight gradients, which it would otherwise compute because
     the parameters require gradients (torch's own layers skip them by themselves)."""
-    saved = _INPUT_GRADIENTS_ONLY.active
-    _INPUT_GRADIENTS_ONLY.active = True
-    try:
-        yield
-    finally:
-        _INPUT_GRADIENTS_ONLY.active = saved
+    return _raised(_INPUT_GRADIENTS_ONLY)
+
+
+def plain_layers() -> ContextManager[None]:
+    """Networks called inside run torch's layers one by one (so that forward hooks see every
+    hidden activation, as the IWAE memory plan needs)."""
+    return _raised(_PLAIN_LAYERS)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "none") -> torch.Tensor:

@@ -311,11 +311,14 @@ def test_input_gradients_only_leaves_parameters_out_of_the_graph(monkeypatch):
         assert all(p.grad is None for p in net.parameters())
 
 
-def test_fused_mlp_path_is_skipped_when_switched_off(monkeypatch):
+def test_fused_mlp_path_is_skipped_inside_plain_layers_and_when_switched_off(monkeypatch):
     from pyro_vae import fused_linear, networks
 
     net = networks.mlp(in_dim=4, out_dim=70, x_shape=(70,), role="decoder", hidden=[80])
     calls = _watch_fused_calls(monkeypatch)
+    with torch.no_grad(), fused_linear.plain_layers():
+        net(torch.randn(2, 4))
+    assert calls == [] and not fused_linear._PLAIN_LAYERS.active
     monkeypatch.setattr(fused_linear, "ENABLED", False)
     with torch.no_grad():
         net(torch.randn(2, 4))

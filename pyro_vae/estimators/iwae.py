@@ -19,6 +19,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from tqdm.auto import tqdm
 
+from ..fused_linear import plain_layers
 from ..model import VAE, without_param_store
 from ..traces import log_importance_weights
 from .result import Estimate
@@ -30,9 +31,7 @@ def bytes_per_particle(vae: VAE) -> int:
     sizes = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if torch.is_tensor(out) else 0)) for m in vae.decoder.modules()]
     try:
-        # with gradients on, networks run layer by layer (no fused evaluation kernels), so that
-        # every hidden activation is seen by a hook
-        with torch.enable_grad():
+        with torch.no_grad(), plain_layers():  # layer by layer: a hook sees every activation
             p0 = next(vae.parameters())
             vae.decoder(torch.zeros(1, vae.z_dim, device=p0.device, dtype=p0.dtype))
     finally:
