@@ -24,6 +24,7 @@ import torch
 
 from .errors import ConfigError
 from .estimators.hmc import BatchedHMC
+from .estimators.potentials import model_log_densities
 from .model import VAE
 from .objectives import Objective
 from .priors import VampPrior
@@ -118,8 +119,10 @@ class MonteCarloEM(Objective):
     def e_step(self, vae: VAE, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """HMC on the minibatch's chains (one chain per datapoint); returns their new latents."""
 
+        densities = model_log_densities(vae, x)
+
         def potential(z: torch.Tensor) -> torch.Tensor:
-            log_prior, log_lik = log_densities(vae.model, {"z": z}, x)
+            log_prior, log_lik = densities(z)
             return -(log_prior + log_lik)
 
         kernel = BatchedHMC(potential, step_size=self.log_step[idx].exp().unsqueeze(0), num_leapfrog=self.num_leapfrog)

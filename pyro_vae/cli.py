@@ -166,8 +166,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from . import fused_linear
+        from .estimators import potentials
 
-        fused_linear.switched_on()  # environment settings are checked before any work
+        # environment settings are checked before any work
+        fused_linear.switched_on()
+        potentials.switched_on()
         code = args.fn(args)
         from .distributed import from_env, shutdown
 

@@ -21,7 +21,6 @@ by float rounding only, about 1e-6 relative); ``run.json`` records which ran.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from contextlib import contextmanager
 from typing import ContextManager, Iterator, Optional
@@ -29,19 +28,10 @@ from typing import ContextManager, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from .switches import env_switch
 
 MIN_OUTPUTS = 64
 MIN_ROWS_WITH_GRAD = 256
-
-
-def _setting(value: str) -> bool:
-    if value not in ("0", "1"):
-        raise ConfigError(
-            f"PYRO_VAE_FUSED_LINEAR={value!r}: use 1 (fused oneDNN layers on CPU, the default) or 0 "
-            "(torch's plain layers, e.g. to compare numbers with another machine to the last bit)"
-        )
-    return value == "1"
 
 
 # PYRO_VAE_FUSED_LINEAR=0, or setting this attribute to False, keeps torch's layers everywhere.
@@ -54,7 +44,10 @@ def switched_on() -> bool:
     """The switch (PYRO_VAE_FUSED_LINEAR, read once); a bad value is a ConfigError."""
     global ENABLED
     if ENABLED is None:
-        ENABLED = _setting(os.environ.get("PYRO_VAE_FUSED_LINEAR", "1"))
+        ENABLED = env_switch(
+            "PYRO_VAE_FUSED_LINEAR", on="fused oneDNN layers on CPU",
+            off="torch's plain layers, e.g. to compare numbers with another machine to the last bit",
+        )
     return ENABLED
 
 

@@ -27,6 +27,7 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RunConfig, save as save_config
 from .datasets import Dataset, check_support, load_dataset
 from .errors import CheckpointError, ConfigError, TrainingError
+from .estimators import potentials
 from .model import VAE, build_vae, without_param_store
 from .objectives import Objective
 from .optim import build_optimizer, build_scheduler
@@ -282,6 +283,8 @@ class Trainer:
             "world_size": self.dist.world_size,
             # oneDNN's fused Linear + activation for MLPs on CPU (PYRO_VAE_FUSED_LINEAR)
             "fused_linear": self.device.type == "cpu" and fused_linear.enabled(),
+            # HMC potentials (AIS, App. D, MCEM) compiled per shape where faster (PYRO_VAE_COMPILE_POTENTIALS)
+            "compile_potentials": self.device.type == "cpu" and potentials.switched_on(),
         }
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
 

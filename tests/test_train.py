@@ -154,33 +154,45 @@ def test_first_step_imports_nothing_heavy(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
 
 
-def test_run_json_records_whether_fused_layers_ran(tmp_path, monkeypatch):
+def test_run_json_records_the_speed_switches(tmp_path, monkeypatch):
     import json
 
     from pyro_vae import fused_linear
+    from pyro_vae.estimators import potentials
 
     for enabled in (True, False):
         monkeypatch.setattr(fused_linear, "ENABLED", enabled)
+        monkeypatch.setattr(potentials, "ENABLED", not enabled)
         run = tmp_path / str(enabled)
         Trainer(tiny_config(training={"epochs": 1}), run, progress=False).train()
         info = json.loads((run / "run.json").read_text())
         assert info["fused_linear"] is (enabled and fused_linear.available())
+        assert info["compile_potentials"] is (not enabled)
 
 
-def test_fused_linear_environment_setting_is_checked(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("variable", ["PYRO_VAE_FUSED_LINEAR", "PYRO_VAE_COMPILE_POTENTIALS"])
+def test_speed_switches_in_the_environment_are_checked(tmp_path, monkeypatch, capsys, variable):
     from pyro_vae import fused_linear
     from pyro_vae.cli import main
+    from pyro_vae.estimators import potentials
+    from pyro_vae.switches import env_switch
 
-    assert fused_linear._setting("1") is True and fused_linear._setting("0") is False
-    with pytest.raises(ConfigError, match="PYRO_VAE_FUSED_LINEAR='yes'.*use 1"):
-        fused_linear._setting("yes")
+    module = {"PYRO_VAE_FUSED_LINEAR": fused_linear, "PYRO_VAE_COMPILE_POTENTIALS": potentials}[variable]
+    monkeypatch.delenv(variable, raising=False)
+    assert env_switch(variable, on="a", off="b") is True  # on by default
+    for value, expected in (("1", True), ("0", False)):
+        monkeypatch.setenv(variable, value)
+        assert env_switch(variable, on="a", off="b") is expected
+    monkeypatch.setenv(variable, "yes")
+    with pytest.raises(ConfigError, match=f"{variable}='yes'.*use 1 \\(a, the default\\) or 0 \\(b\\)"):
+        env_switch(variable, on="a", off="b")
     # read at first use, so that the CLI reports a bad value as one line
-    monkeypatch.setenv("PYRO_VAE_FUSED_LINEAR", "yes")
-    monkeypatch.setattr(fused_linear, "ENABLED", None)
+    monkeypatch.setattr(module, "ENABLED", None)
     config = tmp_path / "c.yaml"
     config.write_text("name: t\ndata: {name: synthetic, n_train: 20, n_test: 10}\nmodel: {z_dim: 2}\ntraining: {epochs: 1, batch_size: 10}\n")
     assert main(["train", str(config), "--run-dir", str(tmp_path / "r")]) == 2
-    assert "PYRO_VAE_FUSED_LINEAR='yes'" in capsys.readouterr().err
-    monkeypatch.setenv("PYRO_VAE_FUSED_LINEAR", "0")
-    monkeypatch.setattr(fused_linear, "ENABLED", None)
-    assert fused_linear.enabled() is False and fused_linear.ENABLED is False
+    assert f"{variable}='yes'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # no work done
+    monkeypatch.setenv(variable, "0")
+    monkeypatch.setattr(module, "ENABLED", None)
+    assert module.switched_on() is False and module.ENABLED is False

@@ -30,8 +30,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..model import VAE, without_param_store
-from ..traces import guide_log_prob, log_densities, sample_latents
+from ..traces import sample_latents
 from .hmc import BatchedHMC
+from .potentials import guide_log_density, model_log_densities
 from .result import Estimate
 
 Schedule = Literal["linear", "sigmoid"]
@@ -67,14 +68,11 @@ def _anneal(
     :returns: (log w, mean acceptance per chain, step-size schedule ``(T, batch)``).
     """
 
-    def log_p0(zz: torch.Tensor) -> torch.Tensor:
-        if start == "prior":
-            return log_densities(vae.model, {"z": zz}, x)[0]
-        return guide_log_prob(vae.guide, {"z": zz}, x)
+    model_densities, guide_density = model_log_densities(vae, x), guide_log_density(vae, x)
 
     def log_target_and_p0(zz: torch.Tensor):
-        prior, lik = log_densities(vae.model, {"z": zz}, x)
-        return prior + lik, (prior if start == "prior" else log_p0(zz))
+        prior, lik = model_densities(zz)
+        return prior + lik, (prior if start == "prior" else guide_density(zz))
 
     beta = torch.zeros(())
 

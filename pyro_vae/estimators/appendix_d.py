@@ -21,6 +21,7 @@ import torch
 from ..model import VAE, without_param_store
 from ..traces import log_densities, sample_latents
 from .hmc import BatchedHMC, chain_diagnostics
+from .potentials import model_log_densities
 from .result import Estimate
 
 
@@ -40,8 +41,10 @@ def hmc_marginal_likelihood(
     """AEVB App. D estimate of log p(x) per row of ``x``; ``num_samples`` per chain for the fit and
     as many again for the estimate (chains start from q(z|x) to shorten warmup)."""
 
+    densities = model_log_densities(vae, x)
+
     def potential(z: torch.Tensor) -> torch.Tensor:
-        prior, lik = log_densities(vae.model, {"z": z}, x)
+        prior, lik = densities(z)
         return -(prior + lik)
 
     with torch.no_grad():
