@@ -8,7 +8,7 @@ interleaved within its own run):
   analytic KL (``trace_meanfield``, and its JIT variant) and Monte Carlo KL (``trace``);
   first step in a fresh process;
 * IWAE-5000 against the matrix-product bound and a hand-written PyTorch IWAE;
-* HMC against a plain-torch leapfrog loop.
+* HMC against a plain-torch leapfrog loop, at 100 chains (an MCEM minibatch) and 1000 (AIS).
 
     python benchmarks/run_all.py            # about 10 minutes on 2 CPU threads
     python benchmarks/run_all.py --quick    # smaller sizes, for a smoke test
@@ -56,7 +56,9 @@ def main(args: argparse.Namespace) -> None:
     runs = training_runs(args.quick)
     runs.append(("IWAE-5000" if not args.quick else "IWAE-500",
                  ["bench_iwae.py", "--random", "--n", "10" if args.quick else "100", "--k", "500" if args.quick else "5000"]))
-    runs.append(("HMC", ["bench_hmc.py", "--points", "200" if args.quick else "1000", "--trajectories", "5" if args.quick else "10"]))
+    # 100 chains: one per datapoint of an MCEM minibatch (compiled potentials); 1000: AIS-sized (eager, fused layers)
+    for chains in (["200"] if args.quick else ["100", "1000"]):
+        runs.append((f"HMC, {chains} chains", ["bench_hmc.py", "--points", chains, "--trajectories", "5" if args.quick else "10"]))
     rows = []
     for label, cmd in runs:
         out = subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:], "--threads", str(args.threads), "--device", args.device],
