@@ -171,3 +171,16 @@ def test_estimators_give_the_same_numbers_compiled_and_eager(monkeypatch):
     for a, b in zip(results[True], results[False]):
         # float rounding differs between the two; the chains see the same random numbers
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_a_vae_and_its_graphs_are_freed_together():
+    import gc
+    import weakref
+
+    vae, x = _vae(BASE), _data(BASE)
+    model_log_densities(vae, x)(torch.randn(2, 5, 2))
+    assert len(_graphs(vae)) == 1
+    alive = weakref.ref(vae)
+    del vae
+    gc.collect()
+    assert alive() is None  # the compiled graph does not keep its VAE (and its own cache entry) alive

@@ -134,9 +134,15 @@ def _compile(
     """Trace ``fn`` at (z, x) and check it against the eager computation; None (and a warning)
     where it cannot be trusted."""
 
+    # torch keeps the traced Python function alive with its graph, so it holds the VAE weakly:
+    # the VAE (and with it its graphs) can then be freed.
+    vae_ref = weakref.ref(vae)
+
     def graph(zz: torch.Tensor, xx: torch.Tensor, *tensors: torch.Tensor) -> Densities:
-        with _substituted(vae, names, tensors):
-            return fn(vae, zz, xx)
+        traced_vae = vae_ref()
+        assert traced_vae is not None  # it is tracing, so it is alive
+        with _substituted(traced_vae, names, tensors):
+            return fn(traced_vae, zz, xx)
 
     try:
         with warnings.catch_warnings(), torch.enable_grad():
