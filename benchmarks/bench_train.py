@@ -10,8 +10,9 @@ on the same binarized data, one epoch at a time, interleaved (A B C A B C ...):
   traces cost from what the optimizer saves.
 
 Prints median seconds per epoch, steps/s, the ratios, the time of the first step and the training
-ELBO curve of each: all sides start from the same weights and see the same minibatches, so the
-curves must agree within the Monte Carlo noise of the z draws (same math).
+ELBO curve of each: all sides start from the same weights and see the same minibatches, and
+pyro-vae and plain torch also draw the same z (two copies of one random stream), so their curves
+may differ only by float rounding; the twin draws its own z, which shows the Monte Carlo noise.
 
     python benchmarks/bench_train.py --epochs 3 --n 10000 --batch 100
 """
@@ -22,6 +23,8 @@ import argparse
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +66,37 @@ def plain_epoch(vae: PlainVAE, opt, x: torch.Tensor, batch: int, gen: torch.Gene
         opt.step()
         total += loss.detach() * (idx.shape[0] / n)
     return -total.item() / n
+
+
+class RandomStream:
+    """A random stream of its own for one side of the benchmark: torch's global generator (and the
+    device's) is switched to this stream's state inside ``active()`` and back afterwards."""
+
+    def __init__(self, device: torch.device, seed: int) -> None:
+        self.device = device
+        saved = self._get()
+        torch.manual_seed(seed)
+        self.state = self._get()
+        self._set(saved)
+
+    def _get(self):
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _set(self, state) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.device)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        saved = self._get()
+        self._set(self.state)
+        try:
+            yield
+        finally:
+            self.state = self._get()
+            self._set(saved)
 
 
 FIRST_STEP = {
@@ -127,50 +161,58 @@ def main(args: argparse.Namespace) -> None:
         "objective": {"name": args.objective}, "optimizer": {"name": "adagrad", "lr": 0.02},
         "training": {"epochs": 10**6, "batch_size": args.batch, "eval_every": 10**6, "log_every": 10**6, "checkpoint_every": 10**6},
     })
+    analytic = "meanfield" in args.objective
+    # pyro-vae and plain torch draw their z from two copies of one random stream: both draw one
+    # (batch, Nz) normal per step, so they see the same draws, and their curves may differ only by
+    # float rounding (amplified over the steps). The twin draws from a stream of its own: the gap
+    # between the two plain runs is the Monte Carlo noise.
+    draws = {"ours": RandomStream(device, seed=0), "plain": RandomStream(device, seed=0), "twin": RandomStream(device, seed=1)}
     t0 = time.perf_counter()
     ours = Trainer(cfg, tempfile.mkdtemp(prefix="pyro_vae_bench_"), data=data, progress=False)
     # every side starts from pyro-vae's initial weights (the MLPs' state_dict keys match nn.Sequential's)
     start = {name: {k: v.clone() for k, v in net.state_dict().items()} for name, net in (("enc", ours.vae.encoder), ("dec", ours.vae.decoder))}
     idx0 = torch.arange(args.batch, device=device)
-    loss = ours.objective.loss(ours.vae, ours.x_train[idx0], idx0, args.n)
-    loss.backward()
-    ours.optimizer.step()
-    synchronize(device)
+    with draws["ours"].active():
+        loss = ours.objective.loss(ours.vae, ours.x_train[idx0], idx0, args.n)
+        loss.backward()
+        ours.optimizer.step()
+        synchronize(device)
     first_ours = time.perf_counter() - t0
     x = x.to(device)
 
-    torch.manual_seed(0)
     t0 = time.perf_counter()
     act = {"tanh": nn.Tanh, "relu": nn.ReLU}[act_name]
     plain = PlainVAE(784, args.hidden, args.z, act).to(device)
     plain.enc.load_state_dict(start["enc"]), plain.dec.load_state_dict(start["dec"])
     plain_opt = torch.optim.Adagrad(plain.parameters(), lr=0.02, foreach=True)
-    plain.loss(x[:args.batch], args.n).backward()
-    plain_opt.step()
-    synchronize(device)
+    with draws["plain"].active():
+        plain.loss(x[:args.batch], args.n, analytic).backward()
+        plain_opt.step()
+        synchronize(device)
     first_plain = time.perf_counter() - t0
     twin = PlainVAE(784, args.hidden, args.z, act).to(device)
     twin.enc.load_state_dict(start["enc"]), twin.dec.load_state_dict(start["dec"])
     twin_opt = Adagrad(twin.parameters(), lr=0.02)
-    twin.loss(x[:args.batch], args.n).backward()  # the same first step as the other two
-    twin_opt.step()
+    with draws["twin"].active():  # the same first step as the other two, with other draws
+        twin.loss(x[:args.batch], args.n, analytic).backward()
+        twin_opt.step()
 
-    analytic = "meanfield" in args.objective
-    # the same minibatch order as pyro-vae's trainer (only the Monte Carlo draws of z differ)
+    # the same minibatch order as pyro-vae's trainer
     gen, twin_gen = torch.Generator(), torch.Generator()
     gen.set_state(ours.shuffle_generator.get_state()), twin_gen.set_state(ours.shuffle_generator.get_state())
+    epochs = {
+        "ours": lambda: ours.train_epoch()["train_elbo"],
+        "plain": lambda: plain_epoch(plain, plain_opt, x, args.batch, gen, analytic),
+        "twin": lambda: plain_epoch(twin, twin_opt, x, args.batch, twin_gen, analytic),
+    }
     times = {"ours": [], "plain": [], "twin": []}
     curves = {"ours": [], "plain": [], "twin": []}
     for _ in range(args.epochs):
-        s = time.perf_counter()
-        curves["ours"].append(ours.train_epoch()["train_elbo"])
-        times["ours"].append(time.perf_counter() - s)
-        s = time.perf_counter()
-        curves["plain"].append(plain_epoch(plain, plain_opt, x, args.batch, gen, analytic))
-        times["plain"].append(time.perf_counter() - s)
-        s = time.perf_counter()
-        curves["twin"].append(plain_epoch(twin, twin_opt, x, args.batch, twin_gen, analytic))
-        times["twin"].append(time.perf_counter() - s)
+        for side, epoch in epochs.items():
+            with draws[side].active():
+                s = time.perf_counter()
+                curves[side].append(epoch())
+                times[side].append(time.perf_counter() - s)
     elbo = {k: v[-1] for k, v in curves.items()}
     steps = (args.n + args.batch - 1) // args.batch
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -190,7 +232,7 @@ def main(args: argparse.Namespace) -> None:
         def gap(a: str, b: str) -> float:
             return max(abs(u - v) for u, v in zip(curves[a][1:], curves[b][1:]))
 
-        print(f"largest gap from epoch 2 on, nats per datapoint: pyro-vae vs plain torch {gap('ours', 'plain'):.2f}; "
+        print(f"largest gap from epoch 2 on, nats per datapoint: pyro-vae vs plain torch (same z draws) {gap('ours', 'plain'):.2f}; "
               f"plain torch vs plain + our Adagrad (same math, other z draws) {gap('plain', 'twin'):.2f}")
     print(f"ratio pyro-vae / plain torch: {med['ours'] / med['plain']:.3f}")
     print(f"ratio pyro-vae / plain torch with the same optimizer: {med['ours'] / med['twin']:.3f}")

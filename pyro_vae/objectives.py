@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Set, Tuple
 
 import pyro
 import torch
@@ -66,6 +66,7 @@ class ElboObjective(Objective):
         self.elbo = elbo
         self.needs_param_store = needs_param_store  # the JIT ELBOs feed param sites to the compiled graph
         self._vae: Optional[VAE] = None
+        self._compiled: Set[Tuple[int, int, int, int]] = set()  # the JIT ELBO's compile keys seen so far
 
     def _programs(self, vae: VAE):
         # One bound method per VAE: Pyro's JIT keys its compile cache on id(model) and id(guide),
@@ -84,6 +85,15 @@ class ElboObjective(Objective):
             # every compile; users cannot act on that, so it is not repeated to them.
             warnings.filterwarnings("ignore", message=r"`torch.jit.trace` is deprecated", category=FutureWarning)
             # num_data goes as a keyword: Pyro's JIT treats keywords as static (an int cannot be traced).
+            key = (id(model), id(guide), len(args), num_data)  # what Pyro's compile cache tells apart
+            if key not in self._compiled:
+                # Pyro's first call runs the model and guide twice more (to find the parameters, then
+                # to trace them), drawing z each time. Compiling on a forked random stream keeps the
+                # draws of every step, the first included, those of the eager estimator: same seed,
+                # same z (and a resumed run draws as an uninterrupted one).
+                with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                    self.elbo.differentiable_loss(model, guide, *args, num_data=num_data)
+                self._compiled.add(key)
             return self.elbo.differentiable_loss(model, guide, *args, num_data=num_data)
 
 

@@ -118,3 +118,24 @@ def test_lean_elbo_never_reads_a_value_back_to_the_host(lean_cls, monkeypatch):
     with pytest.raises(AssertionError, match="item"):  # and Pyro's own does
         (Trace_ELBO if lean_cls is LeanTrace_ELBO else TraceMeanField_ELBO)(max_plate_nesting=1).differentiable_loss(
             vae.model, vae.guide, x, idx, num_data=100)
+
+
+@pytest.mark.parametrize("jit_name,eager_name", [("jit_trace_meanfield", "trace_meanfield"), ("jit_trace", "trace")])
+def test_jit_objectives_draw_the_same_z_as_the_eager_ones_from_the_first_step(jit_name, eager_name):
+    """Pyro's JIT runs the programs twice more on its first call; that happens on a forked random
+    stream, so a JIT run and an eager run with the same seed see the same z at every step."""
+    from pyro_vae.objectives import OBJECTIVES
+
+    vae = build_vae(tiny_config().model, (6,))
+    x = torch.randn(50, 6)
+    jit, eager = OBJECTIVES.build(jit_name, {}), OBJECTIVES.build(eager_name, {})
+    with pyro.validation_enabled(False):
+        for batch in (20, 20, 10):  # the first (compiling) call, a compiled one, another batch size
+            idx = torch.arange(batch)
+            losses, next_draws = [], []
+            for objective in (jit, eager):
+                torch.manual_seed(3)
+                losses.append(objective.loss(vae, x[:batch], idx, 50))
+                next_draws.append(torch.rand(3))  # the stream is left where the eager step leaves it
+            torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-3)
+            assert torch.equal(next_draws[0], next_draws[1])

@@ -12,9 +12,10 @@ messengers, plates, distribution objects): at 100 chains that is as much as the 
 
 So these functions record the traced computation once per input shape with ``torch.jit.trace`` and
 replay the recorded graph afterwards. The parameters and buffers of the VAE enter the graph as
-inputs, detached and read afresh at every call: an M-step
-that changes them in place is seen by the next E-step, and no parameter gradient is recorded (only
-dU/dz is ever needed here). Measured against a hand-written potential on 2 CPU threads
+inputs, not as constants: detached views, taken when a density function is made (once per
+estimator call or E-step) and sharing storage with the parameters, so the graph computes with
+their current values (an M-step's in-place update shows through) and records no parameter
+gradient (only dU/dz is ever needed here). Measured against a hand-written potential on 2 CPU threads
 (``benchmarks/bench_hmc.py``), 100 chains: 1.7x its time eagerly, 1.1x compiled.
 
 When compiling is used (``compiles``):
