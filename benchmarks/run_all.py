@@ -13,6 +13,7 @@ interleaved within its own run):
     python benchmarks/run_all.py            # about 10 minutes on 2 CPU threads
     python benchmarks/run_all.py --quick    # smaller sizes, for a smoke test
     python benchmarks/run_all.py --device cuda
+    python benchmarks/run_all.py --run runs/aevb_mnist   # adds IWAE-5000 on a trained model
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def main(args: argparse.Namespace) -> None:
     runs = training_runs(args.quick)
     runs.append(("IWAE-5000" if not args.quick else "IWAE-500",
                  ["bench_iwae.py", "--random", "--n", "10" if args.quick else "100", "--k", "500" if args.quick else "5000"]))
+    if args.run:  # a trained model on its own test images, as `pyro-vae evaluate` runs it
+        runs.append(("IWAE-5000, trained model", ["bench_iwae.py", "--run", args.run, "--n", "100", "--k", "5000"]))
     # 100 chains: one per datapoint of an MCEM minibatch (compiled potentials); 1000: AIS-sized (eager, fused layers)
     for chains in (["200"] if args.quick else ["100", "1000"]):
         runs.append((f"HMC, {chains} chains", ["bench_hmc.py", "--points", chains, "--trajectories", "5" if args.quick else "10"]))
@@ -72,6 +75,7 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--run", help="a trained run folder (e.g. the README's main job): adds IWAE-5000 on its model and test images")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda (every benchmark runs on it; the output names it)")
     main(p.parse_args())

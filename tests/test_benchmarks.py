@@ -36,13 +36,35 @@ def test_iwae_benchmark_runs_on_tiny_data(capsys):
     spec = importlib.util.spec_from_file_location("bench_iwae", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(argparse.Namespace(k=10, n=4, repeats=1, memory_gb=0.01, threads=1, random=True, device="cpu"))
+    mod.main(argparse.Namespace(k=10, n=4, repeats=1, memory_gb=0.01, threads=1, random=True, device="cpu", run=None))
     out = capsys.readouterr().out
     assert "ratio pyro-vae / matmul bound" in out and "ratio pyro-vae / plain torch" in out
     assert "ratio pyro-vae / networks + softplus" in out
     # the hand-written IWAE and the estimator are the same estimator: their means agree
     ours, plain = (float(line.split("mean log p(x)")[1].strip(" )")) for line in out.splitlines() if "mean log p(x)" in line)
     assert abs(ours - plain) < 5.0
+
+
+def test_iwae_benchmark_times_a_trained_run(tmp_path, capsys):
+    import numpy as np
+
+    from pyro_vae.train import Trainer
+
+    from .conftest import tiny_config
+
+    np.savez(tmp_path / "d.npz", x=(np.random.default_rng(0).random((40, 16)) < 0.3).astype(np.float32))
+    run = tmp_path / "run"
+    Trainer(tiny_config(data={"name": "npz", "path": str(tmp_path / "d.npz"), "n_test": 5}, model={"likelihood": {"name": "bernoulli"}},
+                        objective={"name": "trace_meanfield"}, training={"epochs": 1, "batch_size": 10}), run, progress=False).train()
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_iwae.py"
+    spec = importlib.util.spec_from_file_location("bench_iwae", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(argparse.Namespace(k=10, n=4, repeats=1, memory_gb=0.01, threads=1, random=False, device="cpu", run=str(run)))
+    out = capsys.readouterr().out
+    assert f"trained model of {run}" in out and "on 4 points" in out
+    ours, plain = (float(line.split("mean log p(x)")[1].strip(" )")) for line in out.splitlines() if "mean log p(x)" in line)
+    assert abs(ours - plain) < 5.0  # the same estimator on the trained model
 
 
 def test_hmc_benchmark_runs_on_tiny_data(capsys):
