@@ -28,27 +28,19 @@ from typing import ContextManager, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from .switches import env_switch
+from .switches import Switch
 
 MIN_OUTPUTS = 64
 MIN_ROWS_WITH_GRAD = 256
 
 
-# PYRO_VAE_FUSED_LINEAR=0, or setting this attribute to False, keeps torch's layers everywhere.
-# None until first use, when the environment variable is read (a bad value is then a ConfigError,
-# which the CLI checks before any work and reports as one line, not as an import-time traceback).
-ENABLED: Optional[bool] = None
-
-
-def switched_on() -> bool:
-    """The switch (PYRO_VAE_FUSED_LINEAR, read once); a bad value is a ConfigError."""
-    global ENABLED
-    if ENABLED is None:
-        ENABLED = env_switch(
-            "PYRO_VAE_FUSED_LINEAR", on="fused oneDNN layers on CPU",
-            off="torch's plain layers, e.g. to compare numbers with another machine to the last bit",
-        )
-    return ENABLED
+# PYRO_VAE_FUSED_LINEAR=0, or ``switched_on.value = False``, keeps torch's layers everywhere. Read at
+# first use (a bad value is then a ConfigError, which the CLI checks before any work and reports
+# as one line, not as an import-time traceback).
+switched_on = Switch(
+    "PYRO_VAE_FUSED_LINEAR", on="fused oneDNN layers on CPU",
+    off="torch's plain layers, e.g. to compare numbers with another machine to the last bit",
+)
 
 
 def _op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:

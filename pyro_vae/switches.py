@@ -7,6 +7,7 @@ and report a bad value as one line.
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from .errors import ConfigError
 
@@ -21,3 +22,17 @@ def env_switch(name: str, on: str, off: str) -> bool:
     if value not in ("0", "1"):
         raise ConfigError(f"{name}={value!r}: use 1 ({on}, the default) or 0 ({off})")
     return value == "1"
+
+
+class Switch:
+    """An environment switch read at its first call (``env_switch``), then remembered in ``value``.
+    Setting ``value`` (True/False) overrides the environment; None reads it again."""
+
+    def __init__(self, name: str, on: str, off: str) -> None:
+        self.name, self.on, self.off = name, on, off
+        self.value: Optional[bool] = None
+
+    def __call__(self) -> bool:
+        if self.value is None:
+            self.value = env_switch(self.name, on=self.on, off=self.off)
+        return self.value

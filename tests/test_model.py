@@ -286,7 +286,7 @@ def test_fused_mlp_gradients_equal_the_plain_layers(monkeypatch, activation):
     fused = derivatives()
     if fused_linear.available():
         assert len(calls) == 2
-    monkeypatch.setattr(fused_linear, "ENABLED", False)
+    monkeypatch.setattr(fused_linear.switched_on, "value", False)
     plain = derivatives()
     for a, b in zip(fused, plain):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
@@ -319,7 +319,7 @@ def test_fused_mlp_path_is_skipped_inside_plain_layers_and_when_switched_off(mon
     with torch.no_grad(), fused_linear.plain_layers():
         net(torch.randn(2, 4))
     assert calls == [] and not fused_linear._PLAIN_LAYERS.active
-    monkeypatch.setattr(fused_linear, "ENABLED", False)
+    monkeypatch.setattr(fused_linear.switched_on, "value", False)
     with torch.no_grad():
         net(torch.randn(2, 4))
     net(torch.randn(1000, 4))

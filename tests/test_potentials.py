@@ -27,7 +27,7 @@ CASES = [dict(BASE, **{part: case}) for part, cases in (
 @pytest.fixture(autouse=True)
 def _no_validation(monkeypatch):
     # as in training and `pyro-vae evaluate`; with validation on, potentials stay eager (tested below)
-    monkeypatch.setattr(potentials, "ENABLED", True)
+    monkeypatch.setattr(potentials.switched_on, "value", True)
     with pyro.validation_enabled(False):
         yield
 
@@ -100,14 +100,14 @@ def test_compiling_is_used_where_it_pays_and_switched_off_by_the_setting(monkeyp
     vae = _vae(BASE)
     small, large = torch.zeros(2, 50, 2), torch.zeros(2, 300, 2)
     assert compiles(small)
-    monkeypatch.setattr(fused_linear, "ENABLED", True)
+    monkeypatch.setattr(fused_linear.switched_on, "value", True)
     # from MIN_ROWS_WITH_GRAD rows the fused eager layers run instead (faster there)
     assert compiles(large) is not fused_linear.available()
-    monkeypatch.setattr(fused_linear, "ENABLED", False)
+    monkeypatch.setattr(fused_linear.switched_on, "value", False)
     assert compiles(large)
     with pyro.validation_enabled(True):  # argument checks are Python branches on values
         assert not compiles(small)
-    monkeypatch.setattr(potentials, "ENABLED", False)
+    monkeypatch.setattr(potentials.switched_on, "value", False)
     assert not compiles(small)
     x = _data(BASE, 50)
     model_log_densities(vae, x)(small)
@@ -160,7 +160,7 @@ def test_estimators_give_the_same_numbers_compiled_and_eager(monkeypatch):
     vae, x = _vae(BASE), _data(BASE, 4)
     results = {}
     for enabled in (True, False):
-        monkeypatch.setattr(potentials, "ENABLED", enabled)
+        monkeypatch.setattr(potentials.switched_on, "value", enabled)
         torch.manual_seed(0)
         results[enabled] = (
             estimators.ais(vae, x, num_steps=20, num_chains=3, num_leapfrog=3).per_datapoint,

@@ -164,8 +164,8 @@ def test_run_json_records_the_speed_switches(tmp_path, monkeypatch):
     from pyro_vae.estimators import potentials
 
     for enabled in (True, False):
-        monkeypatch.setattr(fused_linear, "ENABLED", enabled)
-        monkeypatch.setattr(potentials, "ENABLED", not enabled)
+        monkeypatch.setattr(fused_linear.switched_on, "value", enabled)
+        monkeypatch.setattr(potentials.switched_on, "value", not enabled)
         run = tmp_path / str(enabled)
         Trainer(tiny_config(training={"epochs": 1}), run, progress=False).train()
         info = json.loads((run / "run.json").read_text())
@@ -190,12 +190,12 @@ def test_speed_switches_in_the_environment_are_checked(tmp_path, monkeypatch, ca
     with pytest.raises(ConfigError, match=f"{variable}='yes'.*use 1 \\(a, the default\\) or 0 \\(b\\)"):
         env_switch(variable, on="a", off="b")
     # read at first use, so that the CLI reports a bad value as one line
-    monkeypatch.setattr(module, "ENABLED", None)
+    monkeypatch.setattr(module.switched_on, "value", None)
     config = tmp_path / "c.yaml"
     config.write_text("name: t\ndata: {name: synthetic, n_train: 20, n_test: 10}\nmodel: {z_dim: 2}\ntraining: {epochs: 1, batch_size: 10}\n")
     assert main(["train", str(config), "--run-dir", str(tmp_path / "r")]) == 2
     assert f"{variable}='yes'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # no work done
     monkeypatch.setenv(variable, "0")
-    monkeypatch.setattr(module, "ENABLED", None)
-    assert module.switched_on() is False and module.ENABLED is False
+    monkeypatch.setattr(module.switched_on, "value", None)
+    assert module.switched_on() is False and module.switched_on.value is False

@@ -48,26 +48,18 @@ from pyro.infer.util import is_validation_enabled
 
 from .. import fused_linear
 from ..model import VAE
-from ..switches import env_switch
+from ..switches import Switch
 from ..traces import guide_log_prob, log_densities
 
 Densities = Tuple[torch.Tensor, ...]
 DensityFn = Callable[[VAE, torch.Tensor, torch.Tensor], Densities]
 
-# PYRO_VAE_COMPILE_POTENTIALS=0, or setting this attribute to False, keeps every potential eager.
-# None until first use (then read from the environment; the CLI checks it before any work).
-ENABLED: Optional[bool] = None
-
-
-def switched_on() -> bool:
-    """The switch (PYRO_VAE_COMPILE_POTENTIALS, read once); a bad value is a ConfigError."""
-    global ENABLED
-    if ENABLED is None:
-        ENABLED = env_switch(
-            "PYRO_VAE_COMPILE_POTENTIALS", on="HMC potentials compiled per shape where faster",
-            off="every potential evaluated eagerly through Pyro's traces",
-        )
-    return ENABLED
+# PYRO_VAE_COMPILE_POTENTIALS=0, or ``switched_on.value = False``, keeps every potential eager.
+# Read at first use (the CLI checks it before any work).
+switched_on = Switch(
+    "PYRO_VAE_COMPILE_POTENTIALS", on="HMC potentials compiled per shape where faster",
+    off="every potential evaluated eagerly through Pyro's traces",
+)
 
 
 def compiles(z: torch.Tensor) -> bool:
