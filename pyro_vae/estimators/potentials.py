@@ -184,12 +184,13 @@ class _Density:
         self.vae, self.fn, self.x = vae, fn, x
         self.names, self.state = _state(vae)
         self.graphs = _GRAPHS.setdefault(vae, {})
+        self._key = (fn, tuple(self.names), tuple(x.shape), x.dtype)  # the part fixed per batch
 
     def __call__(self, z: torch.Tensor) -> Densities:
         vae, fn, x = self.vae, self.fn, self.x
         if not compiles(z):
             return fn(vae, z, x)
-        key = (fn, tuple(self.names), tuple(z.shape), tuple(x.shape), z.dtype, x.dtype, z.device)
+        key = self._key + (tuple(z.shape), z.dtype, z.device)
         if key not in self.graphs:
             with vae.param_store_off():  # tracing and checking leave Pyro's param store alone
                 self.graphs[key] = _compile(vae, fn, z, x, self.names, self.state)
