@@ -111,6 +111,19 @@ class _CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
         return compiled(*args, **kwargs)
 
 
+class _OneGradientJitTrace_ELBO(JitTrace_ELBO):
+    """Pyro 1.9's ``JitTrace_ELBO.differentiable_loss`` returns ``loss + (surrogate - surrogate.detach())``
+    with a ``loss`` that is itself differentiable (the compiled function returns it with its graph),
+    so its gradient is that of the loss plus that of the surrogate: twice the ELBO's gradient for a
+    reparameterized guide. Adagrad and Adam hide a constant factor, but SGD's step doubles and a
+    weight prior gets half its weight. ``Trace_ELBO`` takes the loss's value only (``torch_item``);
+    this does the same with ``detach`` (no host sync)."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
+
+
 class IWAEObjective(Objective):
     """The importance-weighted bound (Burda, Grosse & Salakhutdinov 2015)::
 
@@ -161,7 +174,8 @@ def trace_meanfield(*, num_particles: int = 1) -> Objective:
 
 @OBJECTIVES.register("jit_trace")
 def jit_trace(*, num_particles: int = 1) -> Objective:
-    return _elbo("jit_trace", JitTrace_ELBO, num_particles, ignore_jit_warnings=True)
+    """JitTrace_ELBO, with Pyro 1.9's doubled gradient of ``differentiable_loss`` corrected."""
+    return _elbo("jit_trace", _OneGradientJitTrace_ELBO, num_particles, ignore_jit_warnings=True)
 
 
 @OBJECTIVES.register("jit_trace_meanfield")
