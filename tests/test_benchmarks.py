@@ -28,7 +28,9 @@ def test_training_benchmark_runs_on_tiny_data(capsys):
     spec.loader.exec_module(run_all)
     row = run_all.summarize("tiny", out, with_first_step=True)
     assert row.startswith("| tiny | pyro-vae / plain torch ") and "same optimizer" in row and "first step" in row
-    assert len(run_all.training_runs(quick=True)) == 10
+    runs = [cmd for _, cmd in run_all.training_runs(quick=True)]
+    # 2 shapes x (4 objectives at batch 100 + the 2 eager ones at batch 1000)
+    assert len(runs) == 12 and sum("jit_trace" in cmd for cmd in runs) == 2
 
 
 def test_iwae_benchmark_runs_on_tiny_data(capsys):
