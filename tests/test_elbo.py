@@ -142,14 +142,14 @@ def test_jit_objectives_draw_the_same_z_as_the_eager_ones_from_the_first_step(ji
 
 
 @pytest.mark.parametrize("jit_name,eager_name", [("jit_trace_meanfield", "trace_meanfield"), ("jit_trace", "trace")])
-@pytest.mark.parametrize("guide", ["diag_normal", "iaf"])
-def test_jit_objectives_have_the_gradients_of_the_eager_ones(jit_name, eager_name, guide):
+@pytest.mark.parametrize("prior,guide", [("standard_normal", "diag_normal"), ("standard_normal", "iaf"), ("mixture_of_gaussians", "full_normal")])
+def test_jit_objectives_have_the_gradients_of_the_eager_ones(jit_name, eager_name, prior, guide):
     """Same z, same loss, same gradient. Pyro 1.9's JitTrace_ELBO.differentiable_loss doubles the
     gradient (the compiled loss keeps its graph next to the surrogate's): Adagrad would hide that,
     SGD and a weight prior would not."""
     from pyro_vae.objectives import OBJECTIVES
 
-    vae = build_vae(tiny_config(model={"guide": {"name": guide}}).model, (6,))
+    vae = build_vae(tiny_config(model={"prior": {"name": prior}, "guide": {"name": guide}}).model, (6,))
     x, idx = torch.randn(20, 6), torch.arange(20)
     jit, eager = OBJECTIVES.build(jit_name, {}), OBJECTIVES.build(eager_name, {})
     jit.loss(vae, x, idx, 50)  # the compiling call
