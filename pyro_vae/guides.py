@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from pyro.distributions.transforms import Permute, conditional_affine_autoregressive
 from torch import nn
 
+from .distributions import LeanNormal
 from .registry import GUIDES
 
 
@@ -37,7 +38,7 @@ class DiagonalNormal(Guide):
 
     def forward(self, raw: torch.Tensor) -> dist.Distribution:
         loc, log_var = raw[..., : self.z_dim], raw[..., self.z_dim :]
-        return dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+        return LeanNormal(loc, torch.exp(0.5 * log_var)).to_event(1)
 
 
 class FullNormal(Guide):
@@ -82,7 +83,7 @@ class InverseAutoregressiveFlow(Guide):
     def forward(self, raw: torch.Tensor) -> dist.Distribution:
         d = self.z_dim
         loc, log_var, context = raw[..., :d], raw[..., d : 2 * d], raw[..., 2 * d :]
-        base = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+        base = LeanNormal(loc, torch.exp(0.5 * log_var)).to_event(1)
         transforms = []
         for i, flow in enumerate(self.flows):
             if i:

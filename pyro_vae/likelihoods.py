@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributions import LeanNormal
 from .registry import LIKELIHOODS
 
 
@@ -175,7 +176,7 @@ class LocScale(Likelihood):
     def forward(self, raw: torch.Tensor) -> dist.Distribution:
         loc, std = self._loc_std(raw)
         if self.family == "gaussian":
-            return dist.Normal(loc, std).to_event(1)
+            return LeanNormal(loc, std).to_event(1)
         # Laplace with the same variance: b = sigma / sqrt(2).
         return dist.Laplace(loc, std * 0.7071067811865476).to_event(1)
 

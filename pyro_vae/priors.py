@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal, register_kl
 
+from .distributions import LeanNormal
 from .registry import PRIORS
 
 Encode = Callable[[torch.Tensor], dist.Distribution]
@@ -78,7 +79,7 @@ class LearnedNormal(Prior):
         self.log_scale = nn.Parameter(torch.zeros(z_dim))
 
     def forward(self, encode: Optional[Encode] = None) -> dist.Distribution:
-        return dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
+        return LeanNormal(self.loc, self.log_scale.exp()).to_event(1)
 
 
 class FixedFamily(Prior):
@@ -106,7 +107,7 @@ class MixtureOfGaussians(Prior):
         self.logits = nn.Parameter(torch.zeros(components))
 
     def forward(self, encode: Optional[Encode] = None) -> dist.Distribution:
-        comp = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
+        comp = LeanNormal(self.locs, self.log_scales.exp()).to_event(1)
         return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), comp)
 
 

@@ -351,3 +351,36 @@ def test_fused_linear_probe_reports_a_missing_op_as_unavailable(monkeypatch):
             assert net(torch.randn(2, 4)).shape == (2, 70)  # falls back to the plain layers
     finally:
         fused_linear.available.cache_clear()
+
+
+def test_lean_normal_log_density_equals_torchs_normal():
+    """The guides' Normal: same log density and gradients (in loc, scale and the value) as torch's,
+    before and after a plate's expansion, for values smaller than, equal to and larger than the
+    batch shape; it keeps its type when expanded, and the analytic KLs still dispatch to Normal's."""
+    from torch.distributions import kl_divergence
+
+    from pyro_vae.distributions import LeanNormal
+    from pyro_vae.priors import StandardNormal
+
+    g = torch.Generator().manual_seed(0)
+    for built, batch, value_shape in (((6, 4), None, (6, 4)), ((1, 4), (6, 1), (6, 1, 4)), ((6, 4), (3, 6), (6, 4)), ((6, 4), (6,), (2, 6, 4)), ((4,), None, (4,))):
+        loc = torch.randn(built, generator=g).requires_grad_(True)
+        log_scale = torch.randn(built, generator=g).requires_grad_(True)
+        z = (torch.randn(value_shape, generator=g) * 2).requires_grad_(True)
+        results = []
+        for cls in (LeanNormal, dist.Normal):
+            d = cls(loc, log_scale.exp()).to_event(1)
+            if batch is not None:
+                d = d.expand(batch)
+                assert isinstance(d.base_dist, cls)
+            out = d.log_prob(z)
+            results.append((out, torch.autograd.grad(out.sum(), [loc, log_scale, z])))
+        (out, grads), (ref, ref_grads) = results
+        assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, ref_grads))
+    q_args = (torch.randn(6, 4, generator=g), torch.rand(6, 4, generator=g) + 0.5)
+    for p in (StandardNormal(4)().expand((6,)), dist.Normal(torch.randn(4, generator=g), torch.ones(4)).to_event(1).expand((6,))):
+        kl = kl_divergence(LeanNormal(*q_args).to_event(1), p)
+        assert torch.allclose(kl, kl_divergence(dist.Normal(*q_args).to_event(1), p), atol=1e-5)
+    with pytest.raises(ValueError):  # validation still applies when it is on
+        LeanNormal(torch.zeros(2), torch.ones(2), validate_args=True).log_prob(torch.tensor([float("nan"), 0.0]))
