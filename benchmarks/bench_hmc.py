@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pyro_vae import config as C
+from pyro_vae import allocator, config as C
 from pyro_vae.estimators.hmc import BatchedHMC
 from pyro_vae.estimators.potentials import compiles, model_log_densities
 from pyro_vae.model import build_vae
@@ -60,6 +60,7 @@ def plain_hmc(potential, z, step, leapfrog, trajectories):
 
 
 def main(args: argparse.Namespace) -> None:
+    allocator.keep_freed_memory()  # as the pyro-vae command does: no allocator-dependent modes
     torch.set_num_threads(args.threads)
     cfg = C.load("configs/aevb_mnist.yaml", [f"model.z_dim={args.z}", f"model.decoder.hidden=[{args.hidden}]", f"model.encoder.hidden=[{args.hidden}]"])
     set_validation(False)  # as in training and `pyro-vae evaluate`; the plain loop validates nothing

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_vae import config as C
+from pyro_vae import allocator, config as C
 from pyro_vae.datasets import Dataset
 from pyro_vae.optimizers import Adagrad
 from pyro_vae.train import Trainer, describe_device, resolve_device, synchronize
@@ -147,6 +147,7 @@ def first_step_seconds(which: str, args: argparse.Namespace) -> float:
 
 
 def main(args: argparse.Namespace) -> None:
+    allocator.keep_freed_memory()  # as the pyro-vae command does: no allocator-dependent modes
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     g = torch.Generator().manual_seed(0)

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from . import distributed, fused_linear
+from . import allocator, distributed, fused_linear
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RunConfig, save as save_config
 from .datasets import Dataset, check_support, load_dataset
@@ -68,12 +68,13 @@ def _cpu_model() -> str:
 
 
 def describe_device(device: torch.device, threads: Optional[int] = None) -> str:
-    """The device in words, for benchmark output: ``cpu (AMD EPYC, 2 threads, torch 2.x)`` or
+    """The device in words, for benchmark output: ``cpu (AMD EPYC, 2 threads, torch 2.x, freed
+    memory kept)`` (what ``allocator.keep_freed_memory`` did) or
     ``cuda:0 (NVIDIA H100 ..., torch 2.x)``."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)}, torch {torch.__version__})"
     count = threads if threads is not None else torch.get_num_threads()
-    return f"{device} ({_cpu_model()}, {count} threads, torch {torch.__version__})"
+    return f"{device} ({_cpu_model()}, {count} threads, torch {torch.__version__}, freed memory {allocator.state()})"
 
 
 def synchronize(device: torch.device) -> None:
@@ -285,6 +286,8 @@ class Trainer:
             "fused_linear": self.device.type == "cpu" and fused_linear.enabled(),
             # HMC potentials (AIS, App. D, MCEM) compiled per shape where faster (PYRO_VAE_COMPILE_POTENTIALS)
             "compile_potentials": self.device.type == "cpu" and potentials.switched_on(),
+            # glibc keeps freed CPU memory for reuse (PYRO_VAE_KEEP_FREED_MEMORY; set by the CLI)
+            "keep_freed_memory": allocator.state(),
         }
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
 

@@ -160,7 +160,7 @@ def test_first_step_imports_nothing_heavy(tmp_path):
 def test_run_json_records_the_speed_switches(tmp_path, monkeypatch):
     import json
 
-    from pyro_vae import fused_linear
+    from pyro_vae import allocator, fused_linear
     from pyro_vae.estimators import potentials
 
     for enabled in (True, False):
@@ -171,16 +171,18 @@ def test_run_json_records_the_speed_switches(tmp_path, monkeypatch):
         info = json.loads((run / "run.json").read_text())
         assert info["fused_linear"] is (enabled and fused_linear.available())
         assert info["compile_potentials"] is (not enabled)
+        assert info["keep_freed_memory"] == allocator.state()
 
 
-@pytest.mark.parametrize("variable", ["PYRO_VAE_FUSED_LINEAR", "PYRO_VAE_COMPILE_POTENTIALS"])
+@pytest.mark.parametrize("variable", ["PYRO_VAE_FUSED_LINEAR", "PYRO_VAE_COMPILE_POTENTIALS", "PYRO_VAE_KEEP_FREED_MEMORY"])
 def test_speed_switches_in_the_environment_are_checked(tmp_path, monkeypatch, capsys, variable):
-    from pyro_vae import fused_linear
+    from pyro_vae import allocator, fused_linear
     from pyro_vae.cli import main
     from pyro_vae.estimators import potentials
     from pyro_vae.switches import env_switch
 
-    module = {"PYRO_VAE_FUSED_LINEAR": fused_linear, "PYRO_VAE_COMPILE_POTENTIALS": potentials}[variable]
+    module = {"PYRO_VAE_FUSED_LINEAR": fused_linear, "PYRO_VAE_COMPILE_POTENTIALS": potentials,
+              "PYRO_VAE_KEEP_FREED_MEMORY": allocator}[variable]
     monkeypatch.delenv(variable, raising=False)
     assert env_switch(variable, on="a", off="b") is True  # on by default
     for value, expected in (("1", True), ("0", False)):
@@ -199,3 +201,43 @@ def test_speed_switches_in_the_environment_are_checked(tmp_path, monkeypatch, ca
     monkeypatch.setenv(variable, "0")
     monkeypatch.setattr(module.switched_on, "value", None)
     assert module.switched_on() is False and module.switched_on.value is False
+
+
+def test_keep_freed_memory_applies_once_and_leaves_user_settings_alone(monkeypatch):
+    """glibc's thresholds are raised where the switch is on and the user has not tuned malloc
+    through the environment; the outcome is remembered for the process (and recorded in run.json)."""
+    import ctypes
+    import sys
+
+    from pyro_vae import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "_mallopt_thresholds", lambda size: calls.append(size) or True)
+    for env, switch, expected in (({}, True, "kept"), ({}, False, "off"), ({"MALLOC_TRIM_THRESHOLD_": "1"}, True, "user settings"),
+                                  ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1"}, True, "user settings")):
+        for name in ("MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr(allocator.switched_on, "value", switch)
+        monkeypatch.setattr(allocator, "_state", None)
+        assert allocator.keep_freed_memory() == expected and allocator.state() == expected
+        assert allocator.keep_freed_memory() == expected  # once per process
+    assert calls == [allocator.THRESHOLD_BYTES]
+    monkeypatch.undo()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").gnu_get_libc_version
+        except (OSError, AttributeError):
+            return
+        assert allocator._mallopt_thresholds(allocator.THRESHOLD_BYTES) is True  # glibc takes both settings
+
+
+def test_the_cli_keeps_freed_memory(tmp_path, monkeypatch):
+    from pyro_vae import allocator
+    from pyro_vae.cli import main
+
+    called = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: called.append(True) or "kept")
+    assert main(["data", "fetch", "nonexistent-set", "--root", str(tmp_path)]) == 2
+    assert called == [True]
