@@ -20,8 +20,8 @@ class LeanNormal(dist.Normal):
     ``log sigma`` taken on the parameters as they were built: once a plate has expanded the
     distribution to (particles, batch, z_dim), torch's formula squares and logs the expanded scale
     again at every call. Used by the guides (every ELBO with a Monte Carlo KL and every IWAE chunk
-    evaluates log q(z|x)), the learned Gaussian priors and the Gaussian likelihood. Sampling and the KL registry are
-    ``Normal``'s: analytic KLs dispatch to the parent class.
+    evaluates log q(z|x)), the learned Gaussian priors and the Gaussian likelihood. Sampling and
+    the KL registry are ``Normal``'s: analytic KLs dispatch to the parent class.
     """
 
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor, validate_args: Optional[bool] = None) -> None:
