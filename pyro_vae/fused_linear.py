@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from contextlib import contextmanager
-from typing import ContextManager, Iterator, Optional
+from typing import ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
@@ -131,14 +130,22 @@ _INPUT_GRADIENTS_ONLY = _Flag()
 _PLAIN_LAYERS = _Flag()
 
 
-@contextmanager
-def _raised(flag: _Flag) -> Iterator[None]:
-    saved = flag.active
-    flag.active = True
-    try:
-        yield
-    finally:
-        flag.active = saved
+class _Raised:
+    """``with _Raised(flag):`` sets ``flag.active`` inside and restores it after (a class rather
+    than a generator-based context manager: HMC enters one at every potential evaluation, and
+    ``contextlib``'s machinery costs several times the flag itself)."""
+
+    __slots__ = ("flag", "saved")
+
+    def __init__(self, flag: _Flag) -> None:
+        self.flag = flag
+
+    def __enter__(self) -> None:
+        self.saved = self.flag.active
+        self.flag.active = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.flag.active = self.saved
 
 
 def input_gradients_only() -> ContextManager[None]:
@@ -146,13 +153,13 @@ def input_gradients_only() -> ContextManager[None]:
     inputs only. For code that differentiates with respect to latents alone (the HMC potential's
     dU/dz): the backward then skips the weight gradients, which it would otherwise compute because
     the parameters require gradients (torch's own layers skip them by themselves)."""
-    return _raised(_INPUT_GRADIENTS_ONLY)
+    return _Raised(_INPUT_GRADIENTS_ONLY)
 
 
 def plain_layers() -> ContextManager[None]:
     """Networks called inside run torch's layers one by one (so that forward hooks see every
     hidden activation, as the IWAE memory plan needs)."""
-    return _raised(_PLAIN_LAYERS)
+    return _Raised(_PLAIN_LAYERS)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "none") -> torch.Tensor:

@@ -114,6 +114,35 @@ def test_compiling_is_used_where_it_pays_and_switched_off_by_the_setting(monkeyp
     assert not _graphs(vae)
 
 
+def test_the_per_shape_decision_still_follows_validation_and_the_switch(monkeypatch):
+    """A density function decides compiled-or-eager once per shape of z, but turning Pyro's
+    validation on, or the setting off, between evaluations sends the next one eagerly through
+    Pyro's traces again."""
+    vae, x = _vae(BASE), _data(BASE)
+    python_calls = []
+
+    def counted(vae, z, x):
+        python_calls.append(1)
+        return potentials._model_densities(vae, z, x)
+
+    density = potentials._Density(vae, counted, x)
+    z = torch.randn(2, 5, 2)
+    density(z)  # traced and checked: Python runs a few times
+    compiled_calls = len(python_calls)
+    density(z)
+    assert len(python_calls) == compiled_calls  # the graph ran, not the Python
+    with pyro.validation_enabled(True):
+        density(z)
+    assert len(python_calls) == compiled_calls + 1
+    monkeypatch.setattr(potentials.switched_on, "value", False)
+    density(z)
+    assert len(python_calls) == compiled_calls + 2
+    monkeypatch.setattr(potentials.switched_on, "value", True)
+    for a, b in zip(density(z), log_densities(vae.model, {"z": z}, x)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    assert len(python_calls) == compiled_calls + 2  # compiled again, from the cached decision
+
+
 def _branching(vae, z, x):
     """A density whose Python code branches on the value of z: a trace cannot follow it."""
     log_p = -0.5 * (z * z).sum(-1)
