@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pyro_vae import experiments as X  # noqa: E402
+from pyro_vae.allocator import keep_freed_memory  # noqa: E402
 
 SETTINGS = {
     "mnist": ("configs/aevb_mnist.yaml", [3, 5, 10, 20, 200]),
@@ -83,4 +84,6 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
-    main(p.parse_args())
+    args = p.parse_args()
+    keep_freed_memory()  # this process is ours, as the pyro-vae command's (pyro_vae/allocator.py)
+    main(args)

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 from pyro_vae import estimators  # noqa: E402
 from pyro_vae import experiments as X  # noqa: E402
+from pyro_vae.allocator import keep_freed_memory  # noqa: E402
 from pyro_vae.datasets import binarize  # noqa: E402
 from pyro_vae.train import Trainer  # noqa: E402
 
@@ -115,4 +116,6 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
-    main(p.parse_args())
+    args = p.parse_args()
+    keep_freed_memory()  # this process is ours, as the pyro-vae command's (pyro_vae/allocator.py)
+    main(args)

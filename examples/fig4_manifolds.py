@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from pyro_vae import experiments as X
+from pyro_vae.allocator import keep_freed_memory
 from pyro_vae.plotting import plot_manifold
 
 CONFIGS = {"mnist": "configs/aevb_mnist.yaml", "frey": "configs/aevb_frey.yaml"}
@@ -45,4 +46,6 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    main(p.parse_args())
+    args = p.parse_args()
+    keep_freed_memory()  # this process is ours, as the pyro-vae command's (pyro_vae/allocator.py)
+    main(args)
