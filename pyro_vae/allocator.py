@@ -11,10 +11,11 @@ hand-written torch IWAE of ``benchmarks/bench_iwae.py`` likewise: 1.28-1.45x aga
 
 ``keep_freed_memory`` raises glibc's trim and mmap thresholds to 1 GiB (``mallopt``), so freed
 blocks below that size stay in the process and are reused without page faults; the process keeps
-its peak memory instead of returning it. The ``pyro-vae`` command, the ``examples/`` scripts and the
-benchmarks call it at start (they own their processes); library users may call it themselves. It leaves the allocator alone where the user has
-tuned glibc's malloc through the environment (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``,
-``GLIBC_TUNABLES``), where ``PYRO_VAE_KEEP_FREED_MEMORY=0``, and off glibc (macOS, Windows, musl).
+its peak memory instead of returning it. The ``pyro-vae`` command, the ``examples/`` scripts and
+the benchmarks call it at start (they own their processes); library users may call it themselves.
+It leaves the allocator alone where the user has tuned glibc's malloc through the environment
+(``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``), where
+``PYRO_VAE_KEEP_FREED_MEMORY=0``, and off glibc (macOS, Windows, musl).
 """
 
 from __future__ import annotations
