@@ -94,6 +94,21 @@ def plain_networks(vae) -> tuple:
     return copy(vae.encoder), copy(vae.decoder)
 
 
+def _stats_over_chunks(log_weights, batch: int, k: int, kc: int, device: torch.device):
+    """logsumexp of log w and of 2 log w over k particles, ``log_weights(c)`` giving (c, batch)
+    log weights per chunk: the running combination ``log_weight_stats`` does."""
+    lse = torch.full((batch,), -math.inf, dtype=torch.float64, device=device)
+    lse2 = lse.clone()
+    done = 0
+    while done < k:
+        c = min(kc, k - done)
+        log_w = log_weights(c).double()
+        lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
+        lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0))
+        done += c
+    return lse, lse2
+
+
 @torch.no_grad()
 def plain_log_weight_stats(vae, x: torch.Tensor, k: int, kc: int, networks: tuple):
     """Hand-written IWAE-k for the paper's model: the same outputs as ``log_weight_stats``."""
@@ -101,22 +116,17 @@ def plain_log_weight_stats(vae, x: torch.Tensor, k: int, kc: int, networks: tupl
     encoder, decoder = networks
     h = encoder(x)
     mu, sd = h[:, :d], (0.5 * h[:, d:]).exp()
-    lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
-    lse2 = lse.clone()
-    done = 0
-    while done < k:
-        c = min(kc, k - done)
+
+    def log_weights(c: int) -> torch.Tensor:
         eps = torch.randn(c, x.shape[0], d, device=x.device)
         z = mu + eps * sd
         logits = decoder(z)
         log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
         log_pz = -0.5 * (z**2).sum(-1) - 0.5 * d * math.log(2 * math.pi)
         log_qz = -0.5 * (eps**2).sum(-1) - sd.log().sum(-1) - 0.5 * d * math.log(2 * math.pi)
-        log_w = (log_px + log_pz - log_qz).double()
-        lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
-        lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0))
-        done += c
-    return lse, lse2
+        return log_px + log_pz - log_qz
+
+    return _stats_over_chunks(log_weights, x.shape[0], k, kc, x.device)
 
 
 @torch.no_grad()
@@ -127,22 +137,16 @@ def tuned_log_weight_stats(vae, x: torch.Tensor, k: int, kc: int):
     h = vae.encoder(x)
     mu, sd = h[:, :d], (0.5 * h[:, d:]).exp()
     log_norm = sd.log().sum(-1)  # (batch,)
-    lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
-    lse2 = lse.clone()
-    done = 0
-    while done < k:
-        c = min(kc, k - done)
+
+    def log_weights(c: int) -> torch.Tensor:
         eps = torch.randn(c, x.shape[0], d, device=x.device)
         z = mu + eps * sd
         logits = vae.decoder(z)
         log_w = F.softplus(logits).addcmul_(x, logits, value=-1.0).sum(-1).neg_()  # log p(x|z)
         log_w += 0.5 * ((eps * eps).sum(-1) - (z * z).sum(-1))  # log p(z) - log q(z|x), 2 pi cancels
-        log_w += log_norm
-        log_w = log_w.double()
-        lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
-        lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 0))
-        done += c
-    return lse, lse2
+        return log_w.add_(log_norm)
+
+    return _stats_over_chunks(log_weights, x.shape[0], k, kc, x.device)
 
 
 def main(args: argparse.Namespace) -> None:
