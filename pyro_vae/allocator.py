@@ -32,7 +32,7 @@ _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
 
 switched_on = Switch(
-    "PYRO_VAE_KEEP_FREED_MEMORY", on="the pyro-vae command keeps freed CPU memory in the process for reuse (glibc)",
+    "PYRO_VAE_KEEP_FREED_MEMORY", on="the pyro-vae command has glibc keep freed CPU memory for reuse",
     off="glibc's default, which returns freed memory to the kernel",
 )
 
