@@ -36,7 +36,7 @@ switched_on = Switch(
     off="glibc's default, which returns freed memory to the kernel",
 )
 
-State = Literal["kept", "off", "user settings", "unavailable"]
+State = Literal["kept", "off", "user settings", "unavailable", "not applied"]
 _state: Optional[State] = None
 
 
@@ -68,8 +68,9 @@ def keep_freed_memory() -> State:
 
 
 def state() -> State:
-    """What ``keep_freed_memory`` did in this process (``"off"`` if it was not called)."""
-    return _state or "off"
+    """What ``keep_freed_memory`` did in this process (``"not applied"`` if it was not called:
+    a library user's process, which pyro-vae leaves as it is)."""
+    return _state or "not applied"
 
 
 def _mallopt_thresholds(size: int) -> bool:

@@ -8,7 +8,7 @@ from typing import Optional
 import pyro.distributions as dist
 import torch
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)  # the normalizer of a unit Gaussian, per dimension
 
 
 class LeanNormal(dist.Normal):
@@ -39,5 +39,5 @@ class LeanNormal(dist.Normal):
             self._validate_sample(value)
         t = (value - self.loc) / self.scale
         scale_as_built = getattr(self, "_scale_as_built", self.scale)  # (batch as built, event): small
-        neg_log_norm = (-_HALF_LOG_2PI) - scale_as_built.log()
+        neg_log_norm = (-HALF_LOG_2PI) - scale_as_built.log()
         return torch.addcmul(neg_log_norm, t, t, value=-0.5)

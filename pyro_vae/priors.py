@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal, register_kl
 
-from .distributions import LeanNormal
+from .distributions import HALF_LOG_2PI, LeanNormal
 from .registry import PRIORS
 
 Encode = Callable[[torch.Tensor], dist.Distribution]
@@ -26,9 +26,6 @@ class Prior(nn.Module):
         raise NotImplementedError
 
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
 class UnitNormal(dist.Normal):
     """``Normal(0, 1)`` (elementwise), as a type of its own so that the analytic KL against it takes
     the short form below instead of torch's general Normal-Normal one (which divides by the unit
@@ -39,7 +36,7 @@ class UnitNormal(dist.Normal):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        log_p = (value * value).mul(-0.5).sub(_HALF_LOG_2PI)
+        log_p = (value * value).mul(-0.5).sub(HALF_LOG_2PI)
         if log_p.shape != self.loc.shape:  # the distribution may carry more batch dimensions
             log_p = torch.broadcast_tensors(log_p, self.loc)[0]
         return log_p
