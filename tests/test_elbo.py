@@ -167,6 +167,41 @@ def test_jit_objectives_have_the_gradients_of_the_eager_ones(jit_name, eager_nam
         torch.testing.assert_close(jit_grads[k], eager_grads[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+@pytest.mark.parametrize("jit_name", ["jit_trace_meanfield", "jit_trace"])
+def test_jit_objectives_run_their_graph_unoptimized_and_restore_the_setting(jit_name, monkeypatch):
+    """The compiled ELBO runs without TorchScript's optimization passes (they cost a first step
+    about 65 ms and gain nothing here); the process-wide setting is put back, also after an error."""
+    from pyro_vae.objectives import OBJECTIVES
+
+    vae = build_vae(tiny_config().model, (6,))
+    x, idx = torch.randn(20, 6), torch.arange(20)
+    objective = OBJECTIVES.build(jit_name, {})
+    seen = []
+    real_trace = torch.jit.trace
+
+    def recording_trace(*args, **kwargs):
+        compiled = real_trace(*args, **kwargs)
+
+        def run(*a, **k):
+            seen.append(torch._C._get_graph_executor_optimize())
+            return compiled(*a, **k)
+
+        return run
+
+    monkeypatch.setattr(torch.jit, "trace", recording_trace)
+    with pyro.validation_enabled(False):
+        for _ in range(3):  # the compiling call, then compiled ones
+            objective.loss(vae, x, idx, 50).backward()
+        assert seen and not any(seen)
+        assert torch._C._get_graph_executor_optimize()  # the default, restored
+        with torch.jit.optimized_execution(False):  # a user's own setting survives a step
+            objective.loss(vae, x, idx, 50)
+            assert not torch._C._get_graph_executor_optimize()
+        with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+            objective.loss(vae, x[:, :3], idx, 50)  # wrong width: fails inside
+        assert torch._C._get_graph_executor_optimize()
+
+
 def test_iwae_objective_equals_pyros_renyi_elbo_on_a_full_batch():
     """Without subsampling (scale 1) the IWAE objective is Pyro's RenyiELBO(alpha=0): the same
     loss and gradients from the same draws. (With a minibatch, Pyro's puts the N/M scale inside the
