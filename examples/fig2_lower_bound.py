@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pyro_vae import experiments as X  # noqa: E402
 from pyro_vae.allocator import keep_freed_memory  # noqa: E402
+from pyro_vae.cli import positive_float, positive_int  # noqa: E402
 
 SETTINGS = {
     "mnist": ("configs/aevb_mnist.yaml", [3, 5, 10, 20, 200]),
@@ -77,8 +78,8 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=sorted(SETTINGS), default="mnist")
-    p.add_argument("--budget", type=float, default=1e6, help="training samples per run (the paper: up to 1e8)")
-    p.add_argument("--z-dims", type=int, nargs="*", help="latent sizes (default: the paper's)")
+    p.add_argument("--budget", type=positive_float, default=1e6, help="training samples per run (the paper: up to 1e8)")
+    p.add_argument("--z-dims", type=positive_int, nargs="*", help="latent sizes (default: the paper's)")
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--out", default="results/fig2")
     p.add_argument("--seed", type=int, default=0)

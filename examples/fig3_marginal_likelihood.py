@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from pyro_vae import estimators  # noqa: E402
 from pyro_vae import experiments as X  # noqa: E402
 from pyro_vae.allocator import keep_freed_memory  # noqa: E402
+from pyro_vae.cli import positive_float, positive_int  # noqa: E402
 from pyro_vae.datasets import binarize  # noqa: E402
 from pyro_vae.train import Trainer  # noqa: E402
 
@@ -105,13 +106,13 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget", type=float, default=1e6, help="training samples per run (the paper: up to 1e8)")
-    p.add_argument("--n-train", type=int, nargs="*", default=[1000, 50000])
+    p.add_argument("--budget", type=positive_float, default=1e6, help="training samples per run (the paper: up to 1e8)")
+    p.add_argument("--n-train", type=positive_int, nargs="*", default=[1000, 50000])
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--eval-points", type=int, default=1000)
-    p.add_argument("--per-decade", type=int, default=3, help="evaluations per decade of training samples")
-    p.add_argument("--hmc-samples", type=int, default=50)
-    p.add_argument("--k", type=int, default=1000, help="IWAE particles")
+    p.add_argument("--eval-points", type=positive_int, default=1000)
+    p.add_argument("--per-decade", type=positive_int, default=3, help="evaluations per decade of training samples")
+    p.add_argument("--hmc-samples", type=positive_int, default=50)
+    p.add_argument("--k", type=positive_int, default=1000, help="IWAE particles")
     p.add_argument("--out", default="results/fig3")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pyro_vae import experiments as X
 from pyro_vae.allocator import keep_freed_memory
+from pyro_vae.cli import positive_float, positive_int
 from pyro_vae.plotting import plot_manifold
 
 CONFIGS = {"mnist": "configs/aevb_mnist.yaml", "frey": "configs/aevb_frey.yaml"}
@@ -40,8 +41,8 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="*", default=["mnist", "frey"], choices=sorted(CONFIGS))
-    p.add_argument("--budget", type=float, default=1e6)
-    p.add_argument("--grid", type=int, default=20, help="points per side of the manifold grid")
+    p.add_argument("--budget", type=positive_float, default=1e6)
+    p.add_argument("--grid", type=positive_int, default=20, help="points per side of the manifold grid")
     p.add_argument("--out", default="results/fig4")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")

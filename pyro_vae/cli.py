@@ -10,6 +10,28 @@ from typing import List, Optional
 from .errors import PyroVAEError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a count of points, particles, steps or draws)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a memory cap in GiB)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def _config_path(arg: str) -> Path:
     p = Path(arg)
     return p / "config.yaml" if p.is_dir() else p
@@ -126,23 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run folder")
     e.add_argument("--estimator", default="iwae", choices=["elbo", "iwae", "ais", "hmc", "gaps"],
                    help="gaps: ELBO, IWAE-k and AIS per datapoint with the amortization gap")
-    e.add_argument("--k", type=int, default=5000, help="IWAE particles (default 5000)")
+    e.add_argument("--k", type=positive_int, default=5000, help="IWAE particles (default 5000)")
     e.add_argument("--split", default="test", choices=["test", "train"])
-    e.add_argument("--n", type=int, help="evaluate the first n points only")
+    e.add_argument("--n", type=positive_int, help="evaluate the first n points only")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device")
-    e.add_argument("--memory-gb", type=float, default=2.0, help="memory cap for IWAE chunks")
-    e.add_argument("--ais-steps", type=int, default=1000)
-    e.add_argument("--ais-chains", type=int, default=16)
+    e.add_argument("--memory-gb", type=positive_float, default=2.0, help="memory cap for IWAE chunks")
+    e.add_argument("--ais-steps", type=positive_int, default=1000, help="AIS transitions (default 1000)")
+    e.add_argument("--ais-chains", type=positive_int, default=16, help="AIS chains per datapoint (default 16)")
     e.add_argument("--ais-start", default="prior", choices=["prior", "encoder"])
-    e.add_argument("--hmc-samples", type=int, default=50, help="posterior draws per chain for --estimator hmc (AEVB App. D)")
+    e.add_argument("--hmc-samples", type=positive_int, default=50, help="posterior draws per chain for --estimator hmc (AEVB App. D)")
     e.add_argument("--out", help="JSON output path (default RUN/eval_<estimator>_<split>.json)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("sample", help="draw samples from a trained model (PNG grid)")
     s.add_argument("run")
-    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out")
     s.add_argument("--device")

@@ -37,6 +37,12 @@ def evaluate_run(
         raise ConfigError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
     if split not in ("test", "train"):
         raise ConfigError(f"split must be 'test' or 'train', not {split!r}.")
+    counts = {"k": k, "n": n, "ais_steps": ais_steps, "ais_chains": ais_chains, "hmc_samples": hmc_samples}
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}.")
+    if not (isinstance(memory_gb, (int, float)) and 0 < memory_gb < float("inf")):
+        raise ConfigError(f"memory_gb must be a finite number > 0 (GiB for one IWAE chunk), not {memory_gb!r}.")
     trainer = load_run(run_dir, device=device)
     x = trainer.x_test if split == "test" else trainer.x_train
     if split == "train" and trainer.config.data.binarize == "dynamic":

@@ -56,3 +56,34 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", str(tmp_path), "--estimator", "magic"])
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["evaluate", "RUN", "--k", "0"], "argument --k: expected a whole number >= 1, got '0'"),
+        (["evaluate", "RUN", "--n", "-5"], "argument --n: expected a whole number >= 1, got '-5'"),  # was x[:-5]: all but 5 points
+        (["evaluate", "RUN", "--ais-steps", "ten"], "argument --ais-steps: expected a whole number >= 1, got 'ten'"),
+        (["evaluate", "RUN", "--ais-chains", "0"], "argument --ais-chains"),
+        (["evaluate", "RUN", "--hmc-samples", "0"], "argument --hmc-samples"),
+        (["evaluate", "RUN", "--memory-gb", "0"], "argument --memory-gb: expected a finite number > 0, got '0'"),
+        (["evaluate", "RUN", "--memory-gb", "inf"], "argument --memory-gb"),
+        (["sample", "RUN", "--n", "0"], "argument --n: expected a whole number >= 1"),
+    ],
+)
+def test_cli_rejects_counts_below_one_before_loading_anything(tmp_path, capsys, argv, message):
+    argv = [str(tmp_path) if a == "RUN" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_run_rejects_bad_settings_from_python_too(tmp_path):
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.evaluate import evaluate_run
+
+    for kwargs, message in [({"n": -5}, "n must be a whole number >= 1"), ({"k": 0}, "k must be"),
+                            ({"ais_chains": 2.5}, "ais_chains must be"), ({"memory_gb": 0}, "memory_gb must be")]:
+        with pytest.raises(ConfigError, match=message):
+            evaluate_run(tmp_path, **kwargs)  # checked before the run folder is read

@@ -232,3 +232,26 @@ def test_hmc_potential_gradients_treat_network_parameters_as_constants():
     u, grad = potential_and_grad(potential, z)
     assert seen == [True] and not fused_linear._INPUT_GRADIENTS_ONLY.active
     assert torch.allclose(grad, z) and torch.allclose(u, 0.5 * (z**2).sum(-1))
+
+
+def test_estimators_reject_counts_and_memory_caps_below_one(problem):
+    """A zero or negative count (particles, chains, samples) or memory cap is an error that names
+    the argument, not a ZeroDivisionError from deep inside or a silent one-pair-per-chunk crawl."""
+    _, x, vae = problem
+    x = x[:2]
+    bad = [
+        (lambda: E.iwae(vae, x, k=0), "k must be >= 1"),
+        (lambda: E.iwae(vae, x, k=10, memory_gb=0.0), "memory_gb"),
+        (lambda: E.iwae(vae, x, k=10, memory_gb=float("nan")), "memory_gb"),
+        (lambda: E.elbo(vae, x, num_samples=0), "num_samples must be >= 1"),
+        (lambda: E.elbo(vae, x, memory_gb=-1.0), "memory_gb"),
+        (lambda: E.ais(vae, x, num_steps=0), "num_steps must be >= 1"),
+        (lambda: E.ais(vae, x, num_steps=3, num_chains=0), "num_chains"),
+        (lambda: E.ais(vae, x, num_steps=3, pilot_chains=0), "pilot_chains"),
+        (lambda: E.hmc_marginal_likelihood(vae, x, num_samples=0), "num_samples"),
+        (lambda: E.hmc_marginal_likelihood(vae, x, num_chains=0), "num_chains"),
+        (lambda: BatchedHMC(lambda z: (z**2).sum(-1) / 2).run(torch.zeros(2, 3), 0, 5, thin=0), "thin >= 1"),
+    ]
+    for call, message in bad:
+        with pytest.raises(ValueError, match=message):
+            call()

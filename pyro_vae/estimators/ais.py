@@ -134,6 +134,8 @@ def ais(
     """
     if start not in ("prior", "encoder"):
         raise ValueError("start must be 'prior' or 'encoder'")
+    if num_chains < 1 or (adapt and step_schedule is None and pilot_chains < 1):
+        raise ValueError(f"num_chains and pilot_chains must be >= 1 (got {num_chains}, {pilot_chains})")
     betas = beta_schedule(num_steps, schedule)
     if step_schedule is None:
         if adapt:

@@ -40,6 +40,8 @@ def hmc_marginal_likelihood(
 ) -> Estimate:
     """AEVB App. D estimate of log p(x) per row of ``x``; ``num_samples`` per chain for the fit and
     as many again for the estimate (chains start from q(z|x) to shorten warmup)."""
+    if num_chains < 1 or num_samples < 1:
+        raise ValueError(f"num_chains and num_samples must be >= 1 (got {num_chains}, {num_samples})")
 
     densities = model_log_densities(vae, x)
 

@@ -152,6 +152,8 @@ class BatchedHMC:
 
     def run(self, z: torch.Tensor, num_warmup: int, num_samples: int, thin: int = 1) -> Tuple[torch.Tensor, HMCStats]:
         """Warm up (adapting step sizes), then record ``num_samples`` draws: ``(num_samples, *chains, D)``."""
+        if num_samples < 1 or thin < 1 or num_warmup < 0:
+            raise ValueError(f"HMC needs num_samples >= 1, thin >= 1 and num_warmup >= 0 (got {num_samples}, {thin}, {num_warmup})")
         for _ in range(num_warmup):
             z, _ = self.step(z, adapt=True)
         self.end_adaptation()

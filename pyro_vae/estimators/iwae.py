@@ -50,6 +50,11 @@ def bytes_per_particle(vae: VAE) -> int:
 CPU_CHUNK_BYTES = 128 * 2**20
 
 
+def _check_memory(memory_gb: float) -> None:
+    if not 0 < memory_gb < math.inf:
+        raise ValueError(f"memory_gb (the memory cap of one chunk, in GiB) must be a finite number > 0, not {memory_gb!r}")
+
+
 def plan_chunks(k: int, n: int, bytes_per_pair: int, memory_gb: float, target_bytes: Optional[int] = None) -> Tuple[int, int]:
     """(particles per chunk, datapoints per chunk) with ``kc * nc * bytes_per_pair <= memory``
     (and ``<= target_bytes`` when given)."""
@@ -95,6 +100,7 @@ def iwae(
     """
     if k < 1:
         raise ValueError("k must be >= 1")
+    _check_memory(memory_gb)
     n = x.shape[0]
     target = CPU_CHUNK_BYTES if x.device.type == "cpu" else None
     kc, nc = chunks or plan_chunks(k, n, bytes_per_particle(vae), memory_gb, target)
@@ -116,6 +122,9 @@ def iwae(
 @without_param_store
 def elbo(vae: VAE, x: torch.Tensor, num_samples: int = 1, memory_gb: float = 2.0) -> Estimate:
     """The Monte Carlo ELBO per datapoint, averaged over ``num_samples`` draws of q (a lower bound)."""
+    if num_samples < 1:
+        raise ValueError("num_samples must be >= 1")
+    _check_memory(memory_gb)
     kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae), memory_gb, CPU_CHUNK_BYTES if x.device.type == "cpu" else None)
     out = []
     with torch.no_grad():
