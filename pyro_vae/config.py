@@ -80,13 +80,13 @@ class ModelConfig(BaseModel):
 class ObjectiveConfig(Component):
     name: str = "trace_meanfield"
     # N(0, std^2 I) prior on all network weights (the paper's approximate MAP); None = off.
-    weight_prior_std: Optional[float] = Field(None, gt=0)
+    weight_prior_std: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
 
 
 class ScheduleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Literal["none", "exponential", "step", "iwae"] = "none"
-    gamma: float = Field(0.1, gt=0)  # exponential: lr *= gamma per epoch; step: at each step_size
+    gamma: float = Field(0.1, gt=0, allow_inf_nan=False)  # exponential: lr *= gamma per epoch; step: at each step_size
     step_size: int = Field(1, gt=0)  # epochs between decays for "step"
 
 
@@ -122,7 +122,7 @@ class EvaluationConfig(BaseModel):
     k: int = Field(5000, gt=0)  # IWAE particles
     split: Literal["test", "train"] = "test"
     n: Optional[int] = Field(None, gt=0)  # evaluate the first n points only
-    memory_gb: float = Field(2.0, gt=0)  # cap on the estimator's working memory
+    memory_gb: float = Field(2.0, gt=0, allow_inf_nan=False)  # cap on the estimator's working memory (GiB)
 
 
 class RunConfig(BaseModel):

@@ -37,6 +37,10 @@ def _sqrt_into(out: List[torch.Tensor], tensors: List[torch.Tensor]) -> None:
         torch.sqrt(t, out=o)
 
 
+def _finite_and_nonnegative(*values: float) -> bool:
+    return all(0.0 <= v < math.inf for v in values)  # NaN fails both comparisons
+
+
 class _InPlaceOptimizer(Optimizer):
     """Base: per-parameter scratch buffers (not part of ``state_dict``) and the dynamo-free
     methods of ``torch.optim.Optimizer``."""
@@ -113,8 +117,8 @@ class Adagrad(_InPlaceOptimizer):
 
     def __init__(self, params: Iterable, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0) -> None:
-        if lr < 0 or eps < 0 or weight_decay < 0 or initial_accumulator_value < 0:
-            raise ValueError("Adagrad: lr, eps, weight_decay and initial_accumulator_value must be >= 0")
+        if not _finite_and_nonnegative(lr, eps, weight_decay, initial_accumulator_value):
+            raise ValueError("Adagrad: lr, eps, weight_decay and initial_accumulator_value must be finite and >= 0")
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value))
 
@@ -135,8 +139,8 @@ class Adam(_InPlaceOptimizer):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
-        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError("Adam: lr, eps and weight_decay must be >= 0 and betas in [0, 1)")
+        if not _finite_and_nonnegative(lr, eps, weight_decay) or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError("Adam: lr, eps and weight_decay must be finite and >= 0, and betas in [0, 1)")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     def _new_state(self, group: Dict[str, Any], p: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -167,8 +171,8 @@ class SGD(_InPlaceOptimizer):
     """SGD with optional (heavy-ball) momentum: ``b = m b + g;  theta -= lr * b``."""
 
     def __init__(self, params: Iterable, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError("SGD: lr, momentum and weight_decay must be >= 0")
+        if not _finite_and_nonnegative(lr, momentum, weight_decay):
+            raise ValueError("SGD: lr, momentum and weight_decay must be finite and >= 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     def _update(self, group: Dict[str, Any], params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from typing import Any, Callable, Dict, Generic, List, TypeVar
 
 from .errors import ConfigError
@@ -21,6 +22,16 @@ T = TypeVar("T", bound=Callable[..., Any])
 def _load_components() -> None:
     """Entries register themselves when their module is imported; import them all on first lookup."""
     from . import components  # noqa: F401
+
+
+def _all_finite(value: Any) -> bool:
+    """False if ``value`` is, or a list/tuple in it holds, an infinite or NaN float. No config option
+    means anything by those (a learning rate or scale of ``.inf`` only turns the loss into NaN later)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return True
 
 
 class Registry(Generic[T]):
@@ -85,6 +96,12 @@ class Registry(Generic[T]):
         missing = [k for k, d in valid.items() if d is inspect.Parameter.empty and k not in options]
         if missing:
             raise ConfigError(f"{self.kind} {name!r} needs option(s): {', '.join(missing)}.")
+        for key, value in options.items():
+            if not _all_finite(value):
+                raise ConfigError(
+                    f"{self.kind} {name!r}: option {key!r} must hold finite numbers, got {value!r} "
+                    "(for 'no limit', write a large number such as 1e30)."
+                )
 
     def build(self, name: str, options: Dict[str, Any], **context: Any) -> Any:
         self.check_options(name, options)

@@ -73,3 +73,32 @@ def test_saved_config_round_trips(tmp_path):
 def test_registry_options_exclude_context():
     assert "z_dim" not in PRIORS.options("vamp") and "components" in PRIORS.options("vamp")
     assert tiny_config_dict()["model"]["z_dim"] == 2
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.lr=.inf", "option 'lr' must hold finite numbers, got inf"),
+        ("optimizer.lr=.nan", "option 'lr' must hold finite numbers, got nan"),
+        ("optimizer={name: adam, betas: [.inf, 0.9]}", "option 'betas' must hold finite numbers"),
+        ("model.prior={name: student_t, df: .inf}", "prior 'student_t': option 'df'"),
+        ("optimizer.schedule={name: exponential, gamma: .inf}", "optimizer.schedule.gamma: Input should be a finite number"),
+        ("objective.weight_prior_std=.inf", "objective.weight_prior_std: Input should be a finite number"),
+        ("evaluation.memory_gb=.inf", "evaluation.memory_gb: Input should be a finite number"),
+    ],
+)
+def test_infinite_or_nan_numbers_are_rejected_at_load(override, message):
+    """An infinite learning rate or scale would only show up later as a NaN loss."""
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        C.load("configs/tiny.yaml", [override])
+
+
+def test_optimizers_reject_non_finite_settings_from_python_too():
+    import torch
+
+    from pyro_vae.optimizers import SGD, Adagrad, Adam
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    for make in (lambda: Adagrad(params, lr=float("inf")), lambda: Adam(params, eps=float("nan")), lambda: SGD(params, momentum=float("inf"))):
+        with pytest.raises(ValueError, match="must be finite and >= 0"):
+            make()
