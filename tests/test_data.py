@@ -159,3 +159,27 @@ def test_support_errors_name_the_fix(tmp_path):
     with pytest.raises(DataError, match="grey levels in \\[0, 1\\]"):
         np.savez(tmp_path / "big.npz", x=np.full((10, 3), 5.0, np.float32))
         D.load_dataset(DataConfig(name="npz", path=str(tmp_path / "big.npz"), binarize="static"))
+
+
+def test_support_is_checked_on_every_point_not_a_prefix():
+    """A grey level or NaN deep in the data (past the first few thousand points) is found before
+    training, not scored silently as a soft Bernoulli target or met as a crash mid-run."""
+    x = torch.bernoulli(torch.full((5000, 9), 0.3))
+    grey = x.clone()
+    grey[4321, 5] = 0.5
+    with pytest.raises(DataError, match="train set.*not binary"):
+        D.check_support(D.Dataset("late grey", grey, x[:10], (9,)), Bernoulli(9), "none")
+    with pytest.raises(DataError, match="test set.*not binary"):
+        D.check_support(D.Dataset("late grey", x, grey, (9,)), Bernoulli(9), "static")
+    levels = torch.rand(5000, 9)
+    levels[4999, 0] = float("nan")
+    with pytest.raises(DataError, match="dynamic binarization needs grey levels in \\[0, 1\\].*NaN"):
+        D.check_support(D.Dataset("late NaN", levels, x[:10], (9,)), Bernoulli(9), "dynamic")
+
+
+def test_binarizing_refuses_nan_grey_levels(tmp_path):
+    levels = np.random.default_rng(0).random((40, 3)).astype(np.float32)
+    levels[37, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", x=levels)
+    with pytest.raises(DataError, match="leaves that range or holds NaN"):
+        D.load_dataset(DataConfig(name="npz", path=str(tmp_path / "nan.npz"), binarize="static"))
