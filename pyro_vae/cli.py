@@ -53,6 +53,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"run folder: {run_dir}")
     if last and _is_main():
         print(f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.3f}, test ELBO {last['test_elbo']:.3f} nats per datapoint")
+    elif _is_main():
+        print(f"nothing to train: the run is at epoch {trainer.epoch} ({trainer.samples_seen} samples), {trainer.stop_reason()}; "
+              "raise training.epochs or training.sample_budget (--set) to continue it")
     if args.evaluate:
         from .evaluate import evaluate_run
 

@@ -224,9 +224,10 @@ class Trainer:
     @property
     def finished(self) -> bool:
         """True once the config's epochs or sample budget are reached."""
-        return self._stop_reason() is not None
+        return self.stop_reason() is not None
 
-    def _stop_reason(self) -> Optional[str]:
+    def stop_reason(self) -> Optional[str]:
+        """Why training is over ("epochs done", "sample budget reached"), or None while it is not."""
         t = self.config.training
         if t.sample_budget is not None and self.samples_seen >= t.sample_budget:
             return "sample budget reached"
@@ -313,7 +314,7 @@ class Trainer:
         cfg = self.config.training
         n = self.x_train.shape[0]
         rows = []
-        while self._stop_reason() is None:
+        while self.stop_reason() is None:
             rows.append(self._train_epoch(n, cfg))
             if on_epoch_end is not None:
                 on_epoch_end(self, rows[-1])
@@ -386,7 +387,7 @@ class Trainer:
         self.wall_seconds += epoch_seconds
         test_elbo = float("nan")
         train_elbo = train_objective if objective.loss_is_elbo and not cfg.eval_train_points else float("nan")
-        if self.epoch % cfg.eval_every == 0 or self._stop_reason() is not None:
+        if self.epoch % cfg.eval_every == 0 or self.stop_reason() is not None:
             test_elbo = self._sharded_elbo(self.x_test, cfg.eval_batch_size)
             if cfg.eval_train_points:
                 train_elbo = self._sharded_elbo(self.x_train_eval, cfg.eval_batch_size)
@@ -410,7 +411,7 @@ class Trainer:
                 f"epoch {self.epoch}: train {objective.name} {train_objective:.3f}  train ELBO {train_elbo:.3f}  "
                 f"test ELBO {test_elbo:.3f}  ({epoch_seconds:.1f}s)"
             )
-        if self.epoch % cfg.checkpoint_every == 0 or self._stop_reason() is not None:
+        if self.epoch % cfg.checkpoint_every == 0 or self.stop_reason() is not None:
             self.save()
             self._saved_epoch = self.epoch
         return row

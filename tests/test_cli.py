@@ -17,6 +17,10 @@ def test_cli_end_to_end(tmp_path, capsys):
     # resume for one more epoch
     assert main(["train", str(run), "--resume", "--set", "training.epochs=3", "--no-progress"]) == 0
     assert (run / "metrics.csv").read_text().count("\n") == 4
+    capsys.readouterr()
+    assert main(["train", str(run), "--resume", "--set", "training.epochs=2", "--no-progress"]) == 0  # already past it
+    assert "nothing to train: the run is at epoch 3" in capsys.readouterr().out
+    assert (run / "metrics.csv").read_text().count("\n") == 4
     for est in ("elbo", "iwae", "ais", "hmc"):
         args = ["evaluate", str(run), "--estimator", est, "--n", "5", "--k", "20", "--ais-steps", "5", "--ais-chains", "2",
                 "--hmc-samples", "5", "--no-progress"]
