@@ -22,6 +22,11 @@ class LeanNormal(dist.Normal):
     again at every call. Used by the guides (every ELBO with a Monte Carlo KL and every IWAE chunk
     evaluates log q(z|x)), the learned Gaussian priors and the Gaussian likelihood. Sampling and
     the KL registry are ``Normal``'s: analytic KLs dispatch to the parent class.
+
+    ``expand`` to its own batch shape returns the distribution itself: Pyro's plates expand every
+    sample site's distribution, mostly to the shape it has, and torch would build a new one with
+    fresh views of loc and scale (and autograd nodes for them). Measured interleaved with the
+    likelihood's same shortcut, batch 100: 0.5-1.6% of an eager training step.
     """
 
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor, validate_args: Optional[bool] = None) -> None:
@@ -29,6 +34,8 @@ class LeanNormal(dist.Normal):
         self._scale_as_built = self.scale
 
     def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
+            return self  # Pyro's plates expand every site's distribution, mostly to its own shape
         new = self._get_checked_instance(LeanNormal, _instance)
         new = super().expand(batch_shape, _instance=new)
         new._scale_as_built = self._scale_as_built

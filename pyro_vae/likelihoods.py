@@ -54,6 +54,8 @@ class LogitBernoulli(dist.Bernoulli):
         super().__init__(logits=logits, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
+            return self  # Pyro's plates expand every site's distribution, mostly to its own shape
         new = self._get_checked_instance(LogitBernoulli, _instance)
         return super().expand(batch_shape, _instance=new)
 
@@ -81,6 +83,8 @@ class IndependentLogitBernoulli(dist.Independent):
         super().__init__(LogitBernoulli(logits, validate_args=validate_args), 1, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
+            return self  # Pyro's plates expand every site's distribution, mostly to its own shape
         new = self._get_checked_instance(IndependentLogitBernoulli, _instance)
         return super().expand(batch_shape, _instance=new)
 

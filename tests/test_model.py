@@ -2,6 +2,7 @@
 
 import math
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -384,3 +385,23 @@ def test_lean_normal_log_density_equals_torchs_normal():
         assert torch.allclose(kl, kl_divergence(dist.Normal(*q_args).to_event(1), p), atol=1e-5)
     with pytest.raises(ValueError):  # validation still applies when it is on
         LeanNormal(torch.zeros(2), torch.ones(2), validate_args=True).log_prob(torch.tensor([float("nan"), 0.0]))
+
+
+def test_expanding_to_its_own_batch_shape_returns_the_same_distribution():
+    """Pyro's plates expand every site's distribution, mostly to its own shape: the guides' Normal
+    and the Bernoulli likelihood then hand back themselves (no new views or autograd nodes); to any
+    other shape they expand as torch does, and keep their types."""
+    from pyro_vae.distributions import LeanNormal
+    from pyro_vae.likelihoods import IndependentLogitBernoulli, LogitBernoulli
+
+    loc, scale, logits = torch.randn(6, 4), torch.rand(6, 4) + 0.5, torch.randn(6, 4)
+    for d in (LeanNormal(loc, scale), LogitBernoulli(logits), IndependentLogitBernoulli(logits)):
+        assert d.expand(d.batch_shape) is d and d.expand(list(d.batch_shape)) is d
+        wider = d.expand((3,) + tuple(d.batch_shape))
+        assert type(wider) is type(d) and wider.batch_shape == (3,) + tuple(d.batch_shape)
+        value = d.sample()
+        assert torch.allclose(wider.log_prob(value), d.log_prob(value).expand(wider.batch_shape))
+    with pyro.plate("data", 6, dim=-1):  # as in the model: the traced site keeps the very object
+        q = LeanNormal(loc, scale).to_event(1)
+        trace = pyro.poutine.trace(lambda: pyro.sample("z", q)).get_trace()
+    assert trace.nodes["z"]["fn"].base_dist is q.base_dist
