@@ -104,9 +104,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .plotting import plot_samples
     from .train import load_run
 
+    from .paths import prepared_output
+
+    out = prepared_output(args.out, "--out") if args.out else Path(args.run) / "samples.png"
     trainer = load_run(args.run, device=args.device)
     torch.manual_seed(args.seed)
-    out = Path(args.out) if args.out else Path(args.run) / "samples.png"
     if plot_samples(trainer.vae, out, n=args.n, nrow=int(args.n**0.5) or 1) is None:
         out = out.with_suffix(".npy")
         np.save(out, trainer.vae.sample_means(args.n).cpu().numpy())

@@ -57,10 +57,17 @@ class Dataset:
 
 
 def data_root(root: Optional[str]) -> Path:
+    """The data folder: ``root``, else ``$PYRO_VAE_DATA``, else ``~/.cache/pyro_vae`` (it need not
+    exist yet; a file there is an error)."""
     if root:
-        return Path(root).expanduser()
-    env = os.environ.get("PYRO_VAE_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pyro_vae"
+        path, source = Path(root).expanduser(), "data.root (or --root)"
+    elif os.environ.get("PYRO_VAE_DATA"):
+        path, source = Path(os.environ["PYRO_VAE_DATA"]).expanduser(), "$PYRO_VAE_DATA"
+    else:
+        path, source = Path.home() / ".cache" / "pyro_vae", "the default data folder"
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{source} is {path}, which is a file, not a folder; point it at a folder (it is created if missing).")
+    return path
 
 
 def sha256_of(path: Path) -> str:

@@ -12,6 +12,7 @@ import torch
 
 from . import distributed, estimators
 from .errors import ConfigError
+from .paths import prepared_output
 from .train import load_run
 
 ESTIMATORS = ("elbo", "iwae", "ais", "hmc", "gaps")
@@ -43,6 +44,8 @@ def evaluate_run(
             raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}.")
     if not (isinstance(memory_gb, (int, float)) and 0 < memory_gb < float("inf")):
         raise ConfigError(f"memory_gb must be a finite number > 0 (GiB for one IWAE chunk), not {memory_gb!r}.")
+    if out is not None:
+        out = prepared_output(out, "--out")
     trainer = load_run(run_dir, device=device)
     x = trainer.x_test if split == "test" else trainer.x_train
     if split == "train" and trainer.config.data.binarize == "dynamic":

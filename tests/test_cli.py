@@ -91,3 +91,32 @@ def test_evaluate_run_rejects_bad_settings_from_python_too(tmp_path):
                             ({"ais_chains": 2.5}, "ais_chains must be"), ({"memory_gb": 0}, "memory_gb must be")]:
         with pytest.raises(ConfigError, match=message):
             evaluate_run(tmp_path, **kwargs)  # checked before the run folder is read
+
+
+def test_output_paths_are_checked_before_the_work_and_folders_created(tmp_path, capsys):
+    """A mistyped --out fails at once with the reason, not after minutes of estimation; a missing
+    folder is created."""
+    run = tmp_path / "run"
+    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--n", "2", "--k", "5", "--no-progress", "--out", str(blocker / "sub" / "e.json")]) == 2
+    assert f"{blocker} is a file, not a folder" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--n", "2", "--k", "5", "--no-progress", "--out", str(tmp_path)]) == 2
+    assert "is a folder; give a file path" in capsys.readouterr().err
+    assert main(["sample", str(run), "--n", "4", "--out", str(blocker / "s.png")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    target = tmp_path / "new" / "deeper" / "e.json"
+    assert main(["evaluate", str(run), "--n", "2", "--k", "5", "--no-progress", "--out", str(target)]) == 0
+    assert json.loads(target.read_text())["n"] == 2
+
+
+def test_a_data_root_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "data_root_file"
+    blocker.write_text("")
+    assert main(["data", "fetch", "mnist", "--root", str(blocker)]) == 2
+    assert "data.root (or --root) is" in capsys.readouterr().err
+    monkeypatch.setenv("PYRO_VAE_DATA", str(blocker))
+    assert main(["data", "fetch", "mnist"]) == 2
+    assert "$PYRO_VAE_DATA is" in capsys.readouterr().err
