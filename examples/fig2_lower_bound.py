@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pyro_vae import experiments as X  # noqa: E402
 from pyro_vae.allocator import keep_freed_memory  # noqa: E402
-from pyro_vae.cli import positive_float, positive_int  # noqa: E402
+from pyro_vae.cli import folder_arg, positive_float, positive_int  # noqa: E402
 
 SETTINGS = {
     "mnist": ("configs/aevb_mnist.yaml", [3, 5, 10, 20, 200]),
@@ -81,7 +81,7 @@ if __name__ == "__main__":
     p.add_argument("--budget", type=positive_float, default=1e6, help="training samples per run (the paper: up to 1e8)")
     p.add_argument("--z-dims", type=positive_int, nargs="*", help="latent sizes (default: the paper's)")
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--out", default="results/fig2")
+    p.add_argument("--out", type=folder_arg, default="results/fig2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")

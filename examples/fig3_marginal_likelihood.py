@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from pyro_vae import estimators  # noqa: E402
 from pyro_vae import experiments as X  # noqa: E402
 from pyro_vae.allocator import keep_freed_memory  # noqa: E402
-from pyro_vae.cli import positive_float, positive_int  # noqa: E402
+from pyro_vae.cli import folder_arg, positive_float, positive_int  # noqa: E402
 from pyro_vae.datasets import binarize  # noqa: E402
 from pyro_vae.train import Trainer  # noqa: E402
 
@@ -113,7 +113,7 @@ if __name__ == "__main__":
     p.add_argument("--per-decade", type=positive_int, default=3, help="evaluations per decade of training samples")
     p.add_argument("--hmc-samples", type=positive_int, default=50)
     p.add_argument("--k", type=positive_int, default=1000, help="IWAE particles")
-    p.add_argument("--out", default="results/fig3")
+    p.add_argument("--out", type=folder_arg, default="results/fig3")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")

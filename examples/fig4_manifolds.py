@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pyro_vae import experiments as X
 from pyro_vae.allocator import keep_freed_memory
-from pyro_vae.cli import positive_float, positive_int
+from pyro_vae.cli import folder_arg, positive_float, positive_int
 from pyro_vae.plotting import plot_manifold
 
 CONFIGS = {"mnist": "configs/aevb_mnist.yaml", "frey": "configs/aevb_frey.yaml"}
@@ -43,7 +43,7 @@ if __name__ == "__main__":
     p.add_argument("--datasets", nargs="*", default=["mnist", "frey"], choices=sorted(CONFIGS))
     p.add_argument("--budget", type=positive_float, default=1e6)
     p.add_argument("--grid", type=positive_int, default=20, help="points per side of the manifold grid")
-    p.add_argument("--out", default="results/fig4")
+    p.add_argument("--out", type=folder_arg, default="results/fig4")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -15,7 +15,7 @@ import torch
 
 from pyro_vae import experiments as X
 from pyro_vae.allocator import keep_freed_memory
-from pyro_vae.cli import positive_float, positive_int
+from pyro_vae.cli import folder_arg, positive_float, positive_int
 from pyro_vae.plotting import plot_samples
 
 
@@ -44,7 +44,7 @@ if __name__ == "__main__":
     p.add_argument("--z-dims", type=positive_int, nargs="*", default=[2, 5, 10, 20])
     p.add_argument("--budget", type=positive_float, default=1e6)
     p.add_argument("--n", type=positive_int, default=100, help="samples per picture")
-    p.add_argument("--out", default="results/fig5")
+    p.add_argument("--out", type=folder_arg, default="results/fig5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

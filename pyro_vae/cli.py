@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import PyroVAEError
+from .errors import ConfigError, PyroVAEError
+from .paths import folder_path, prepared_output
 
 
 def positive_int(text: str) -> int:
@@ -30,6 +31,14 @@ def positive_float(text: str) -> float:
     if not (0 < value < float("inf")):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
+
+
+def folder_arg(text: str) -> Path:
+    """argparse type: a folder that exists or can be created (no file in the way)."""
+    try:
+        return folder_path(text, "folder")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _config_path(arg: str) -> Path:
@@ -103,8 +112,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .plotting import plot_samples
     from .train import load_run
-
-    from .paths import prepared_output
 
     out = prepared_output(args.out, "--out") if args.out else Path(args.run) / "samples.png"
     trainer = load_run(args.run, device=args.device)

@@ -31,6 +31,7 @@ from .estimators import potentials
 from .model import VAE, build_vae, without_param_store
 from .objectives import Objective
 from .optim import build_optimizer, build_scheduler
+from .paths import folder_path
 from .registry import OBJECTIVES
 from .traces import log_importance_weights
 
@@ -108,7 +109,7 @@ class Trainer:
         dist_info: Optional[distributed.DistInfo] = None,
     ) -> None:
         self.config = config
-        self.run_dir = Path(run_dir)
+        self.run_dir = folder_path(run_dir, "the run folder (--run-dir)")  # before any data is loaded
         self.dist = dist_info if dist_info is not None else distributed.from_env()
         self.progress = progress and self.dist.is_main
         self.device = resolve_device(config.device)

@@ -120,3 +120,11 @@ def test_a_data_root_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch, caps
     monkeypatch.setenv("PYRO_VAE_DATA", str(blocker))
     assert main(["data", "fetch", "mnist"]) == 2
     assert "$PYRO_VAE_DATA is" in capsys.readouterr().err
+
+
+def test_a_run_folder_blocked_by_a_file_fails_before_loading_data(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for run_dir in (blocker, blocker / "sub"):
+        assert main(["train", "configs/tiny.yaml", "--run-dir", str(run_dir), "--no-progress"]) == 2
+        assert f"the run folder (--run-dir) {run_dir}: {blocker} is a file, not a folder" in capsys.readouterr().err

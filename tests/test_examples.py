@@ -59,3 +59,19 @@ def test_fig4_and_fig5(tmp_path, tiny_images):
     _load("fig5_samples").main(argparse.Namespace(config="configs/aevb_mnist.yaml", z_dims=[2, 5], budget=60, n=4,
                                                   out=str(tmp_path / "f5"), seed=0, data=tiny_images, set=SMALL))
     assert (tmp_path / "f5" / "fig5_z5.png").exists() and len(_rows(tmp_path / "f5" / "fig5.csv")) >= 2
+
+
+@pytest.mark.parametrize("script", ["fig2_lower_bound", "fig3_marginal_likelihood", "fig4_manifolds", "fig5_samples"])
+def test_example_flags_are_checked_before_any_training(tmp_path, script):
+    """A file where the output folder should go, or a count below one, stops the script at once."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    run = lambda *flags: subprocess.run([sys.executable, str(ROOT / "examples" / f"{script}.py"), *flags],  # noqa: E731
+                                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    done = run("--out", str(blocker / "results"))
+    assert done.returncode == 2 and f"{blocker} is a file, not a folder" in done.stderr
+    done = run("--budget", "0")
+    assert done.returncode == 2 and "argument --budget: expected a finite number > 0, got '0'" in done.stderr
