@@ -23,7 +23,7 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (a memory cap in GiB)."""
+    """argparse type: a finite number > 0 (a memory cap in GiB, a training budget)."""
     try:
         value = float(text)
     except ValueError:
