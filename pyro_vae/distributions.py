@@ -11,7 +11,21 @@ import torch
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)  # the normalizer of a unit Gaussian, per dimension
 
 
-class LeanNormal(dist.Normal):
+class TypeKeepingExpand:
+    """Mixin for a distribution subclass: ``expand`` keeps the subclass (torch's would build the
+    parent class), and expanding to the batch shape it already has returns the distribution
+    itself. Pyro's plates expand every sample site's distribution, mostly to the shape it has,
+    and torch would build a new one with fresh views of its parameters (and autograd nodes for
+    them): measured interleaved, batch 100, 0.5-1.6% of an eager training step."""
+
+    def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:  # type: ignore[attr-defined]
+            return self
+        new = self._get_checked_instance(type(self), _instance)  # type: ignore[attr-defined]
+        return super().expand(batch_shape, _instance=new)  # type: ignore[misc]
+
+
+class LeanNormal(TypeKeepingExpand, dist.Normal):
     """``Normal(loc, scale)`` whose log density is computed as::
 
         log N(x; mu, sigma) = -t^2 / 2 - (log sigma + log(2 pi) / 2),   t = (x - mu) / sigma
@@ -22,11 +36,6 @@ class LeanNormal(dist.Normal):
     again at every call. Used by the guides (every ELBO with a Monte Carlo KL and every IWAE chunk
     evaluates log q(z|x)), the learned Gaussian priors and the Gaussian likelihood. Sampling and
     the KL registry are ``Normal``'s: analytic KLs dispatch to the parent class.
-
-    ``expand`` to its own batch shape returns the distribution itself: Pyro's plates expand every
-    sample site's distribution, mostly to the shape it has, and torch would build a new one with
-    fresh views of loc and scale (and autograd nodes for them). Measured interleaved with the
-    likelihood's same shortcut, batch 100: 0.5-1.6% of an eager training step.
     """
 
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor, validate_args: Optional[bool] = None) -> None:
@@ -34,10 +43,7 @@ class LeanNormal(dist.Normal):
         self._scale_as_built = self.scale
 
     def expand(self, batch_shape, _instance=None):
-        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
-            return self  # Pyro's plates expand every site's distribution, mostly to its own shape
-        new = self._get_checked_instance(LeanNormal, _instance)
-        new = super().expand(batch_shape, _instance=new)
+        new = super().expand(batch_shape, _instance)
         new._scale_as_built = self._scale_as_built
         return new
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributions import LeanNormal
+from .distributions import LeanNormal, TypeKeepingExpand
 from .registry import LIKELIHOODS
 
 
@@ -46,18 +46,12 @@ class Likelihood(nn.Module):
         return self(raw).mean
 
 
-class LogitBernoulli(dist.Bernoulli):
+class LogitBernoulli(TypeKeepingExpand, dist.Bernoulli):
     """``Bernoulli(logits=y)`` that keeps its type when expanded (as the base of
     :class:`IndependentLogitBernoulli`)."""
 
     def __init__(self, logits: torch.Tensor, validate_args: Optional[bool] = None) -> None:
         super().__init__(logits=logits, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
-            return self  # Pyro's plates expand every site's distribution, mostly to its own shape
-        new = self._get_checked_instance(LogitBernoulli, _instance)
-        return super().expand(batch_shape, _instance=new)
 
 
 def _broadcasts_into(shape: torch.Size, target: torch.Size) -> bool:
@@ -66,7 +60,7 @@ def _broadcasts_into(shape: torch.Size, target: torch.Size) -> bool:
     return len(shape) <= len(target) and all(s in (1, t) for s, t in zip(reversed(shape), reversed(target)))
 
 
-class IndependentLogitBernoulli(dist.Independent):
+class IndependentLogitBernoulli(TypeKeepingExpand, dist.Independent):
     """``Bernoulli(logits=y).to_event(1)`` (pixels independent given z) with a cheaper log-prob::
 
         log p(x | y) = sum_i [ x_i y_i - softplus(y_i) ]
@@ -81,12 +75,6 @@ class IndependentLogitBernoulli(dist.Independent):
 
     def __init__(self, logits: torch.Tensor, validate_args: Optional[bool] = None) -> None:
         super().__init__(LogitBernoulli(logits, validate_args=validate_args), 1, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
-            return self  # Pyro's plates expand every site's distribution, mostly to its own shape
-        new = self._get_checked_instance(IndependentLogitBernoulli, _instance)
-        return super().expand(batch_shape, _instance=new)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         base = self.base_dist
