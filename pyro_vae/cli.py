@@ -50,13 +50,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import load
     from .train import Trainer
 
+    if args.allow_changes and not args.resume:
+        raise ConfigError("--allow-changes applies to a resumed run only; add --resume.")
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"device={args.device}")
     config = load(_config_path(args.config), overrides)
     run_dir = Path(args.run_dir) if args.run_dir else (Path(args.config) if Path(args.config).is_dir() else Path("runs") / config.name)
     trainer = Trainer(config, run_dir, progress=not args.no_progress)
-    rows = trainer.train(resume=args.resume)
+    rows = trainer.train(resume=args.resume, allow_changes=args.allow_changes)
     last = rows[-1] if rows else None
     if _is_main():
         print(f"run folder: {run_dir}")
@@ -151,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", help="output folder (default runs/<config name>)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set model.z_dim=2")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    t.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue even though the data, model, objective, optimizer, batch size or seed "
+                        "differ from the checkpoint's (recorded in run.json)")
     t.add_argument("--device", help="cpu, cuda, cuda:N or auto (overrides the config)")
     t.add_argument("--evaluate", action="store_true", help="after training, estimate log p(x) as the config's evaluation section says")
     t.add_argument("--no-progress", action="store_true")

@@ -13,7 +13,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Sequence
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -250,3 +250,49 @@ def save(config: RunConfig, path: str | Path) -> None:
 
 def dumps(config: RunConfig) -> str:
     return json.dumps(config.to_dict(), indent=2)
+
+
+# Settings a resumed run may change without changing the experiment: how long it trains, how it
+# logs, checkpoints and is evaluated, where it runs and reads its data. Any other change (data,
+# model, objective, optimizer, batch size, seed) would leave the run's config.yaml describing only
+# the part trained after the resume.
+RESUMABLE_SETTINGS = (
+    "name",
+    "device",
+    "data.root",
+    "data.download",
+    "training.epochs",
+    "training.sample_budget",
+    "training.checkpoint_every",
+    "training.eval_every",
+    "training.eval_batch_size",
+    "training.eval_train_points",
+    "training.log_every",
+    "training.validate_distributions",
+    "evaluation",
+)
+
+
+def _flatten(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+    """``{dotted key: (old value, new value)}`` for the settings of two resolved configs
+    (``RunConfig.to_dict()``) that differ, leaving out those in ``RESUMABLE_SETTINGS``. A key only
+    one side has counts as changed (a component option added or dropped)."""
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    changes = {}
+    for key in sorted(flat_old.keys() | flat_new.keys()):
+        if any(key == s or key.startswith(s + ".") for s in RESUMABLE_SETTINGS):
+            continue
+        a, b = flat_old.get(key, "(not set)"), flat_new.get(key, "(not set)")
+        if a != b:
+            changes[key] = (a, b)
+    return changes

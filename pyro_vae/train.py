@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from . import allocator, distributed, fused_linear
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .config import RunConfig, save as save_config
+from .config import RunConfig, changed_settings, from_dict as config_from_dict, save as save_config
 from .datasets import Dataset, check_support, load_dataset
 from .errors import CheckpointError, ConfigError, TrainingError
 from .estimators import potentials
@@ -257,11 +257,34 @@ class Trainer:
                 "min_std for Gaussian decoders; `--resume` continues from the checkpoint."
             )
 
-    def prepare_run_dir(self, resume: bool) -> None:
+    def changes_since_checkpoint(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        """Settings of this trainer's config that differ from the checkpoint's, other than those a
+        resumed run may change (``config.RESUMABLE_SETTINGS``): ``{key: (old, new)}``."""
+        old = state.get("config") or {}
+        try:  # fill in defaults that this version added since the checkpoint was written
+            old = config_from_dict(old).to_dict()
+        except ConfigError:
+            pass
+        return changed_settings(old, self.config.to_dict())
+
+    def prepare_run_dir(self, resume: bool, allow_changes: bool = False) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.run_dir / CHECKPOINT_NAME
+        changes: Dict[str, Any] = {}
         if resume:
-            self.resume()
+            state = load_checkpoint(ckpt)
+            changes = self.changes_since_checkpoint(state)
+            if changes and not allow_changes:
+                listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+                raise CheckpointError(
+                    f"the run in {self.run_dir} was trained with other settings ({listed}). Resuming under them "
+                    "would leave its config.yaml describing only the part trained afterwards. Resume with the "
+                    "run's own settings (only training length, logging, checkpointing, device, data.root and "
+                    "evaluation may change), start a new run folder, or pass --allow-changes (Python: "
+                    "train(resume=True, allow_changes=True)) to continue anyway; the changes are then recorded "
+                    "in run.json."
+                )
+            self.load_state_dict(state)
             # Metrics past the checkpoint (written before a crash) would be repeated: drop them.
             self._truncate_metrics()
         elif ckpt.exists():
@@ -290,8 +313,21 @@ class Trainer:
             "compile_potentials": self.device.type == "cpu" and potentials.switched_on(),
             # glibc keeps freed CPU memory for reuse (PYRO_VAE_KEEP_FREED_MEMORY; set by the CLI)
             "keep_freed_memory": allocator.state(),
+            # settings changed at resumes (--allow-changes): config.yaml holds the latest ones
+            "resumed_with_changes": self._change_history(changes) if resume else [],
         }
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+
+    def _change_history(self, changes: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """The run's earlier records of changed settings (from run.json), plus this resume's."""
+        history: List[Dict[str, Any]] = []
+        try:
+            history = list(json.loads((self.run_dir / "run.json").read_text()).get("resumed_with_changes") or [])
+        except (OSError, ValueError, AttributeError):
+            pass  # a new run, or no readable run.json: nothing to carry over
+        if changes:
+            history.append({"epoch": self.epoch, "step": self.step, "changes": {k: list(v) for k, v in changes.items()}})
+        return history
 
     def _truncate_metrics(self) -> None:
         path = self.run_dir / METRICS_NAME
@@ -304,13 +340,22 @@ class Trainer:
             w.writeheader()
             w.writerows(rows)
 
-    def train(self, resume: bool = False, on_epoch_end: Optional[Callable[["Trainer", Dict[str, Any]], None]] = None) -> List[Dict[str, Any]]:
+    def train(
+        self,
+        resume: bool = False,
+        on_epoch_end: Optional[Callable[["Trainer", Dict[str, Any]], None]] = None,
+        allow_changes: bool = False,
+    ) -> List[Dict[str, Any]]:
         """Train until the config's epochs or sample budget; returns the metric rows of this call.
+
+        :param resume: continue from the run folder's checkpoint. Only the settings in
+            ``config.RESUMABLE_SETTINGS`` may differ from the checkpoint's, unless ``allow_changes``
+            (then the changes are recorded in run.json under ``resumed_with_changes``).
 
         :param on_epoch_end: called with the trainer and the epoch's metric row (experiments use it
             to estimate log p(x) at chosen points of training).
         """
-        self.prepare_run_dir(resume)
+        self.prepare_run_dir(resume, allow_changes)
         self._saved_epoch = self.epoch
         cfg = self.config.training
         n = self.x_train.shape[0]

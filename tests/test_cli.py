@@ -17,7 +17,10 @@ def test_cli_end_to_end(tmp_path, capsys):
     # resume for one more epoch
     assert main(["train", str(run), "--resume", "--set", "training.epochs=3", "--no-progress"]) == 0
     assert (run / "metrics.csv").read_text().count("\n") == 4
-    capsys.readouterr()
+    assert main(["train", str(run), "--resume", "--set", "model.z_dim=3", "--no-progress"]) == 2
+    assert "model.z_dim: 2 -> 3" in capsys.readouterr().err
+    assert main(["train", str(run), "--allow-changes", "--no-progress"]) == 2
+    assert "--allow-changes applies to a resumed run only" in capsys.readouterr().err
     assert main(["train", str(run), "--resume", "--set", "training.epochs=2", "--no-progress"]) == 0  # already past it
     assert "nothing to train: the run is at epoch 3" in capsys.readouterr().out
     assert (run / "metrics.csv").read_text().count("\n") == 4

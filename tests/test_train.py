@@ -53,6 +53,31 @@ def test_existing_run_needs_resume(tmp_path):
         Trainer(tiny_config(), tmp_path / "r", progress=False).train()
 
 
+def test_resume_refuses_changed_settings_unless_allowed(tmp_path):
+    """A resume may lengthen training; a changed objective (or model, data, optimizer...) is refused
+    with the changed keys named, and with ``allow_changes`` goes on and is recorded in run.json."""
+    import json
+
+    run = tmp_path / "r"
+    Trainer(tiny_config(training={"epochs": 1}), run, progress=False).train()
+    saved_config = (run / "config.yaml").read_text()
+    changed = tiny_config(objective={"name": "trace_meanfield"}, optimizer={"name": "adagrad", "lr": 0.05}, training={"epochs": 2})
+    with pytest.raises(CheckpointError, match=r"objective\.name: 'trace' -> 'trace_meanfield'; optimizer\.lr: 0\.01 -> 0\.05; optimizer\.name: 'adam' -> 'adagrad'.*--allow-changes"):
+        Trainer(changed, run, progress=False).train(resume=True)
+    assert (run / "config.yaml").read_text() == saved_config  # the refused resume wrote nothing
+    assert json.loads((run / "run.json").read_text())["resumed_with_changes"] == []
+    # allowed: a warm start of the same model under another objective
+    only_objective = tiny_config(objective={"name": "trace_meanfield"}, training={"epochs": 2})
+    resumed = Trainer(only_objective, run, progress=False)
+    resumed.train(resume=True, allow_changes=True)
+    assert resumed.epoch == 2
+    history = json.loads((run / "run.json").read_text())["resumed_with_changes"]
+    assert history == [{"epoch": 1, "step": history[0]["step"], "changes": {"objective.name": ["trace", "trace_meanfield"]}}]
+    # a later resume that only lengthens training keeps the record
+    Trainer(tiny_config(objective={"name": "trace_meanfield"}, training={"epochs": 3}), run, progress=False).train(resume=True)
+    assert json.loads((run / "run.json").read_text())["resumed_with_changes"] == history
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny_config(training={"epochs": 3, "batch_size": 20})
     trainer = Trainer(cfg, tmp_path / "r", progress=False)
