@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Iterable, List
+from typing import Any, Iterable, List
 
 import torch
 import torch.distributed as dist
@@ -121,7 +121,7 @@ def gather_shards(values: torch.Tensor, n: int, info: DistInfo) -> torch.Tensor:
     return torch.cat([o[:s] for o, s in zip(out, sizes)])
 
 
-def gather_objects(obj, info: DistInfo) -> list:
+def gather_objects(obj: Any, info: DistInfo) -> list:
     if not info.enabled:
         return [obj]
     out: list = [None] * info.world_size

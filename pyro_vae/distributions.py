@@ -18,7 +18,7 @@ class TypeKeepingExpand:
     and torch would build a new one with fresh views of its parameters (and autograd nodes for
     them): measured interleaved, batch 100, 0.5-1.6% of an eager training step."""
 
-    def expand(self, batch_shape, _instance=None):
+    def expand(self, batch_shape: torch.Size | tuple, _instance: Optional[dist.Distribution] = None) -> dist.Distribution:
         if _instance is None and torch.Size(batch_shape) == self.batch_shape:  # type: ignore[attr-defined]
             return self
         new = self._get_checked_instance(type(self), _instance)  # type: ignore[attr-defined]
@@ -42,7 +42,7 @@ class LeanNormal(TypeKeepingExpand, dist.Normal):
         super().__init__(loc, scale, validate_args=validate_args)
         self._scale_as_built = self.scale
 
-    def expand(self, batch_shape, _instance=None):
+    def expand(self, batch_shape: torch.Size | tuple, _instance: Optional[dist.Distribution] = None) -> dist.Distribution:
         new = super().expand(batch_shape, _instance)
         new._scale_as_built = self._scale_as_built
         return new

@@ -24,7 +24,7 @@ Densities come from traces of the model and guide, so every registry entry works
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal, Optional, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -70,7 +70,7 @@ def _anneal(
 
     model_densities, guide_density = model_log_densities(vae, x), guide_log_density(vae, x)
 
-    def log_target_and_p0(zz: torch.Tensor):
+    def log_target_and_p0(zz: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         prior, lik = model_densities(zz)
         return prior + lik, (prior if start == "prior" else guide_density(zz))
 

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
 import torch
 
 from ..fused_linear import input_gradients_only
+
+if TYPE_CHECKING:
+    import arviz
 
 Potential = Callable[[torch.Tensor], torch.Tensor]
 
@@ -167,7 +170,7 @@ class BatchedHMC:
         return torch.stack(draws), HMCStats(accept / max(1, num_samples * thin), self.step_size.clone())  # type: ignore[union-attr]
 
 
-def to_inference_data(draws: torch.Tensor, name: str = "z"):
+def to_inference_data(draws: torch.Tensor, name: str = "z") -> "arviz.InferenceData":
     """ArviZ ``InferenceData`` of draws ``(num_samples, chains, batch, D)`` (chains per datapoint
     as ArviZ chains, datapoints and latent dimensions as coordinates)."""
     import arviz as az
