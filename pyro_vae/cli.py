@@ -48,7 +48,7 @@ def _config_path(arg: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load
-    from .train import Trainer
+    from .train import Trainer, describe_epoch
 
     if args.allow_changes and not args.resume:
         raise ConfigError("--allow-changes applies to a resumed run only; add --resume.")
@@ -63,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if _is_main():
         print(f"run folder: {run_dir}")
     if last and _is_main():
-        print(f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.3f}, test ELBO {last['test_elbo']:.3f} nats per datapoint")
+        print(describe_epoch(last, trainer.objective.name))
     elif _is_main():
         print(f"nothing to train: the run is at epoch {trainer.epoch} ({trainer.samples_seen} samples), {trainer.stop_reason()}; "
               "raise training.epochs or training.sample_budget (--set) to continue it")

@@ -453,14 +453,26 @@ class Trainer:
         )
         self._write_metrics(row)
         if self.progress:
-            tqdm.write(
-                f"epoch {self.epoch}: train {objective.name} {train_objective:.3f}  train ELBO {train_elbo:.3f}  "
-                f"test ELBO {test_elbo:.3f}  ({epoch_seconds:.1f}s)"
-            )
+            tqdm.write(f"{describe_epoch(row, objective.name)} ({epoch_seconds:.1f} s)")
         if self.epoch % cfg.checkpoint_every == 0 or self.stop_reason() is not None:
             self.save()
             self._saved_epoch = self.epoch
         return row
+
+
+def describe_epoch(row: Dict[str, Any], objective_name: str) -> str:
+    """One line for an epoch's metric row: the objective's own value, then the train and test
+    ELBO where they were measured (a NaN in metrics.csv means "not measured this epoch")."""
+    parts = []
+    if row["train_elbo"] != row["train_objective"]:  # an objective other than the ELBO, or the ELBO re-measured
+        parts.append(f"train {objective_name} {row['train_objective']:.3f}")
+    if math.isfinite(row["train_elbo"]):
+        parts.append(f"train ELBO {row['train_elbo']:.3f}")
+    else:
+        parts.append("train ELBO not measured (training.eval_train_points: N measures it on N points)")
+    if math.isfinite(row["test_elbo"]):
+        parts.append(f"test ELBO {row['test_elbo']:.3f}")
+    return f"epoch {row['epoch']}: " + ", ".join(parts) + " nats per datapoint"
 
 
 def load_run(run_dir: Path | str, device: Optional[str] = None, data: Optional[Dataset] = None) -> Trainer:

@@ -266,3 +266,16 @@ def test_the_cli_keeps_freed_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: called.append(True) or "kept")
     assert main(["data", "fetch", "nonexistent-set", "--root", str(tmp_path)]) == 2
     assert called == [True]
+
+
+def test_epoch_line_names_what_was_measured():
+    """A NaN train ELBO (objectives other than the ELBO log none unless asked) is reported as not
+    measured, not printed as "nan"; the ELBO objectives' own value is printed once."""
+    from pyro_vae.train import describe_epoch
+
+    row = {"epoch": 2, "train_objective": -10.5, "train_elbo": float("nan"), "test_elbo": -11.25}
+    line = describe_epoch(row, "mcem")
+    assert line.startswith("epoch 2: train mcem -10.500, train ELBO not measured (training.eval_train_points")
+    assert line.endswith("test ELBO -11.250 nats per datapoint") and "nan" not in line
+    row = {"epoch": 1, "train_objective": -8.5, "train_elbo": -8.5, "test_elbo": float("nan")}
+    assert describe_epoch(row, "trace") == "epoch 1: train ELBO -8.500 nats per datapoint"
