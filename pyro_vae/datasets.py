@@ -93,6 +93,9 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def _load_npz(path: Path, keys: Tuple[str, ...]) -> Dict[str, np.ndarray]:
+    if path.is_file() and not zipfile.is_zipfile(path):
+        # np.load would take it for a pickle and suggest allow_pickle=True, which is never safe here
+        raise DataError(f"{path} is not a .npz archive (numpy.savez writes one, a zip of .npy arrays).")
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in keys if k not in f]
@@ -337,6 +340,13 @@ def synthetic(
     return Dataset("synthetic", xtr.float(), xte.float(), (x_dim,), info={"model": "linear-gaussian", "seed": seed}, truth=truth)
 
 
+def _check_x(path: Path, name: str, x: np.ndarray) -> None:
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{path}: {name} must be numeric, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise DataError(f"{path}: {name} must hold one datapoint per row, shape (n, d), (n, h, w) or (n, c, h, w); got shape {x.shape}")
+
+
 @DATASETS.register("npz")
 def npz(*, root: Path, download: bool, path: str, test_fraction: float = 0.1) -> Dataset:
     """A local ``.npz``: ``x`` (and optionally ``y``), or ``x_train``/``x_test``. Arrays may be
@@ -349,6 +359,7 @@ def npz(*, root: Path, download: bool, path: str, test_fraction: float = 0.1) ->
     if "x_train" in a and "x_test" in a:
         xtr, xte, ytr, yte = a["x_train"], a["x_test"], a.get("y_train"), a.get("y_test")
     elif "x" in a:
+        _check_x(p, "x", a["x"])
         n = len(a["x"])
         n_test = max(1, int(round(test_fraction * n)))
         if n - n_test < 1:
@@ -358,10 +369,17 @@ def npz(*, root: Path, download: bool, path: str, test_fraction: float = 0.1) ->
         ytr, yte = (y[: n - n_test], y[n - n_test :]) if y is not None else (None, None)
     else:
         raise DataError(f"{p} has arrays {sorted(a)}; it needs 'x' (or 'x_train' and 'x_test').")
-    if xtr.ndim < 2 or xtr.shape[1:] != xte.shape[1:]:
-        raise DataError(f"{p}: x arrays must be (n, ...) with equal trailing shapes; got {xtr.shape} and {xte.shape}")
-    if not np.issubdtype(xtr.dtype, np.number):
-        raise DataError(f"{p}: x must be numeric, got dtype {xtr.dtype}")
+    for name, v in (("x_train", xtr), ("x_test", xte)):
+        _check_x(p, name, v)
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(f"{p}: the train and test points differ in shape: {xtr.shape[1:]} and {xte.shape[1:]}")
+    for name, v in (("y (train)", ytr), ("y (test)", yte)):
+        whole = v is not None and (
+            np.issubdtype(v.dtype, np.integer)
+            or (np.issubdtype(v.dtype, np.floating) and bool(np.all(np.isfinite(v) & (v == np.round(v)))))
+        )
+        if v is not None and not whole:
+            raise DataError(f"{p}: labels {name} must be whole-number class labels (dtype {v.dtype}); drop them or map them to 0..K-1")
     shape = tuple(int(s) for s in xtr.shape[1:])
     flat = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32).reshape(len(v), -1))  # noqa: E731
     lab = lambda v: None if v is None else torch.from_numpy(np.asarray(v).astype(np.int64))  # noqa: E731

@@ -122,6 +122,29 @@ def test_npz_loader_and_errors(tmp_path):
         D.npz(root=tmp_path, download=False, path=str(tmp_path / "none.npz"))
 
 
+@pytest.mark.parametrize("arrays,message", [
+    ({"x": np.array(["a", "b", "c"])}, "x must be numeric, got dtype <U1"),
+    ({"x": np.random.rand(6)}, r"x must hold one datapoint per row.*got shape \(6,\)"),
+    ({"x_train": np.random.rand(5, 6), "x_test": np.random.rand(2, 7)}, r"differ in shape: \(6,\) and \(7,\)"),
+    ({"x": np.random.rand(10, 3), "y": np.array(["a"] * 10)}, "whole-number class labels"),
+    ({"x": np.random.rand(10, 3), "y": np.linspace(0, 1, 10)}, "whole-number class labels"),
+])
+def test_npz_contents_are_checked(tmp_path, arrays, message):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataError, match=message):
+        D.npz(root=tmp_path, download=False, path=str(tmp_path / "d.npz"))
+
+
+def test_npz_takes_whole_float_labels_and_refuses_a_non_archive_without_pickle_advice(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.random.rand(10, 3), y=np.arange(10.0) % 3)
+    data = D.npz(root=tmp_path, download=False, path=str(tmp_path / "d.npz"))
+    assert data.y_train.dtype == torch.int64 and data.y_train.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2]
+    (tmp_path / "text.npz").write_text("hello")  # np.load would read it as a pickle and suggest allow_pickle
+    with pytest.raises(DataError, match="is not a .npz archive") as err:
+        D.npz(root=tmp_path, download=False, path=str(tmp_path / "text.npz"))
+    assert "allow_pickle" not in str(err.value)
+
+
 def test_idx_reader(tmp_path):
     arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
