@@ -33,6 +33,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def device_arg(text: str) -> str:
+    """argparse type: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether a GPU is there is checked
+    when the device is resolved, with its own message)."""
+    from .config import is_device_name
+
+    name = text.strip()
+    if is_device_name(name):
+        return name
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
 def folder_arg(text: str) -> Path:
     """argparse type: a folder that exists or can be created (no file in the way)."""
     try:
@@ -156,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--allow-changes", action="store_true",
                    help="with --resume: continue even though the data, model, objective, optimizer, batch size or seed "
                         "differ from the checkpoint's (recorded in run.json)")
-    t.add_argument("--device", help="cpu, cuda, cuda:N or auto (overrides the config)")
+    t.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (overrides the config)")
     t.add_argument("--evaluate", action="store_true", help="after training, estimate log p(x) as the config's evaluation section says")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
@@ -169,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["test", "train"])
     e.add_argument("--n", type=positive_int, help="evaluate the first n points only")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device")
+    e.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
     e.add_argument("--memory-gb", type=positive_float, default=2.0, help="memory cap for IWAE chunks")
     e.add_argument("--ais-steps", type=positive_int, default=1000, help="AIS transitions (default 1000)")
     e.add_argument("--ais-chains", type=positive_int, default=16, help="AIS chains per datapoint (default 16)")
@@ -184,12 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out")
-    s.add_argument("--device")
+    s.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
     s.set_defaults(fn=cmd_sample)
 
     pl = sub.add_parser("plot", help="write PNGs: ELBO curves, samples, reconstructions, manifold, latents")
     pl.add_argument("run")
-    pl.add_argument("--device")
+    pl.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
     pl.set_defaults(fn=cmd_plot)
 
     d = sub.add_parser("data", help="data sets")

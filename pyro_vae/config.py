@@ -157,7 +157,7 @@ class RunConfig(BaseModel):
             (DATASETS, self.data),
         ]:
             registry.check_options(comp.name, comp.options)
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+        if not is_device_name(self.device):
             raise ConfigError(
                 f"device {self.device!r} is not one of 'auto', 'cpu', 'cuda' or 'cuda:N'."
             )
@@ -165,6 +165,11 @@ class RunConfig(BaseModel):
 
     def to_dict(self) -> Dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def is_device_name(name: str) -> bool:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: the devices a run may name."""
+    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[len("cuda:"):].isdigit())
 
 
 def _read_file(path: Path) -> Dict[str, Any]:

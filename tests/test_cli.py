@@ -76,6 +76,8 @@ def test_cli_errors_are_clear(tmp_path, capsys):
         (["evaluate", "RUN", "--memory-gb", "0"], "argument --memory-gb: expected a finite number > 0, got '0'"),
         (["evaluate", "RUN", "--memory-gb", "inf"], "argument --memory-gb"),
         (["sample", "RUN", "--n", "0"], "argument --n: expected a whole number >= 1"),
+        (["evaluate", "RUN", "--device", "tpu"], "argument --device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (["train", "configs/tiny.yaml", "--device", "cuda:x"], "argument --device: expected auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_cli_rejects_counts_below_one_before_loading_anything(tmp_path, capsys, argv, message):

@@ -37,8 +37,10 @@ def test_unknown_key_and_bad_type_are_named():
         tiny_config(model={"z_dim": "twenty"})
     with pytest.raises(ConfigError, match="data.binarize"):
         tiny_config(data={"binarize": "sometimes"})
-    with pytest.raises(ConfigError, match="device"):
-        tiny_config(device="tpu")
+    for bad in ("tpu", "cudax", "cuda:", "cuda:one"):
+        with pytest.raises(ConfigError, match="device"):
+            tiny_config(device=bad)
+    assert tiny_config(device="cuda:1").device == "cuda:1"  # a valid name; whether it exists is checked at run time
 
 
 def test_overrides_and_files(tmp_path):
