@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from pyro_vae import estimators  # noqa: E402
 from pyro_vae import experiments as X  # noqa: E402
 from pyro_vae.allocator import keep_freed_memory  # noqa: E402
-from pyro_vae.cli import folder_arg, positive_float, positive_int  # noqa: E402
+from pyro_vae.cli import device_arg, folder_arg, positive_float, positive_int  # noqa: E402
 from pyro_vae.datasets import binarize  # noqa: E402
 from pyro_vae.train import Trainer  # noqa: E402
 
@@ -117,6 +117,9 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the config\'s, auto)")
     args = p.parse_args()
+    if args.device:
+        args.set.append(f"device={args.device}")
     keep_freed_memory()  # this process is ours, as the pyro-vae command's (pyro_vae/allocator.py)
     main(args)

@@ -75,3 +75,28 @@ def test_example_flags_are_checked_before_any_training(tmp_path, script):
     assert done.returncode == 2 and f"{blocker} is a file, not a folder" in done.stderr
     done = run("--budget", "0")
     assert done.returncode == 2 and "argument --budget: expected a finite number > 0, got '0'" in done.stderr
+
+
+@pytest.mark.parametrize("script", ["fig2_lower_bound", "fig3_marginal_likelihood", "fig4_manifolds", "fig5_samples"])
+def test_examples_refuse_a_bad_device_flag(script, monkeypatch, capsys):
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", [script, "--device", "tpu"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "examples" / f"{script}.py"), run_name="__main__")
+    assert exit_.value.code == 2 and "argument --device: expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_example_device_flag_reaches_the_runs_config(tmp_path, tiny_images, monkeypatch):
+    import runpy
+    import sys
+
+    import pyro_vae.allocator
+
+    monkeypatch.setattr(pyro_vae.allocator, "keep_freed_memory", lambda: "not applied")  # leave this process's malloc alone
+    argv = ["fig4_manifolds", "--datasets", "mnist", "--budget", "60", "--grid", "3", "--out", str(tmp_path), "--data", tiny_images,
+            "--device", "cpu"] + [a for s in SMALL for a in ("--set", s)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "examples" / "fig4_manifolds.py"), run_name="__main__")
+    assert "device: cpu" in (tmp_path / "runs" / "fig4_mnist" / "config.yaml").read_text()
