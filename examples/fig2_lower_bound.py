@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pyro_vae import experiments as X  # noqa: E402
 from pyro_vae.allocator import keep_freed_memory  # noqa: E402
 from pyro_vae.cli import device_arg, folder_arg, positive_float, positive_int  # noqa: E402
+from pyro_vae.errors import PyroVAEError  # noqa: E402
 
 SETTINGS = {
     "mnist": ("configs/aevb_mnist.yaml", [3, 5, 10, 20, 200]),
@@ -90,4 +91,7 @@ if __name__ == "__main__":
     if args.device:
         args.set.append(f"device={args.device}")
     keep_freed_memory()  # this process is ours, as the pyro-vae command's (pyro_vae/allocator.py)
-    main(args)
+    try:
+        main(args)
+    except PyroVAEError as e:  # a bad config, data set or run folder: its message, not a traceback
+        p.exit(2, f"{p.prog}: error: {e}\n")

@@ -16,6 +16,7 @@ import torch
 from pyro_vae import experiments as X
 from pyro_vae.allocator import keep_freed_memory
 from pyro_vae.cli import device_arg, folder_arg, positive_float, positive_int
+from pyro_vae.errors import PyroVAEError
 from pyro_vae.plotting import plot_samples
 
 
@@ -53,4 +54,7 @@ if __name__ == "__main__":
     if args.device:
         args.set.append(f"device={args.device}")
     keep_freed_memory()  # this process is ours, as the pyro-vae command's (pyro_vae/allocator.py)
-    main(args)
+    try:
+        main(args)
+    except PyroVAEError as e:  # a bad config, data set or run folder: its message, not a traceback
+        p.exit(2, f"{p.prog}: error: {e}\n")

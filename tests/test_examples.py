@@ -100,3 +100,18 @@ def test_example_device_flag_reaches_the_runs_config(tmp_path, tiny_images, monk
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(ROOT / "examples" / "fig4_manifolds.py"), run_name="__main__")
     assert "device: cpu" in (tmp_path / "runs" / "fig4_mnist" / "config.yaml").read_text()
+
+
+def test_examples_report_a_bad_config_without_a_traceback(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+
+    import pyro_vae.allocator
+
+    monkeypatch.setattr(pyro_vae.allocator, "keep_freed_memory", lambda: "not applied")
+    missing = f"{{name: npz, path: {tmp_path / 'none.npz'}}}"
+    monkeypatch.setattr(sys, "argv", ["fig2_lower_bound", "--budget", "50", "--z-dims", "2", "--out", str(tmp_path), "--data", missing])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "examples" / "fig2_lower_bound.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("fig2_lower_bound.py: error: ") and "none.npz does not exist" in err
