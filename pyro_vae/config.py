@@ -9,6 +9,7 @@ keyword arguments, so a misspelt name or option fails at load time with the list
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import re
 import tomllib
@@ -165,6 +166,23 @@ class RunConfig(BaseModel):
 
     def to_dict(self) -> Dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def to_dict_with_option_defaults(self) -> Dict[str, Any]:
+        """``to_dict()`` with every component option the config leaves out filled in with its
+        builder's default, so that ``{name: adam}`` and ``{name: adam, lr: 0.001}`` compare equal."""
+        from .registry import DATASETS, GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, PRIORS
+
+        data = self.to_dict()
+        model = data["model"]
+        for registry, section in [
+            (PRIORS, model["prior"]), (LIKELIHOODS, model["likelihood"]), (GUIDES, model["guide"]),
+            (NETWORKS, model["encoder"]), (NETWORKS, model["decoder"]), (OBJECTIVES, data["objective"]),
+            (OPTIMIZERS, data["optimizer"]), (DATASETS, data["data"]),
+        ]:
+            for key, default in registry.options(section["name"]).items():
+                if key not in section and default is not inspect.Parameter.empty:
+                    section[key] = json.loads(json.dumps(default, default=str))  # as a config file holds it
+        return data
 
 
 def is_device_name(name: str) -> bool:

@@ -261,11 +261,11 @@ class Trainer:
         """Settings of this trainer's config that differ from the checkpoint's, other than those a
         resumed run may change (``config.RESUMABLE_SETTINGS``): ``{key: (old, new)}``."""
         old = state.get("config") or {}
-        try:  # fill in defaults that this version added since the checkpoint was written
-            old = config_from_dict(old).to_dict()
+        try:  # fill in defaults (also those this version added since the checkpoint was written)
+            old = config_from_dict(old).to_dict_with_option_defaults()
         except ConfigError:
             pass
-        return changed_settings(old, self.config.to_dict())
+        return changed_settings(old, self.config.to_dict_with_option_defaults())
 
     def prepare_run_dir(self, resume: bool, allow_changes: bool = False) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
