@@ -104,3 +104,16 @@ def test_optimizers_reject_non_finite_settings_from_python_too():
     for make in (lambda: Adagrad(params, lr=float("inf")), lambda: Adam(params, eps=float("nan")), lambda: SGD(params, momentum=float("inf"))):
         with pytest.raises(ValueError, match="must be finite and >= 0"):
             make()
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_overwrite(tmp_path):
+    """PyYAML keeps the last of two equal keys: a second `model:` section would drop the first."""
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\nmodel:\n  z_dim: 2\ntraining: {epochs: 1}\nmodel:\n  prior: {name: laplace}\n")
+    with pytest.raises(ConfigError, match=r"key 'model' appears twice in one mapping \(lines 2 and 5\)"):
+        C.load(p)
+    with pytest.raises(ConfigError, match=r"--set .*key 'name' appears twice in one mapping \(line 1\)"):
+        C.load("configs/tiny.yaml", ["optimizer={name: adam, name: sgd}"])
+    # YAML merge keys stay usable: keys written out override the merged ones, as YAML says
+    p.write_text("data: {name: synthetic}\noptimizer:\n  <<: {name: adam, lr: 0.1}\n  lr: 0.2\n")
+    assert C.load(p).optimizer.options == {"lr": 0.2} and C.load(p).optimizer.name == "adam"
