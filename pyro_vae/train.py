@@ -26,7 +26,7 @@ from . import allocator, distributed, fused_linear
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RunConfig, changed_settings, from_dict as config_from_dict, save as save_config
 from .datasets import Dataset, check_support, load_dataset
-from .errors import CheckpointError, ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .estimators import potentials
 from .model import VAE, build_vae, without_param_store
 from .objectives import Objective
@@ -267,13 +267,27 @@ class Trainer:
             pass
         return changed_settings(old, self.config.to_dict_with_option_defaults())
 
+    def data_changes(self) -> Dict[str, Any]:
+        """Splits whose data differ from what the run folder's run.json recorded (by fingerprint):
+        ``{"data contents (split)": (recorded, now)}``; empty for runs that recorded none."""
+        try:
+            recorded = json.loads((self.run_dir / "run.json").read_text())["data"]["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}  # no run.json yet, or written before fingerprints were recorded
+        now = self.data.info.get("fingerprint") or {}
+        return {
+            f"data contents ({split})": (recorded[split], now[split])
+            for split in ("train", "test")
+            if split in recorded and split in now and recorded[split] != now[split]
+        }
+
     def prepare_run_dir(self, resume: bool, allow_changes: bool = False) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.run_dir / CHECKPOINT_NAME
         changes: Dict[str, Any] = {}
         if resume:
             state = load_checkpoint(ckpt)
-            changes = self.changes_since_checkpoint(state)
+            changes = {**self.changes_since_checkpoint(state), **self.data_changes()}
             if changes and not allow_changes:
                 listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
                 raise CheckpointError(
@@ -485,6 +499,15 @@ def load_run(run_dir: Path | str, device: Optional[str] = None, data: Optional[D
         raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `pyro-vae train` wrote.")
     overrides = [f"device={device}"] if device else []
     trainer = Trainer(load_config(cfg_path, overrides), run_dir, data=data, progress=False)
+    changed = trainer.data_changes()
+    if changed and data is None:
+        listed = "; ".join(f"{split}: {old} -> {new}" for split, (old, new) in changed.items())
+        raise DataError(
+            f"the data of {run_dir} is not what it was trained with ({listed}; source "
+            f"{trainer.data.info.get('source', trainer.config.data.name)}): the data file or its source changed "
+            "since. Restore the original data, or train a new run on the new data; its log p(x) would not be "
+            "comparable."
+        )
     trainer.resume()
     trainer.vae.eval()
     return trainer

@@ -285,3 +285,30 @@ def test_epoch_line_names_what_was_measured():
     assert line.endswith("test ELBO -11.250 nats per datapoint") and "nan" not in line
     row = {"epoch": 1, "train_objective": -8.5, "train_elbo": -8.5, "test_elbo": float("nan")}
     assert describe_epoch(row, "trace") == "epoch 1: train ELBO -8.500 nats per datapoint"
+
+
+def test_a_data_file_changed_in_place_is_noticed(tmp_path):
+    """run.json records a fingerprint of each split; evaluating or resuming on other data is refused."""
+    import json
+
+    import numpy as np
+
+    from pyro_vae.errors import DataError
+
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.default_rng(0).random((40, 6)).astype(np.float32))
+    cfg = tiny_config(data={"name": "npz", "path": str(path)}, training={"epochs": 1})
+    Trainer(cfg, tmp_path / "r", progress=False).train()
+    recorded = json.loads((tmp_path / "r" / "run.json").read_text())["data"]["fingerprint"]
+    assert set(recorded) == {"train", "test"} and all(len(v) == 16 for v in recorded.values())
+    load_run(tmp_path / "r")  # the same data: fine
+    np.savez(path, x=np.random.default_rng(1).random((40, 6)).astype(np.float32))  # same shape, other values
+    with pytest.raises(DataError, match=r"not what it was trained with \(data contents \(train\): " + recorded["train"]):
+        load_run(tmp_path / "r")
+    longer = tiny_config(data={"name": "npz", "path": str(path)}, training={"epochs": 2})
+    with pytest.raises(CheckpointError, match=r"data contents \(test\)"):
+        Trainer(longer, tmp_path / "r", progress=False).train(resume=True)
+    Trainer(longer, tmp_path / "r", progress=False).train(resume=True, allow_changes=True)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["resumed_with_changes"][0]["changes"]["data contents (train)"][0] == recorded["train"]
+    load_run(tmp_path / "r")  # run.json now names the new data
