@@ -232,7 +232,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        if args.command == "train":
+            print("interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        elif args.command == "evaluate":
+            print("interrupted; no estimate was written (one is saved only when complete)", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return 130
 
 

@@ -133,3 +133,19 @@ def test_a_run_folder_blocked_by_a_file_fails_before_loading_data(tmp_path, caps
     for run_dir in (blocker, blocker / "sub"):
         assert main(["train", "configs/tiny.yaml", "--run-dir", str(run_dir), "--no-progress"]) == 2
         assert f"the run folder (--run-dir) {run_dir}: {blocker} is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,message", [
+    ("train", "interrupted; the last checkpoint is kept (continue with --resume)"),
+    ("evaluate", "interrupted; no estimate was written"),
+])
+def test_an_interrupt_says_what_was_kept(monkeypatch, capsys, command, message):
+    import pyro_vae.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, f"cmd_{command}", interrupted)
+    assert cli.main([command, "configs/tiny.yaml"]) == 130
+    err = capsys.readouterr().err
+    assert message in err and (command == "train" or "--resume" not in err)
