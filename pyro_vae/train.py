@@ -281,7 +281,9 @@ class Trainer:
             if split in recorded and split in now and recorded[split] != now[split]
         }
 
-    def prepare_run_dir(self, resume: bool, allow_changes: bool = False) -> None:
+    def prepare_run_dir(self, resume: bool, allow_changes: bool = False) -> bool:
+        """Check the folder (and, to resume, the checkpoint), write config.yaml and run.json.
+        Returns whether a resume goes on under changed settings (``allow_changes``)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.run_dir / CHECKPOINT_NAME
         changes: Dict[str, Any] = {}
@@ -310,7 +312,7 @@ class Trainer:
             (self.run_dir / METRICS_NAME).unlink()
         distributed.barrier(self.dist)  # every rank has checked the folder before rank 0 writes to it
         if not self.dist.is_main:
-            return
+            return bool(changes)
         save_config(self.config, self.run_dir / "config.yaml")
         info = {
             "pyro_vae": __version__,
@@ -331,6 +333,7 @@ class Trainer:
             "resumed_with_changes": self._change_history(changes) if resume else [],
         }
         (self.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+        return bool(changes)
 
     def _change_history(self, changes: Dict[str, Any]) -> List[Dict[str, Any]]:
         """The run's earlier records of changed settings (from run.json), plus this resume's."""
@@ -369,7 +372,11 @@ class Trainer:
         :param on_epoch_end: called with the trainer and the epoch's metric row (experiments use it
             to estimate log p(x) at chosen points of training).
         """
-        self.prepare_run_dir(resume, allow_changes)
+        changed = self.prepare_run_dir(resume, allow_changes)
+        if changed:
+            # the checkpoint takes the new settings at once, so that it and config.yaml agree even if
+            # this run stops before its next checkpoint (load_run checks that they do)
+            self.save()
         self._saved_epoch = self.epoch
         cfg = self.config.training
         n = self.x_train.shape[0]
@@ -499,6 +506,15 @@ def load_run(run_dir: Path | str, device: Optional[str] = None, data: Optional[D
         raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `pyro-vae train` wrote.")
     overrides = [f"device={device}"] if device else []
     trainer = Trainer(load_config(cfg_path, overrides), run_dir, data=data, progress=False)
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    edited = trainer.changes_since_checkpoint(state)
+    if edited:
+        listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} in config.yaml" for k, (old, new) in edited.items())
+        raise CheckpointError(
+            f"{cfg_path} no longer describes the model its checkpoint holds ({listed}): it was edited after "
+            "training. Put those settings back (only training length, logging, checkpointing, device, "
+            "data.root and evaluation may differ), or train a new run with the new ones."
+        )
     changed = trainer.data_changes()
     if changed and data is None:
         listed = "; ".join(f"{split}: {old} -> {new}" for split, (old, new) in changed.items())
@@ -508,6 +524,6 @@ def load_run(run_dir: Path | str, device: Optional[str] = None, data: Optional[D
             "since. Restore the original data, or train a new run on the new data; its log p(x) would not be "
             "comparable."
         )
-    trainer.resume()
+    trainer.load_state_dict(state)
     trainer.vae.eval()
     return trainer

@@ -312,3 +312,31 @@ def test_a_data_file_changed_in_place_is_noticed(tmp_path):
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["resumed_with_changes"][0]["changes"]["data contents (train)"][0] == recorded["train"]
     load_run(tmp_path / "r")  # run.json now names the new data
+
+
+def test_a_config_yaml_edited_after_training_is_refused(tmp_path):
+    run = tmp_path / "r"
+    Trainer(tiny_config(), run, progress=False).train()
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("name: gaussian", "name: laplace"))
+    with pytest.raises(CheckpointError, match=r"no longer describes the model its checkpoint holds \(model\.likelihood\.name: "
+                                              r"'gaussian' in the checkpoint, 'laplace' in config\.yaml\)"):
+        load_run(run)
+    (run / "config.yaml").write_text(text.replace("k: 5000", "k: 7"))  # evaluation settings may change
+    assert load_run(run).config.evaluation.k == 7
+
+
+def test_a_resume_with_changes_checkpoints_them_at_once(tmp_path, monkeypatch):
+    """If the resumed run stops before its next checkpoint, config.yaml and the checkpoint still agree."""
+    run = tmp_path / "r"
+    Trainer(tiny_config(), run, progress=False).train()
+    resumed = Trainer(tiny_config(objective={"name": "trace_meanfield"}, training={"epochs": 2}), run, progress=False)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the machine went down")
+
+    monkeypatch.setattr(resumed, "_train_epoch", crash)
+    with pytest.raises(RuntimeError, match="went down"):
+        resumed.train(resume=True, allow_changes=True)
+    reloaded = load_run(run)
+    assert reloaded.config.objective.name == "trace_meanfield" and reloaded.epoch == 1
