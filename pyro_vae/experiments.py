@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import yaml
 
 from .config import RunConfig, load
-from .train import Trainer
+from .train import Trainer, read_metrics as read_run_metrics
 
 Row = Dict[str, Any]
 
@@ -44,8 +44,8 @@ def log_points(budget: int, first: int, per_decade: int = 4) -> List[int]:
 
 
 def read_metrics(run_dir: Path) -> List[Row]:
-    with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    """The readable rows of a run's metrics.csv (see ``train.read_metrics``)."""
+    return read_run_metrics(Path(run_dir) / "metrics.csv")[0]
 
 
 def write_csv(rows: Iterable[Row], path: Path) -> Path:

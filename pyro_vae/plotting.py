@@ -3,7 +3,6 @@ and a latent scatter coloured by label. All written as PNG files with matplotlib
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -14,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .model import VAE  # noqa: E402
+from .train import read_metrics  # noqa: E402
 
 
 def _image_shape(x_shape: Sequence[int]) -> Optional[tuple]:
@@ -48,8 +48,7 @@ def _save_image(grid: torch.Tensor, path: Path, title: str) -> Path:
 
 
 def plot_curves(metrics_csv: Path, path: Path) -> Path:
-    with open(metrics_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows, _ = read_metrics(metrics_csv)
     samples = [float(r["samples_seen"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label, style in (("train_elbo", "train ELBO", "-"), ("test_elbo", "test ELBO", "o-")):

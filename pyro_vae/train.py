@@ -13,9 +13,10 @@ import csv
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pyro
 import torch
@@ -37,6 +38,27 @@ from .traces import log_importance_weights
 
 METRICS_NAME = "metrics.csv"
 METRIC_FIELDS = ["epoch", "step", "samples_seen", "train_objective", "train_elbo", "test_elbo", "lr", "epoch_seconds", "wall_seconds"]
+
+
+def read_metrics(path: Path | str) -> Tuple[List[Dict[str, str]], int]:
+    """The rows of a run's ``metrics.csv`` whose every field reads as a number (as written), and the
+    number of lines that did not: a line cut short by a crash mid-write, or a hand edit. Those are
+    left out, so that plots and resumes go on with the rest."""
+    rows: List[Dict[str, str]] = []
+    unreadable = 0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        present = [key for key in METRIC_FIELDS if key in (reader.fieldnames or [])]  # older runs lack some
+        for row in reader:
+            try:
+                for key in present:
+                    float(row[key])
+                int(row["epoch"])
+            except (KeyError, TypeError, ValueError):
+                unreadable += 1
+                continue
+            rows.append({key: row.get(key, "") for key in METRIC_FIELDS})
+    return rows, unreadable
 
 
 def resolve_device(name: str) -> torch.device:
@@ -350,8 +372,10 @@ class Trainer:
         path = self.run_dir / METRICS_NAME
         if not path.exists() or not self.dist.is_main:
             return
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= self.epoch]
+        rows, unreadable = read_metrics(path)
+        if unreadable:
+            print(f"pyro-vae: {path}: left out {unreadable} unreadable line(s) (cut short by a crash, or edited)", file=sys.stderr)
+        rows = [r for r in rows if int(r["epoch"]) <= self.epoch]
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
             w.writeheader()

@@ -340,3 +340,20 @@ def test_a_resume_with_changes_checkpoints_them_at_once(tmp_path, monkeypatch):
         resumed.train(resume=True, allow_changes=True)
     reloaded = load_run(run)
     assert reloaded.config.objective.name == "trace_meanfield" and reloaded.epoch == 1
+
+
+def test_a_metrics_line_cut_short_is_left_out_by_resume_and_plots(tmp_path, capsys):
+    from pyro_vae.plotting import plot_curves
+    from pyro_vae.train import read_metrics
+
+    run = tmp_path / "r"
+    Trainer(tiny_config(training={"epochs": 2}), run, progress=False).train()
+    with open(run / "metrics.csv", "a") as f:
+        f.write("3,30,15")  # a crash in the middle of writing epoch 3's row
+    rows, unreadable = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"] and unreadable == 1
+    assert plot_curves(run / "metrics.csv", tmp_path / "curves.png").exists()
+    Trainer(tiny_config(training={"epochs": 3}), run, progress=False).train(resume=True)
+    assert "left out 1 unreadable line" in capsys.readouterr().err
+    rows, unreadable = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and unreadable == 0
