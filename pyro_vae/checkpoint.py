@@ -19,6 +19,11 @@ from .errors import CheckpointError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
+# what every checkpoint of format 1 holds, and the types a run needs to restore from it
+REQUIRED = {
+    "vae": dict, "optimizer": dict, "epoch": int, "step": int, "samples_seen": int, "wall_seconds": (int, float),
+    "torch_rng": torch.Tensor, "shuffle_rng": torch.Tensor,
+}
 
 
 def save_checkpoint(state: Dict[str, Any], path: Path) -> None:
@@ -47,4 +52,11 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
         ) from e
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a pyro-vae checkpoint (format {FORMAT_VERSION}).")
+    damaged = [key for key, kind in REQUIRED.items() if not isinstance(state.get(key), kind)]
+    if state.get("config") is not None and not isinstance(state["config"], dict):
+        damaged.append("config")
+    if damaged:
+        raise CheckpointError(
+            f"{path} is damaged: {', '.join(damaged)} missing or of the wrong type. Restore the file or retrain."
+        )
     return state

@@ -218,8 +218,11 @@ class Trainer:
             ) from e
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.samples_seen, self.wall_seconds = int(state["samples_seen"]), float(state["wall_seconds"])
-        torch.set_rng_state(state["torch_rng"])
-        self.shuffle_generator.set_state(state["shuffle_rng"])
+        try:
+            torch.set_rng_state(state["torch_rng"])
+            self.shuffle_generator.set_state(state["shuffle_rng"])
+        except (RuntimeError, TypeError) as e:
+            raise CheckpointError(f"the checkpoint's random-number states are damaged ({e}); restore the file or retrain.") from e
         if self.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         rank_rngs = state.get("rank_rngs")

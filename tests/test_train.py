@@ -103,9 +103,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_checkpoint_is_atomic_and_refuses_pickled_objects(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"x": torch.ones(2)}, path)
+    state = {"vae": {"w": torch.ones(2)}, "optimizer": {}, "epoch": 1, "step": 3, "samples_seen": 60, "wall_seconds": 0.5,
+             "torch_rng": torch.get_rng_state(), "shuffle_rng": torch.Generator().get_state()}
+    save_checkpoint(state, path)
     assert not (tmp_path / "checkpoint.pt.tmp").exists()
-    assert torch.equal(load_checkpoint(path)["x"], torch.ones(2))
+    assert torch.equal(load_checkpoint(path)["vae"]["w"], torch.ones(2))
+    save_checkpoint({**state, "epoch": "1", "config": []}, path)  # damaged: named, not a traceback later
+    with pytest.raises(CheckpointError, match="damaged: epoch, config missing or of the wrong type"):
+        load_checkpoint(path)
 
     class Payload:
         def __reduce__(self):
@@ -357,3 +362,12 @@ def test_a_metrics_line_cut_short_is_left_out_by_resume_and_plots(tmp_path, caps
     assert "left out 1 unreadable line" in capsys.readouterr().err
     rows, unreadable = read_metrics(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and unreadable == 0
+
+
+def test_damaged_random_states_in_a_checkpoint_are_a_clear_error(tmp_path):
+    run = tmp_path / "r"
+    Trainer(tiny_config(), run, progress=False).train()
+    state = load_checkpoint(run / "checkpoint.pt")
+    save_checkpoint({**state, "torch_rng": torch.zeros(5, dtype=torch.uint8)}, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="random-number states are damaged"):
+        load_run(run)
