@@ -69,6 +69,20 @@ class VAE(nn.Module):
     def x_dim(self) -> int:
         return self.likelihood.x_dim
 
+    def check_points(self, x: torch.Tensor) -> None:
+        """Raise a ValueError unless ``x`` holds datapoints as this model takes them: a floating-point
+        tensor of shape ``(n, x_dim)`` with n >= 1, on the model's device (the estimators' entry
+        check: a wrong shape would otherwise fail deep inside a Pyro trace)."""
+        if not torch.is_tensor(x):
+            raise ValueError(f"x must be a tensor of shape (n, {self.x_dim}), got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.x_dim or x.shape[0] < 1:
+            raise ValueError(f"x must have shape (n, {self.x_dim}) with n >= 1 (one flattened datapoint per row), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be floating point (the data as the model saw it in training), got {x.dtype}")
+        device = next(self.parameters()).device
+        if x.device != device:
+            raise ValueError(f"x is on {x.device} but the model on {device}; move one of them (x.to({str(device)!r}))")
+
     # --- distributions -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> dist.Distribution:
         """q(z | x), batch shape ``x.shape[:-1]``."""

@@ -255,3 +255,24 @@ def test_estimators_reject_counts_and_memory_caps_below_one(problem):
     for call, message in bad:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+@pytest.mark.parametrize("estimate", [
+    lambda vae, x: E.iwae(vae, x, k=3),
+    lambda vae, x: E.elbo(vae, x),
+    lambda vae, x: E.ais(vae, x, num_steps=2),
+    lambda vae, x: E.hmc_marginal_likelihood(vae, x, num_samples=2, num_warmup=2),
+    lambda vae, x: E.optimise_local_gaussians(vae, x, steps=1),
+], ids=["iwae", "elbo", "ais", "appendix_d", "local_gaussians"])
+def test_estimators_name_a_wrong_data_shape_dtype_or_device(problem, estimate):
+    _, x, vae = problem  # x: (40, 5) float64, the model in float64 on the CPU
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 5\) with n >= 1.*got \(3, 7\)"):
+        estimate(vae, torch.rand(3, 7, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"got \(5,\)"):
+        estimate(vae, x[0])
+    with pytest.raises(ValueError, match=r"got \(0, 5\)"):
+        estimate(vae, x[:0])
+    with pytest.raises(ValueError, match="floating point"):
+        estimate(vae, x[:2].long())
+    with pytest.raises(ValueError, match="x is on meta but the model on cpu"):
+        estimate(vae, x[:2].to("meta"))

@@ -136,6 +136,7 @@ def ais(
         raise ValueError("start must be 'prior' or 'encoder'")
     if num_chains < 1 or (adapt and step_schedule is None and pilot_chains < 1):
         raise ValueError(f"num_chains and pilot_chains must be >= 1 (got {num_chains}, {pilot_chains})")
+    vae.check_points(x)
     betas = beta_schedule(num_steps, schedule)
     if step_schedule is None:
         if adapt:

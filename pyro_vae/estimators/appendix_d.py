@@ -42,6 +42,7 @@ def hmc_marginal_likelihood(
     as many again for the estimate (chains start from q(z|x) to shorten warmup)."""
     if num_chains < 1 or num_samples < 1:
         raise ValueError(f"num_chains and num_samples must be >= 1 (got {num_chains}, {num_samples})")
+    vae.check_points(x)
 
     densities = model_log_densities(vae, x)
 

@@ -30,6 +30,7 @@ from .result import Estimate
 def optimise_local_gaussians(vae: VAE, x: torch.Tensor, steps: int = 300, lr: float = 0.05, num_samples: int = 8) -> Estimate:
     """ELBO of q*(z) = N(m_n, diag s_n^2), fitted to each datapoint by Adam on a reparameterized
     ELBO estimate; the final ELBO uses 100 fresh samples per point."""
+    vae.check_points(x)
     n, d = x.shape[0], vae.z_dim
     with torch.no_grad():
         if isinstance(vae.guide_head, DiagonalNormal):

@@ -101,6 +101,7 @@ def iwae(
     if k < 1:
         raise ValueError("k must be >= 1")
     _check_memory(memory_gb)
+    vae.check_points(x)
     n = x.shape[0]
     target = CPU_CHUNK_BYTES if x.device.type == "cpu" else None
     kc, nc = chunks or plan_chunks(k, n, bytes_per_particle(vae), memory_gb, target)
@@ -125,6 +126,7 @@ def elbo(vae: VAE, x: torch.Tensor, num_samples: int = 1, memory_gb: float = 2.0
     if num_samples < 1:
         raise ValueError("num_samples must be >= 1")
     _check_memory(memory_gb)
+    vae.check_points(x)
     kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae), memory_gb, CPU_CHUNK_BYTES if x.device.type == "cpu" else None)
     out = []
     with torch.no_grad():
