@@ -371,3 +371,19 @@ def test_damaged_random_states_in_a_checkpoint_are_a_clear_error(tmp_path):
     save_checkpoint({**state, "torch_rng": torch.zeros(5, dtype=torch.uint8)}, run / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="random-number states are damaged"):
         load_run(run)
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    state = {"vae": {}, "optimizer": {}, "epoch": 1, "step": 1, "samples_seen": 1, "wall_seconds": 0.1,
+             "torch_rng": torch.get_rng_state(), "shuffle_rng": torch.Generator().get_state()}
+    save_checkpoint(state, path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="No space left on device.*the previous checkpoint is kept"):
+        save_checkpoint({**state, "epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1 and not (tmp_path / "checkpoint.pt.tmp").exists()
