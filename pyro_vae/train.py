@@ -237,8 +237,26 @@ class Trainer:
             if cuda_rng is not None and self.device.type == "cuda":
                 torch.cuda.set_rng_state(cuda_rng, self.device)
 
-    def resume(self) -> None:
-        self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT_NAME))
+    def resume(self, allow_changes: bool = False) -> Dict[str, Any]:
+        """Restore the run folder's checkpoint into this trainer.
+
+        Only the settings in ``config.RESUMABLE_SETTINGS`` may differ from the checkpoint's, and the
+        data must be what run.json recorded; otherwise a CheckpointError names the differences,
+        unless ``allow_changes``. Returns the differences (``{key: (old, new)}``)."""
+        state = load_checkpoint(self.run_dir / CHECKPOINT_NAME)
+        changes = {**self.changes_since_checkpoint(state), **self.data_changes()}
+        if changes and not allow_changes:
+            listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+            raise CheckpointError(
+                f"the run in {self.run_dir} was trained with other settings ({listed}). Resuming under them "
+                "would leave its config.yaml describing only the part trained afterwards. Resume with the "
+                "run's own settings (only training length, logging, checkpointing, device, data.root and "
+                "evaluation may change), start a new run folder, or pass --allow-changes (Python: "
+                "train(resume=True, allow_changes=True)) to continue anyway; the changes are then recorded "
+                "in run.json."
+            )
+        self.load_state_dict(state)
+        return changes
 
     def save(self) -> None:
         state = self.state_dict()  # collective in distributed mode: every rank builds it
@@ -313,19 +331,7 @@ class Trainer:
         ckpt = self.run_dir / CHECKPOINT_NAME
         changes: Dict[str, Any] = {}
         if resume:
-            state = load_checkpoint(ckpt)
-            changes = {**self.changes_since_checkpoint(state), **self.data_changes()}
-            if changes and not allow_changes:
-                listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
-                raise CheckpointError(
-                    f"the run in {self.run_dir} was trained with other settings ({listed}). Resuming under them "
-                    "would leave its config.yaml describing only the part trained afterwards. Resume with the "
-                    "run's own settings (only training length, logging, checkpointing, device, data.root and "
-                    "evaluation may change), start a new run folder, or pass --allow-changes (Python: "
-                    "train(resume=True, allow_changes=True)) to continue anyway; the changes are then recorded "
-                    "in run.json."
-                )
-            self.load_state_dict(state)
+            changes = self.resume(allow_changes)
             # Metrics past the checkpoint (written before a crash) would be repeated: drop them.
             self._truncate_metrics()
         elif ckpt.exists():
