@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .paths import write_text_atomically
 
 
 class _Loader(yaml.SafeLoader):
@@ -292,7 +293,7 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
 
 def save(config: RunConfig, path: str | Path) -> None:
     """Write the resolved config (every default filled in) as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text_atomically(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def dumps(config: RunConfig) -> str:

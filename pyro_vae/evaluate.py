@@ -12,7 +12,7 @@ import torch
 
 from . import distributed, estimators
 from .errors import ConfigError
-from .paths import prepared_output
+from .paths import prepared_output, write_text_atomically
 from .train import load_run
 
 ESTIMATORS = ("elbo", "iwae", "ais", "hmc", "gaps")
@@ -87,7 +87,7 @@ def evaluate_run(
     )
     path = Path(out) if out else Path(run_dir) / f"eval_{estimator}_{split}.json"
     if info.is_main:
-        path.write_text(json.dumps(result, indent=2, default=str))
+        write_text_atomically(path, json.dumps(result, indent=2, default=str))
     result["path"] = str(path)
     return result
 
@@ -107,6 +107,6 @@ def _gaps(trainer, x, k, ais_steps, memory_gb, run_dir, split, seed, start, out)
         "data": trainer.data.info, "device": str(trainer.device), "trained_epochs": trainer.epoch,
     }
     path = Path(out) if out else Path(run_dir) / f"eval_gaps_{split}.json"
-    path.write_text(json.dumps(result, indent=2, default=str))
+    write_text_atomically(path, json.dumps(result, indent=2, default=str))
     result["path"] = str(path)
     return result

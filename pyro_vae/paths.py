@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import ConfigError
+
+
+def write_text_atomically(path: Path | str, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: a crash leaves
+    the old file or the new one, never half of one (run.json is read back at every resume)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _check_no_file_in_the_way(folder: Path, what: str, given: Path) -> None:

@@ -32,7 +32,7 @@ from .estimators import potentials
 from .model import VAE, build_vae, without_param_store
 from .objectives import Objective
 from .optim import build_optimizer, build_scheduler
-from .paths import folder_path
+from .paths import folder_path, write_text_atomically
 from .registry import OBJECTIVES
 from .traces import log_importance_weights
 
@@ -363,7 +363,7 @@ class Trainer:
             # settings changed at resumes (--allow-changes): config.yaml holds the latest ones
             "resumed_with_changes": self._change_history(changes) if resume else [],
         }
-        (self.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+        write_text_atomically(self.run_dir / "run.json", json.dumps(info, indent=2, default=str))
         return bool(changes)
 
     def _change_history(self, changes: Dict[str, Any]) -> List[Dict[str, Any]]:

@@ -389,3 +389,22 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
         save_checkpoint({**state, "epoch": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1 and not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+def test_run_files_are_replaced_whole(tmp_path, monkeypatch):
+    """run.json (read back at every resume) is written beside and renamed over: a failed write
+    leaves the old file and no partial one."""
+    from pyro_vae.paths import write_text_atomically
+
+    path = tmp_path / "run.json"
+    write_text_atomically(path, '{"a": 1}')
+    original_replace = __import__("os").replace
+
+    def crash(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", crash)
+    with pytest.raises(OSError):
+        write_text_atomically(path, '{"a": 2}')
+    monkeypatch.setattr("os.replace", original_replace)
+    assert path.read_text() == '{"a": 1}' and [p.name for p in tmp_path.iterdir()] == ["run.json"]
