@@ -44,12 +44,30 @@ class DistInfo:
 SINGLE = DistInfo()
 
 
+_TORCHRUN_HINT = "torchrun sets RANK, WORLD_SIZE and LOCAL_RANK itself; unset them to run in one process."
+
+
+def _env_number(name: str, default: str, kind: type, minimum: float, hint: str = _TORCHRUN_HINT) -> float:
+    """A number from the environment, or a ConfigError naming the variable (not a ValueError)."""
+    text = os.environ.get(name, default)
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not value >= minimum or value == float("inf"):
+        raise ConfigError(f"{name}={text!r}: expected a {'whole ' if kind is int else ''}number >= {minimum:g}. {hint}")
+    return value
+
+
 def from_env() -> DistInfo:
     """The process's place in a torchrun job (single process when WORLD_SIZE is unset or 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    world = int(_env_number("WORLD_SIZE", "1", int, 1))
+    if world == 1:
         return SINGLE
-    return DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    rank, local_rank = int(_env_number("RANK", "0", int, 0)), int(_env_number("LOCAL_RANK", "0", int, 0))
+    if rank >= world:
+        raise ConfigError(f"RANK={rank} is not below WORLD_SIZE={world}; start the job with torchrun, which sets both.")
+    return DistInfo(rank, world, local_rank)
 
 
 def init(info: DistInfo, device: torch.device, timeout_s: float | None = None) -> None:
@@ -57,7 +75,9 @@ def init(info: DistInfo, device: torch.device, timeout_s: float | None = None) -
     if not info.enabled or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    timeout = datetime.timedelta(seconds=timeout_s or float(os.environ.get("PYRO_VAE_DIST_TIMEOUT", "120")))
+    timeout = datetime.timedelta(seconds=timeout_s or _env_number(
+        "PYRO_VAE_DIST_TIMEOUT", "120", float, 1, "It is the seconds every rank may take to join the job (default 120)."
+    ))
     try:
         dist.init_process_group(backend, rank=info.rank, world_size=info.world_size, timeout=timeout)
     except Exception as e:  # a rank that never comes up, a bad address, a port in use

@@ -114,6 +114,27 @@ def test_unreachable_rendezvous_is_a_clear_error(tmp_path, monkeypatch):
         distributed.init(distributed.DistInfo(1, 2, 1), torch.device("cpu"), timeout_s=2)
 
 
+@pytest.mark.parametrize("env,message", [
+    ({"WORLD_SIZE": "2", "RANK": "abc"}, "RANK='abc': expected a whole number >= 0"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0': expected a whole number >= 1"),
+    ({"WORLD_SIZE": "2", "RANK": "3"}, "RANK=3 is not below WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "-1"}, "LOCAL_RANK='-1'"),
+])
+def test_bad_torchrun_variables_are_named(monkeypatch, env, message):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message):
+        distributed.from_env()
+
+
+def test_a_bad_join_timeout_is_named(monkeypatch):
+    monkeypatch.setenv("PYRO_VAE_DIST_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="PYRO_VAE_DIST_TIMEOUT='soon'.*seconds every rank may take"):
+        distributed.init(distributed.DistInfo(1, 2, 1), torch.device("cpu"))
+
+
 def test_shards_cover_every_point_once():
     for n in (0, 1, 7, 10):
         for world in (1, 2, 3):
