@@ -65,7 +65,9 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _yaml_load(text: str):
+def parse_yaml(text: str) -> Any:
+    """YAML text as config files are read: safely (no Python objects), ``1e-3`` as a float, and a
+    key given twice in one mapping refused."""
     return yaml.load(text, Loader=_Loader)  # a SafeLoader: no Python objects
 
 
@@ -223,7 +225,7 @@ def _read_file(path: Path) -> Dict[str, Any]:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml", ".json"):
-            data = _yaml_load(text)
+            data = parse_yaml(text)
         else:
             raise ConfigError(
                 f"config file {str(path)!r}: unknown extension {path.suffix!r}; use .yaml, .yml or .toml."
@@ -248,7 +250,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
         if not all(keys):
             raise ConfigError(f"--set {item!r}: empty key segment in {key!r}.")
         try:
-            value = _yaml_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: value {raw!r} is not valid YAML: {e}") from e
         node = data

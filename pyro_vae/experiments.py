@@ -10,7 +10,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
-from .config import RunConfig, load
+from .config import RunConfig, load, parse_yaml
+from .errors import ConfigError
 from .train import Trainer, read_metrics as read_run_metrics
 
 Row = Dict[str, Any]
@@ -21,9 +22,12 @@ def variant(base: str | Path, overrides: Sequence[str], data: Optional[str] = No
     data section, e.g. ``"{name: npz, path: small.npz, binarize: static}"`` for a quick run."""
     extra = []
     if data:  # first, so that later overrides (data.n_train=...) apply to the new section
-        mapping = yaml.safe_load(data)
+        try:
+            mapping = parse_yaml(data)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--data {data!r} is not valid YAML: {e}") from None
         if not isinstance(mapping, dict):
-            raise ValueError(f"--data must be a YAML mapping, got {data!r}")
+            raise ConfigError(f"--data must be a YAML mapping such as \"{{name: npz, path: small.npz}}\", got {data!r}")
         extra.append("data=" + yaml.safe_dump(mapping, default_flow_style=True).strip())
     return load(base, extra + list(overrides))
 

@@ -115,3 +115,15 @@ def test_examples_report_a_bad_config_without_a_traceback(tmp_path, monkeypatch,
         runpy.run_path(str(ROOT / "examples" / "fig2_lower_bound.py"), run_name="__main__")
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("fig2_lower_bound.py: error: ") and "none.npz does not exist" in err
+
+
+@pytest.mark.parametrize("data,message", [
+    ("[1, 2]", "--data must be a YAML mapping"),
+    ("{name: [", "--data '{name: \\[' is not valid YAML"),
+])
+def test_a_bad_data_mapping_is_a_config_error(data, message):
+    from pyro_vae import experiments as X
+    from pyro_vae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        X.variant("configs/aevb_mnist.yaml", [], data)
