@@ -123,15 +123,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .plotting import plot_samples
+    from .plotting import picture_formats, plot_samples
     from .train import load_run
 
     out = prepared_output(args.out, "--out") if args.out else Path(args.run) / "samples.png"
+    image_formats = picture_formats()
+    if out.suffix.lower() != ".npy" and out.suffix.lower().lstrip(".") not in image_formats:
+        raise ConfigError(f"--out {out}: give a .npy file (the sample means as an array) or a picture "
+                          f"({', '.join('.' + f for f in image_formats)}).")
     trainer = load_run(args.run, device=args.device)
     torch.manual_seed(args.seed)
-    if plot_samples(trainer.vae, out, n=args.n, nrow=int(args.n**0.5) or 1) is None:
+    if out.suffix.lower() == ".npy":
+        np.save(out, trainer.vae.sample_means(args.n).cpu().numpy())
+    elif plot_samples(trainer.vae, out, n=args.n, nrow=int(args.n**0.5) or 1) is None:
         out = out.with_suffix(".npy")
         np.save(out, trainer.vae.sample_means(args.n).cpu().numpy())
+        print("the data are not images: the samples are saved as an array", file=sys.stderr)
     print(f"wrote {out}")
     return 0
 

@@ -65,6 +65,11 @@ def plot_curves(metrics_csv: Path, path: Path) -> Path:
     return path
 
 
+def picture_formats() -> List[str]:
+    """File extensions (without the dot) that matplotlib can save a figure as."""
+    return sorted(matplotlib.figure.Figure().canvas.get_supported_filetypes())
+
+
 @torch.no_grad()
 def plot_samples(vae: VAE, path: Path, n: int = 100, nrow: int = 10) -> Optional[Path]:
     if _image_shape(vae.x_shape) is None:

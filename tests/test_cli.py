@@ -52,6 +52,11 @@ def test_cli_image_plots(tmp_path):
     assert main(["plot", str(run)]) == 0
     for name in ("samples", "reconstructions", "manifold", "latents", "elbo_curves"):
         assert (run / "plots" / f"{name}.png").exists(), name
+    # sample --out: a picture, an array (.npy) on request, and nothing else
+    assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.pdf")]) == 0 and (tmp_path / "s.pdf").exists()
+    assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (4, 64)
+    assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.txt")]) == 2
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
