@@ -20,9 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pyro_vae import experiments as X  # noqa: E402
-from pyro_vae.allocator import keep_freed_memory  # noqa: E402
-from pyro_vae.cli import device_arg, folder_arg, positive_float, positive_int  # noqa: E402
-from pyro_vae.errors import PyroVAEError  # noqa: E402
+from pyro_vae.cli import folder_arg, positive_float, positive_int  # noqa: E402
 
 SETTINGS = {
     "mnist": ("configs/aevb_mnist.yaml", [3, 5, 10, 20, 200]),
@@ -83,15 +81,5 @@ if __name__ == "__main__":
     p.add_argument("--z-dims", type=positive_int, nargs="*", help="latent sizes (default: the paper's)")
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--out", type=folder_arg, default="results/fig2")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
-    p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the config\'s, auto)")
-    args = p.parse_args()
-    if args.device:
-        args.set.append(f"device={args.device}")
-    keep_freed_memory()  # this process is ours, as the pyro-vae command's (pyro_vae/allocator.py)
-    try:
-        main(args)
-    except PyroVAEError as e:  # a bad config, data set or run folder: its message, not a traceback
-        p.exit(2, f"{p.prog}: error: {e}\n")
+    X.add_run_arguments(p)  # --seed, --data, --set, --device
+    X.run_script(main, p)

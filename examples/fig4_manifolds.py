@@ -13,9 +13,7 @@ import argparse
 from pathlib import Path
 
 from pyro_vae import experiments as X
-from pyro_vae.allocator import keep_freed_memory
-from pyro_vae.cli import device_arg, folder_arg, positive_float, positive_int
-from pyro_vae.errors import PyroVAEError
+from pyro_vae.cli import folder_arg, positive_float, positive_int
 from pyro_vae.plotting import plot_manifold
 
 CONFIGS = {"mnist": "configs/aevb_mnist.yaml", "frey": "configs/aevb_frey.yaml"}
@@ -45,15 +43,5 @@ if __name__ == "__main__":
     p.add_argument("--budget", type=positive_float, default=1e6)
     p.add_argument("--grid", type=positive_int, default=20, help="points per side of the manifold grid")
     p.add_argument("--out", type=folder_arg, default="results/fig4")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
-    p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the config's, auto)")
-    args = p.parse_args()
-    if args.device:
-        args.set.append(f"device={args.device}")
-    keep_freed_memory()  # this process is ours, as the pyro-vae command's (pyro_vae/allocator.py)
-    try:
-        main(args)
-    except PyroVAEError as e:  # a bad config, data set or run folder: its message, not a traceback
-        p.exit(2, f"{p.prog}: error: {e}\n")
+    X.add_run_arguments(p)  # --seed, --data, --set, --device
+    X.run_script(main, p)

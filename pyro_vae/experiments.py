@@ -3,6 +3,7 @@ choose log-spaced evaluation points, and write results as CSV and markdown table
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import yaml
 
+from . import allocator
+from .cli import device_arg
 from .config import RunConfig, load, parse_yaml
-from .errors import ConfigError
+from .errors import ConfigError, PyroVAEError
 from .train import Trainer, read_metrics as read_run_metrics
 
 Row = Dict[str, Any]
@@ -37,6 +40,28 @@ def train(config: RunConfig, run_dir: Path, on_epoch_end: Optional[Callable[[Tra
     trainer = Trainer(config, run_dir, progress=False)
     trainer.train(resume=resume and (Path(run_dir) / "checkpoint.pt").exists(), on_epoch_end=on_epoch_end)
     return trainer
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every example takes besides its own: ``--seed``, ``--data``, ``--set``, ``--device``."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    parser.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the config's, auto)")
+
+
+def run_script(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser) -> None:
+    """Parse an example's flags and run ``main`` as the ``pyro-vae`` command runs its work: freed
+    memory kept (this process is ours, see allocator.py), and a bad config, data set or run folder
+    reported as one error line (exit 2), not a traceback."""
+    args = parser.parse_args()
+    if args.device:
+        args.set.append(f"device={args.device}")
+    allocator.keep_freed_memory()
+    try:
+        main(args)
+    except PyroVAEError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
 def log_points(budget: int, first: int, per_decade: int = 4) -> List[int]:
