@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import ConfigError, PyroVAEError
+from .errors import ConfigError, PyroVAEError, one_line_warnings
 from .paths import folder_path, prepared_output
 
 
@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    one_line_warnings()  # this process is ours (the command), not a library user's
     try:
         from . import allocator, fused_linear
         from .estimators import potentials

@@ -1,5 +1,7 @@
 """Error types. Every error a user can cause names the problem and the fix."""
 
+import warnings
+
 
 class PyroVAEError(Exception):
     """Base class: the CLI prints these as one clear message instead of a traceback."""
@@ -19,3 +21,22 @@ class CheckpointError(PyroVAEError, ValueError):
 
 class TrainingError(PyroVAEError, RuntimeError):
     """Training had to stop (a non-finite loss, for example)."""
+
+
+_PREFIX = "pyro-vae: "
+
+
+def one_line_warnings() -> None:
+    """Print pyro-vae's own warnings (their text starts with ``pyro-vae:``) as one line, as its
+    errors are printed; others (torch's, Pyro's) keep Python's format, with the line they come
+    from. For processes that are ours (the command, the examples), not for library users."""
+    python_format = getattr(warnings.formatwarning, "python_format", warnings.formatwarning)
+
+    def format_warning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+        text = str(message)
+        if text.startswith(_PREFIX):
+            return f"pyro-vae: warning: {text[len(_PREFIX):]}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    format_warning.python_format = python_format  # type: ignore[attr-defined]  # installing twice is harmless
+    warnings.formatwarning = format_warning

@@ -14,7 +14,7 @@ import yaml
 from . import allocator
 from .cli import device_arg
 from .config import RunConfig, load, parse_yaml
-from .errors import ConfigError, PyroVAEError
+from .errors import ConfigError, PyroVAEError, one_line_warnings
 from .train import Trainer, read_metrics as read_run_metrics
 
 Row = Dict[str, Any]
@@ -58,6 +58,7 @@ def run_script(main: Callable[[argparse.Namespace], None], parser: argparse.Argu
     if args.device:
         args.set.append(f"device={args.device}")
     allocator.keep_freed_memory()
+    one_line_warnings()
     try:
         main(args)
     except PyroVAEError as e:

@@ -15,6 +15,7 @@ import math
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -120,6 +121,20 @@ def elbo_per_datapoint(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> tor
     return torch.cat(out)
 
 
+def warn_if_full_batch(batch_size: int, num_train: int) -> None:
+    """Say so when a minibatch would hold the whole training set: every step then takes the same
+    points (only the order within the batch changes), which a config written for a larger data
+    set (a subset via ``data.n_train``, a small npz) does without anyone having asked for it."""
+    if batch_size > num_train:
+        warnings.warn(
+            f"pyro-vae: training.batch_size {batch_size} is larger than the training set ({num_train} points): "
+            f"every step takes all {num_train} (full-batch gradients, one step per epoch). Set training.batch_size "
+            f"to at most {num_train} for minibatch SGVB.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class Trainer:
     """Builds everything a run needs from its config and trains it, writing into ``run_dir``.
 
@@ -144,6 +159,8 @@ class Trainer:
         torch.manual_seed(config.seed)
 
         self.data = data if data is not None else load_dataset(config.data)
+        if self.dist.is_main:
+            warn_if_full_batch(config.training.batch_size, self.data.x_train.shape[0])
         self.vae = build_vae(config.model, self.data.x_shape).to(self.device)
         check_support(self.data, self.vae.likelihood, config.data.binarize)
         self.objective: Objective = OBJECTIVES.build(config.objective.name, config.objective.options)

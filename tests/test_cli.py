@@ -154,3 +154,27 @@ def test_an_interrupt_says_what_was_kept(monkeypatch, capsys, command, message):
     assert cli.main([command, "configs/tiny.yaml"]) == 130
     err = capsys.readouterr().err
     assert message in err and (command == "train" or "--resume" not in err)
+
+
+def test_cli_prints_its_own_warnings_as_one_line(tmp_path, capsys):
+    """pyro-vae's warnings read like its errors (no source line, no traceback-like second line);
+    other libraries' warnings keep Python's format."""
+    import sys
+    import warnings
+
+    saved = warnings.formatwarning
+    try:
+        with warnings.catch_warnings():
+            # pytest records warnings; print them as Python does outside a test
+            warnings.showwarning = lambda m, c, f, n, file=None, line=None: sys.stderr.write(warnings.formatwarning(m, c, f, n, line))
+            warnings.simplefilter("always")
+            code = main(["train", "configs/tiny.yaml", "--run-dir", str(tmp_path / "r"), "--no-progress",
+                         "--set", "training.epochs=1", "--set", "training.batch_size=1000"])
+        assert code == 0
+        err = capsys.readouterr().err
+        assert "pyro-vae: warning: training.batch_size 1000 is larger than the training set (500 points)" in err
+        assert "warnings.warn" not in err and "UserWarning" not in err
+        other = warnings.formatwarning("torch says", UserWarning, "x.py", 3)
+        assert other.startswith("x.py:3: UserWarning: torch says")
+    finally:
+        warnings.formatwarning = saved

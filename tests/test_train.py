@@ -47,6 +47,20 @@ def test_resume_is_exact(tmp_path, binarize, objective):
     assert (tmp_path / "split" / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs
 
 
+def test_a_batch_larger_than_the_training_set_is_named(tmp_path):
+    """A minibatch holding the whole training set (a config written for more data) trains full-batch:
+    said once, with the size to set; a batch that fits says nothing."""
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"batch_size 100 is larger than the training set \(60 points\).*at most 60"):
+        trainer = Trainer(tiny_config(training={"batch_size": 100}), tmp_path / "big", progress=False)
+    trainer.train()
+    assert trainer.step == 1  # one full batch per epoch
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(tiny_config(training={"batch_size": 60}), tmp_path / "fits", progress=False)
+
+
 def test_existing_run_needs_resume(tmp_path):
     Trainer(tiny_config(), tmp_path / "r", progress=False).train()
     with pytest.raises(CheckpointError, match="--resume"):
