@@ -25,7 +25,7 @@ def tiny_images(tmp_path):
     return f"{{name: npz, path: {tmp_path / 'img.npz'}, binarize: none}}"
 
 
-SMALL = ["model.encoder.hidden=[8]", "model.decoder.hidden=[8]"]
+SMALL = ["model.encoder.hidden=[8]", "model.decoder.hidden=[8]", "training.batch_size=20"]  # minibatches of the tiny data sets
 
 
 def _rows(path: Path):
