@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -53,6 +54,12 @@ def evaluate_run(
         g = torch.Generator(device=x.device).manual_seed(trainer.config.data.binarize_seed)
         x = torch.bernoulli(x, generator=g)
     if n is not None:
+        if n > x.shape[0] and trainer.dist.is_main:
+            warnings.warn(
+                f"pyro-vae: n = {n} (--n) is more than the {x.shape[0]} points of the {split} split; all {x.shape[0]} are evaluated.",
+                UserWarning,
+                stacklevel=2,
+            )
         x = x[:n]
     info = trainer.dist
     n_points = x.shape[0]

@@ -103,6 +103,17 @@ def test_evaluate_run_rejects_bad_settings_from_python_too(tmp_path):
             evaluate_run(tmp_path, **kwargs)  # checked before the run folder is read
 
 
+def test_evaluating_more_points_than_the_split_holds_says_so(tmp_path):
+    """``--n`` above the split's size evaluates the whole split, says so, and records the real n."""
+    from pyro_vae.evaluate import evaluate_run
+
+    run = tmp_path / "run"
+    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
+    with pytest.warns(UserWarning, match=r"n = 500 \(--n\) is more than the 100 points of the test split"):
+        result = evaluate_run(run, estimator="elbo", n=500, progress=False)
+    assert result["n"] == 100
+
+
 def test_output_paths_are_checked_before_the_work_and_folders_created(tmp_path, capsys):
     """A mistyped --out fails at once with the reason, not after minutes of estimation; a missing
     folder is created."""
