@@ -120,10 +120,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
-    from .plotting import picture_formats, plot_samples
+    from .plotting import MAX_PICTURE_SAMPLES, is_image, picture_formats, plot_samples
+    from .samples import write_sample_means
     from .train import load_run
 
     out = prepared_output(args.out, "--out") if args.out else Path(args.run) / "samples.png"
@@ -131,13 +131,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".npy" and out.suffix.lower().lstrip(".") not in image_formats:
         raise ConfigError(f"--out {out}: give a .npy file (the sample means as an array) or a picture "
                           f"({', '.join('.' + f for f in image_formats)}).")
+    as_array = out.suffix.lower() == ".npy"
     trainer = load_run(args.run, device=args.device)
+    if not as_array and is_image(trainer.vae.x_shape) and args.n > MAX_PICTURE_SAMPLES:
+        raise ConfigError(f"--n {args.n}: a picture shows at most {MAX_PICTURE_SAMPLES} samples (a 50 x 50 grid); "
+                          f"for more, write them as an array with --out {out.with_suffix('.npy')}.")
     torch.manual_seed(args.seed)
-    if out.suffix.lower() == ".npy":
-        np.save(out, trainer.vae.sample_means(args.n).cpu().numpy())
+    if as_array:
+        write_sample_means(trainer.vae, out, args.n)
     elif plot_samples(trainer.vae, out, n=args.n, nrow=int(args.n**0.5) or 1) is None:
-        out = out.with_suffix(".npy")
-        np.save(out, trainer.vae.sample_means(args.n).cpu().numpy())
+        out = write_sample_means(trainer.vae, out.with_suffix(".npy"), args.n)
         print("the data are not images: the samples are saved as an array", file=sys.stderr)
     print(f"wrote {out}")
     return 0
@@ -199,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a trained model (PNG grid)")
     s.add_argument("run")
-    s.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64)")
+    s.add_argument("--n", type=positive_int, default=64, help=f"number of samples (default 64; a picture shows at most 2500, a .npy any number)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out")
     s.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")

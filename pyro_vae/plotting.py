@@ -15,6 +15,11 @@ import torch  # noqa: E402
 from .model import VAE  # noqa: E402
 from .train import read_metrics  # noqa: E402
 
+# A grid of 50 x 50 MNIST digits is 1400 pixels wide; beyond that a picture is no way to look at
+# samples (``pyro-vae sample`` writes more as an array).
+MAX_PICTURE_SAMPLES = 2500
+DPI = 120
+
 
 def _image_shape(x_shape: Sequence[int]) -> Optional[tuple]:
     shape = tuple(x_shape)
@@ -23,6 +28,11 @@ def _image_shape(x_shape: Sequence[int]) -> Optional[tuple]:
     if len(shape) == 2:
         return shape
     return None
+
+
+def is_image(x_shape: Sequence[int]) -> bool:
+    """Whether data of shape ``x_shape`` (one datapoint, unflattened) can be drawn as a grey image."""
+    return _image_shape(x_shape) is not None
 
 
 def image_grid(images: torch.Tensor, x_shape: Sequence[int], nrow: int) -> torch.Tensor:
@@ -38,11 +48,14 @@ def image_grid(images: torch.Tensor, x_shape: Sequence[int], nrow: int) -> torch
 
 
 def _save_image(grid: torch.Tensor, path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / max(grid.shape[1], 1)))
+    # at least one output pixel per grid pixel (a fixed 6-inch figure would blur grids wider than
+    # about 550 pixels); the axes take about three quarters of the figure's width
+    width = max(6.0, grid.shape[1] / (0.75 * DPI))
+    fig, ax = plt.subplots(figsize=(width, width * grid.shape[0] / max(grid.shape[1], 1)))
     ax.imshow(grid.cpu().numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -60,7 +73,7 @@ def plot_curves(metrics_csv: Path, path: Path) -> Path:
     ax.set_ylabel("ELBO per datapoint (nats)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -121,7 +134,7 @@ def plot_latents(vae: VAE, x: torch.Tensor, y: Optional[torch.Tensor], path: Pat
     if c is not None:
         fig.colorbar(sc, ax=ax, label="label")
     ax.set_title("E_q[z|x] on test data" + (" (PCA)" if vae.z_dim > 2 else ""))
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -42,7 +42,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert (run / "plots" / "elbo_curves.png").exists() and (run / "plots" / "latents.png").exists()
 
 
-def test_cli_image_plots(tmp_path):
+def test_cli_image_plots(tmp_path, capsys):
     import numpy as np
 
     np.savez(tmp_path / "img.npz", x=np.random.default_rng(0).random((60, 8, 8)).astype(np.float32), y=np.arange(60) % 3)
@@ -57,6 +57,14 @@ def test_cli_image_plots(tmp_path):
     assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.npy")]) == 0
     assert np.load(tmp_path / "s.npy").shape == (4, 64)
     assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.txt")]) == 2
+    # more samples than a picture can show: refused before drawing, with the array named
+    assert main(["sample", str(run), "--n", "2501", "--out", str(tmp_path / "big.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--n 2501: a picture shows at most 2500 samples" in err and f"--out {tmp_path / 'big.npy'}" in err
+    assert not (tmp_path / "big.png").exists()
+    assert main(["sample", str(run), "--n", "2501", "--out", str(tmp_path / "big.npy")]) == 0
+    big = np.load(tmp_path / "big.npy")
+    assert big.shape == (2501, 64) and np.isfinite(big).all() and ((big >= 0) & (big <= 1)).all()
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

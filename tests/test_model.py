@@ -405,3 +405,32 @@ def test_expanding_to_its_own_batch_shape_returns_the_same_distribution():
         q = LeanNormal(loc, scale).to_event(1)
         trace = pyro.poutine.trace(lambda: pyro.sample("z", q)).get_trace()
     assert trace.nodes["z"]["fn"].base_dist is q.base_dist
+
+
+def test_samples_are_written_in_chunks_to_an_array_that_fits_the_disk(tmp_path, monkeypatch):
+    import collections
+
+    import numpy as np
+
+    from pyro_vae import samples
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.model import build_vae
+    from tests.conftest import tiny_config
+
+    vae = build_vae(tiny_config().model, (5,))
+    decoded = []
+    original = vae.sample_means
+    monkeypatch.setattr(vae, "sample_means", lambda n: decoded.append(n) or original(n))
+    torch.manual_seed(0)
+    out = samples.write_sample_means(vae, tmp_path / "s.npy", 10, chunk=4)
+    assert decoded == [4, 4, 2]  # never more than one chunk decoded at once
+    array = np.load(out)
+    assert array.shape == (10, 5) and array.dtype == np.float32 and np.isfinite(array).all()
+    assert len({row.tobytes() for row in array}) == 10  # every row its own draw
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]  # no temporary file left
+    # a file larger than the disk's free space is refused before anything is written
+    Usage = collections.namedtuple("Usage", "total used free")
+    monkeypatch.setattr(samples.shutil, "disk_usage", lambda _p: Usage(10**6, 10**6 - 100, 100))
+    with pytest.raises(ConfigError, match=r"10 samples of 5 values need 200 bytes on disk and .* has 100 bytes free; ask for fewer"):
+        samples.write_sample_means(vae, tmp_path / "t.npy", 10)
+    assert not (tmp_path / "t.npy").exists()
