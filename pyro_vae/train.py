@@ -135,6 +135,21 @@ def warn_if_full_batch(batch_size: int, num_train: int) -> None:
         )
 
 
+def warn_if_budget_below_one_batch(sample_budget: Optional[int], batch_size: int, num_train: int) -> None:
+    """Say so when ``training.sample_budget`` is smaller than one minibatch: training takes whole
+    minibatches, so it stops after the first, having seen more samples than the budget (the
+    metrics record the samples actually seen)."""
+    batch = min(batch_size, num_train)
+    if sample_budget is not None and sample_budget < batch:
+        warnings.warn(
+            f"pyro-vae: training.sample_budget {sample_budget} is smaller than one minibatch ({batch} points): "
+            f"training stops after the first minibatch, at {batch} samples seen. Set training.batch_size to at most "
+            f"{sample_budget}, or a budget of at least {batch}.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class Trainer:
     """Builds everything a run needs from its config and trains it, writing into ``run_dir``.
 
@@ -161,6 +176,7 @@ class Trainer:
         self.data = data if data is not None else load_dataset(config.data)
         if self.dist.is_main:
             warn_if_full_batch(config.training.batch_size, self.data.x_train.shape[0])
+            warn_if_budget_below_one_batch(config.training.sample_budget, config.training.batch_size, self.data.x_train.shape[0])
         self.vae = build_vae(config.model, self.data.x_shape).to(self.device)
         check_support(self.data, self.vae.likelihood, config.data.binarize)
         self.objective: Objective = OBJECTIVES.build(config.objective.name, config.objective.options)

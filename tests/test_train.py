@@ -61,6 +61,20 @@ def test_a_batch_larger_than_the_training_set_is_named(tmp_path):
         Trainer(tiny_config(training={"batch_size": 60}), tmp_path / "fits", progress=False)
 
 
+def test_a_sample_budget_below_one_batch_is_named(tmp_path):
+    """Training takes whole minibatches: a budget below one stops after the first, which is said,
+    and the metrics record the samples actually seen; a budget of a batch or more says nothing."""
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"sample_budget 10 is smaller than one minibatch \(50 points\).*at 50 samples seen"):
+        trainer = Trainer(tiny_config(training={"batch_size": 50, "sample_budget": 10, "epochs": None}), tmp_path / "b", progress=False)
+    rows = trainer.train()
+    assert trainer.step == 1 and rows[-1]["samples_seen"] == 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(tiny_config(training={"batch_size": 50, "sample_budget": 50, "epochs": None}), tmp_path / "ok", progress=False)
+
+
 def test_existing_run_needs_resume(tmp_path):
     Trainer(tiny_config(), tmp_path / "r", progress=False).train()
     with pytest.raises(CheckpointError, match="--resume"):
