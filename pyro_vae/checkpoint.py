@@ -10,6 +10,7 @@ data.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict
 
@@ -42,6 +43,19 @@ def save_checkpoint(state: Dict[str, Any], path: Path) -> None:
         raise CheckpointError(f"cannot write the checkpoint {path} ({e}); {kept}. Free space or fix the folder's permissions, then resume.") from e
 
 
+def _load_failure(error: Exception) -> str:
+    """torch.load's error in one line. Its refusal of a pickled object is a paragraph that ends
+    in advice to load with ``weights_only=False`` (running the file's code), which is not given
+    here: only the object it names is kept."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"it holds a pickled object ({refused.group(1)}), refused for safety: a pyro-vae checkpoint "
+                "holds tensors and plain values only, so this file is from another program or was altered")
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first.split(". ")[0].rstrip(".") + " (the file is corrupt or not a torch checkpoint)"
+
+
 def load_checkpoint(path: Path) -> Dict[str, Any]:
     path = Path(path)
     if path.is_dir():
@@ -51,10 +65,7 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {e}. It is corrupt, from another program, or holds pickled "
-            "objects that are refused for safety; retrain or restore the file."
-        ) from e
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(e)}; retrain or restore the file.") from e
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a pyro-vae checkpoint (format {FORMAT_VERSION}).")
     damaged = [key for key, kind in REQUIRED.items() if not isinstance(state.get(key), kind)]
