@@ -351,7 +351,8 @@ def _check_x(path: Path, name: str, x: np.ndarray) -> None:
 def npz(*, root: Path, download: bool, path: str, test_fraction: float = 0.1) -> Dataset:
     """A local ``.npz``: ``x`` (and optionally ``y``), or ``x_train``/``x_test``. Arrays may be
     ``(n, d)``, ``(n, h, w)`` or ``(n, c, h, w)``; without a test array the last ``test_fraction``
-    of ``x`` is held out."""
+    of ``x`` is held out. ``uint8`` arrays are 8-bit images: divided by 255 (recorded in the
+    data's info); other dtypes are used as they are."""
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"npz file {p} does not exist; set data.path to a .npz with an 'x' array.")
@@ -381,9 +382,15 @@ def npz(*, root: Path, download: bool, path: str, test_fraction: float = 0.1) ->
         if v is not None and not whole:
             raise DataError(f"{p}: labels {name} must be whole-number class labels (dtype {v.dtype}); drop them or map them to 0..K-1")
     shape = tuple(int(s) for s in xtr.shape[1:])
-    flat = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32).reshape(len(v), -1))  # noqa: E731
+    # 8-bit images (0..255, as PIL and most image files store them) become grey levels in [0, 1], as
+    # torchvision's ToTensor and the other loaders do; any other dtype keeps its values
+    if (xtr.dtype == np.uint8) != (xte.dtype == np.uint8):
+        raise DataError(f"{p}: x_train is {xtr.dtype} and x_test {xte.dtype}; save both as 8-bit images (uint8) or both as grey levels")
+    scale = 1.0 / 255.0 if xtr.dtype == np.uint8 else 1.0
+    flat = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32).reshape(len(v), -1) * np.float32(scale))  # noqa: E731
     lab = lambda v: None if v is None else torch.from_numpy(np.asarray(v).astype(np.int64))  # noqa: E731
-    return Dataset("npz", flat(xtr), flat(xte), shape, lab(ytr), lab(yte), info={"source": str(p)})
+    info = {"source": str(p), **({"scaled": "uint8 / 255"} if scale != 1.0 else {})}
+    return Dataset("npz", flat(xtr), flat(xte), shape, lab(ytr), lab(yte), info=info)
 
 
 # --- assembling a run's data --------------------------------------------------------------------
@@ -443,7 +450,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     return data
 
 
-def check_support(data: Dataset, likelihood: Any, binarize_mode: str) -> None:
+def check_support(data: Dataset, likelihood: Any, binarize_mode: str, likelihood_name: Optional[str] = None) -> None:
     """Raise a DataError if the data (as the model will see it) leaves the likelihood's support.
 
     Every point is checked (a grey level or NaN anywhere would otherwise be scored silently, or stop
@@ -464,5 +471,5 @@ def check_support(data: Dataset, likelihood: Any, binarize_mode: str) -> None:
         if problem:
             raise DataError(
                 f"the {name} set of {data.name!r} is outside the support of likelihood "
-                f"{type(likelihood).__name__} ({likelihood.support_text}): {problem}."
+                f"{likelihood_name or type(likelihood).__name__!r} ({likelihood.support_text}): {problem}."
             )

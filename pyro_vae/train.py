@@ -174,11 +174,11 @@ class Trainer:
         torch.manual_seed(config.seed)
 
         self.data = data if data is not None else load_dataset(config.data)
-        if self.dist.is_main:
+        self.vae = build_vae(config.model, self.data.x_shape).to(self.device)
+        check_support(self.data, self.vae.likelihood, config.data.binarize, config.model.likelihood.name)
+        if self.dist.is_main:  # after the errors: a run that cannot start gets no advice on its batches
             warn_if_full_batch(config.training.batch_size, self.data.x_train.shape[0])
             warn_if_budget_below_one_batch(config.training.sample_budget, config.training.batch_size, self.data.x_train.shape[0])
-        self.vae = build_vae(config.model, self.data.x_shape).to(self.device)
-        check_support(self.data, self.vae.likelihood, config.data.binarize)
         self.objective: Objective = OBJECTIVES.build(config.objective.name, config.objective.options)
         self.objective.check(self.vae)
         # Our optimizer holds the parameters; Pyro's param store is needed only by JIT objectives.

@@ -145,6 +145,23 @@ def test_npz_takes_whole_float_labels_and_refuses_a_non_archive_without_pickle_a
     assert "allow_pickle" not in str(err.value)
 
 
+def test_npz_of_8_bit_images_becomes_grey_levels_and_says_so(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (10, 2, 3)).astype(np.uint8)
+    pixels[0, 0, 0], pixels[0, 0, 1] = 0, 255
+    np.savez(tmp_path / "u8.npz", x=pixels)
+    data = D.npz(root=tmp_path, download=False, path=str(tmp_path / "u8.npz"), test_fraction=0.2)
+    assert data.x_train.dtype == torch.float32 and data.info["scaled"] == "uint8 / 255"
+    np.testing.assert_allclose(data.x_train.numpy(), pixels[:8].reshape(8, 6) / 255.0, rtol=1e-6)
+    assert data.x_train.min() == 0 and data.x_train.max() == 1
+    wide = pixels.astype(np.int64)  # other integer types keep their values (counts, 0/1 data)
+    np.savez(tmp_path / "i64.npz", x=wide)
+    kept = D.npz(root=tmp_path, download=False, path=str(tmp_path / "i64.npz"), test_fraction=0.2)
+    assert kept.x_train.max() > 1 and "scaled" not in kept.info
+    np.savez(tmp_path / "mixed.npz", x_train=pixels[:8], x_test=pixels[8:] / 255.0)
+    with pytest.raises(DataError, match="x_train is uint8 and x_test float64; save both"):
+        D.npz(root=tmp_path, download=False, path=str(tmp_path / "mixed.npz"))
+
+
 def test_idx_reader(tmp_path):
     arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
@@ -177,6 +194,8 @@ def test_support_errors_name_the_fix(tmp_path):
     bad = D.Dataset("big", x[:10] * 3, x[10:], (9,))
     with pytest.raises(DataError, match="outside \\[0, 1\\]"):
         D.check_support(bad, ContinuousBernoulli(9), "none")
+    with pytest.raises(DataError, match="support of likelihood 'continuous_bernoulli'"):  # the name the config uses
+        D.check_support(bad, ContinuousBernoulli(9), "none", "continuous_bernoulli")
     with pytest.raises(DataError, match="features"):
         D.check_support(data, Bernoulli(5), "dynamic")
     with pytest.raises(DataError, match="grey levels in \\[0, 1\\]"):
