@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a trained model (PNG grid)")
     s.add_argument("run")
-    s.add_argument("--n", type=positive_int, default=64, help=f"number of samples (default 64; a picture shows at most 2500, a .npy any number)")
+    s.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64; a picture shows at most 2500, a .npy any number)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out")
     s.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
