@@ -2,7 +2,7 @@
 
 ``pyro-vae sample --out samples.npy`` may ask for far more draws than fit in memory at once (the
 decoder's hidden layer alone is 500 floats per draw for the paper's MLP): the draws are decoded in
-chunks straight into a memory-mapped ``.npy`` file, so memory stays at one chunk whatever ``n`` is.
+chunks and appended to the ``.npy`` file, so memory stays at one chunk whatever ``n`` is.
 The file is written beside its destination and renamed over it at the end (a crash or a full disk
 leaves the old file or none, never half of one), after a check that the disk has room for it.
 """
@@ -48,14 +48,18 @@ def write_sample_means(vae: VAE, path: Path | str, n: int, chunk: int = CHUNK) -
             f"{_size(free)} free; ask for fewer (--n) or write elsewhere (--out)."
         )
     tmp = path.with_name(path.name + ".tmp.npy")
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, vae.x_dim)}
     try:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, vae.x_dim))
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            array[start:stop] = vae.sample_means(stop - start).float().cpu().numpy()
-        array.flush()
-        del array  # unmap before the rename
+        # written in order through a plain file (not a memory map, which a disk filling up meanwhile
+        # would answer with SIGBUS instead of an error)
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for start in range(0, n, chunk):
+                stop = min(n, start + chunk)
+                f.write(np.ascontiguousarray(vae.sample_means(stop - start).cpu().numpy(), dtype=np.float32).tobytes())
         os.replace(tmp, path)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path} ({e.strerror or e}); free space or choose another path (--out).") from e
     finally:
         tmp.unlink(missing_ok=True)
     return path

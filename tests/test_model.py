@@ -434,3 +434,13 @@ def test_samples_are_written_in_chunks_to_an_array_that_fits_the_disk(tmp_path, 
     with pytest.raises(ConfigError, match=r"10 samples of 5 values need 200 bytes on disk and .* has 100 bytes free; ask for fewer"):
         samples.write_sample_means(vae, tmp_path / "t.npy", 10)
     assert not (tmp_path / "t.npy").exists()
+    # a disk that fills up while writing: an error naming the file, the old file kept, no temporary left
+    monkeypatch.undo()
+
+    def full_disk(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(samples.os, "replace", full_disk)
+    with pytest.raises(ConfigError, match=r"cannot write .*s.npy \(No space left on device\); free space"):
+        samples.write_sample_means(vae, out, 10, chunk=4)
+    assert np.array_equal(np.load(out), array) and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
