@@ -197,3 +197,21 @@ def test_cli_prints_its_own_warnings_as_one_line(tmp_path, capsys):
         assert other.startswith("x.py:3: UserWarning: torch says")
     finally:
         warnings.formatwarning = saved
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's 'From Python' snippet, as written (its run folder moved into tmp_path)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = re.search(r"## From Python.*?```python\n(.*?)```", (root / "README.md").read_text(), re.S).group(1)
+    assert code.count("runs/tiny_student_t") == 2
+    monkeypatch.chdir(root)  # the snippet names configs/tiny.yaml relative to the repository
+    namespace: dict = {}
+    exec(code.replace("runs/tiny_student_t", str(tmp_path / "run")), namespace)
+    out = capsys.readouterr().out
+    assert re.search(r"iwae: -\d+\.\d{3} \+- \d\.\d{3} nats \(n=100\) \[k=1000, memory_gb=", out)
+    assert re.search(r"ais: -\d+\.\d{3} \+- \d\.\d{3} nats \(n=20\) \[.*num_steps=200", out)
+    assert namespace["later"].config.model.prior.name == "student_t" and namespace["samples"].shape == (16, 5)
+    assert (tmp_path / "run" / "checkpoint.pt").exists()

@@ -38,4 +38,6 @@ class Estimate:
         }
 
     def __str__(self) -> str:
-        return f"{self.estimator}: {self.mean:.3f} +- {self.stderr:.3f} nats (n={self.per_datapoint.numel()})"
+        """The value with its standard error and the estimator's settings, as the CLI prints them."""
+        settings = ", ".join(f"{k}={v}" for k, v in self.settings.items())
+        return f"{self.estimator}: {self.mean:.3f} +- {self.stderr:.3f} nats (n={self.per_datapoint.numel()}) [{settings}]"
