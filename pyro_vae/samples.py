@@ -35,7 +35,8 @@ def write_sample_means(vae: VAE, path: Path | str, n: int, chunk: int = CHUNK) -
     ``(n, x_dim)``), decoding ``chunk`` draws at a time. Draws use torch's global RNG (seed it for
     reproducible samples).
 
-    :raises ConfigError: if the file would not fit on the disk that holds ``path``.
+    :raises ConfigError: if the file would not fit on the disk that holds ``path``, or cannot be
+        written (the file that was at ``path`` is then left as it was).
     """
     if n < 1 or chunk < 1:
         raise ValueError(f"n and chunk must be >= 1, got n={n}, chunk={chunk}")
