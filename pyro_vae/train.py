@@ -176,9 +176,6 @@ class Trainer:
         self.data = data if data is not None else load_dataset(config.data)
         self.vae = build_vae(config.model, self.data.x_shape).to(self.device)
         check_support(self.data, self.vae.likelihood, config.data.binarize, config.model.likelihood.name)
-        if self.dist.is_main:  # after the errors: a run that cannot start gets no advice on its batches
-            warn_if_full_batch(config.training.batch_size, self.data.x_train.shape[0])
-            warn_if_budget_below_one_batch(config.training.sample_budget, config.training.batch_size, self.data.x_train.shape[0])
         self.objective: Objective = OBJECTIVES.build(config.objective.name, config.objective.options)
         self.objective.check(self.vae)
         # Our optimizer holds the parameters; Pyro's param store is needed only by JIT objectives.
@@ -446,6 +443,9 @@ class Trainer:
         self._saved_epoch = self.epoch
         cfg = self.config.training
         n = self.x_train.shape[0]
+        if self.dist.is_main and self.stop_reason() is None:  # only when there is training to do
+            warn_if_full_batch(cfg.batch_size, n)
+            warn_if_budget_below_one_batch(cfg.sample_budget, cfg.batch_size, n)
         rows = []
         while self.stop_reason() is None:
             rows.append(self._train_epoch(n, cfg))

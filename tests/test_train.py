@@ -52,13 +52,14 @@ def test_a_batch_larger_than_the_training_set_is_named(tmp_path):
     said once, with the size to set; a batch that fits says nothing."""
     import warnings
 
+    trainer = Trainer(tiny_config(training={"batch_size": 100}), tmp_path / "big", progress=False)
     with pytest.warns(UserWarning, match=r"batch_size 100 is larger than the training set \(60 points\).*at most 60"):
-        trainer = Trainer(tiny_config(training={"batch_size": 100}), tmp_path / "big", progress=False)
-    trainer.train()
+        trainer.train()
     assert trainer.step == 1  # one full batch per epoch
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Trainer(tiny_config(training={"batch_size": 60}), tmp_path / "fits", progress=False)
+        Trainer(tiny_config(training={"batch_size": 60}), tmp_path / "fits", progress=False).train()
+        load_run(tmp_path / "big")  # evaluating, sampling or plotting the run trains nothing: no advice
 
 
 def test_a_sample_budget_below_one_batch_is_named(tmp_path):
@@ -66,13 +67,14 @@ def test_a_sample_budget_below_one_batch_is_named(tmp_path):
     and the metrics record the samples actually seen; a budget of a batch or more says nothing."""
     import warnings
 
+    trainer = Trainer(tiny_config(training={"batch_size": 50, "sample_budget": 10, "epochs": None}), tmp_path / "b", progress=False)
     with pytest.warns(UserWarning, match=r"sample_budget 10 is smaller than one minibatch \(50 points\).*at 50 samples seen"):
-        trainer = Trainer(tiny_config(training={"batch_size": 50, "sample_budget": 10, "epochs": None}), tmp_path / "b", progress=False)
-    rows = trainer.train()
+        rows = trainer.train()
     assert trainer.step == 1 and rows[-1]["samples_seen"] == 50
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Trainer(tiny_config(training={"batch_size": 50, "sample_budget": 50, "epochs": None}), tmp_path / "ok", progress=False)
+        Trainer(tiny_config(training={"batch_size": 50, "sample_budget": 50, "epochs": None}), tmp_path / "ok", progress=False).train()
+        load_run(tmp_path / "b")  # evaluating the finished run: no advice on its training
 
 
 def test_existing_run_needs_resume(tmp_path):
