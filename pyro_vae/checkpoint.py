@@ -9,7 +9,6 @@ data.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict
@@ -17,6 +16,7 @@ from typing import Any, Dict
 import torch
 
 from .errors import CheckpointError
+from .paths import replaced_atomically
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -30,15 +30,10 @@ REQUIRED = {
 def save_checkpoint(state: Dict[str, Any], path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
+        with replaced_atomically(path, sync=True) as f:
             torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:  # a full disk, a folder made read-only...
-        tmp.unlink(missing_ok=True)
         kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint had been written yet"
         raise CheckpointError(f"cannot write the checkpoint {path} ({e}); {kept}. Free space or fix the folder's permissions, then resume.") from e
 

@@ -28,6 +28,7 @@ import torch
 from .config import DataConfig
 from .errors import DataError
 from .linear_gaussian import LinearGaussian
+from .paths import replaced_atomically, write_bytes_atomically
 from .registry import DATASETS
 from .safe_pickle import load_arrays
 
@@ -80,16 +81,13 @@ def sha256_of(path: Path) -> str:
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomically(path, data)
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as f:
+        np.savez(f, **arrays)
 
 
 def _load_npz(path: Path, keys: Tuple[str, ...]) -> Dict[str, np.ndarray]:

@@ -3,21 +3,45 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from .errors import ConfigError
 
 
-def write_text_atomically(path: Path | str, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: a crash leaves
-    the old file or the new one, never half of one (run.json is read back at every resume)."""
+@contextmanager
+def replaced_atomically(path: Path | str, sync: bool = False) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into: a temporary file beside ``path``,
+    renamed over it when the block ends without an error. A crash or an error inside leaves the old
+    file (or none), never half of one, and the temporary file is removed.
+
+    :param sync: flush the content to the disk before the rename (checkpoints: a power cut after
+        the rename must not leave an empty file behind the new name).
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text)
+        with open(tmp, "wb") as f:
+            yield f
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomically(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`replaced_atomically`."""
+    with replaced_atomically(path) as f:
+        f.write(data)
+
+
+def write_text_atomically(path: Path | str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`replaced_atomically` (run.json is read back at
+    every resume: a crash must not leave half of one)."""
+    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def _check_no_file_in_the_way(folder: Path, what: str, given: Path) -> None:

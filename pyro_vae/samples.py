@@ -9,7 +9,6 @@ leaves the old file or none, never half of one), after a check that the disk has
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from .errors import ConfigError
 from .model import VAE
+from .paths import replaced_atomically
 
 CHUNK = 4096  # draws decoded at once: a few MiB of activations for the paper's networks
 
@@ -48,19 +48,15 @@ def write_sample_means(vae: VAE, path: Path | str, n: int, chunk: int = CHUNK) -
             f"{n} samples of {vae.x_dim} values need {_size(size)} on disk and {path.parent} has "
             f"{_size(free)} free; ask for fewer (--n) or write elsewhere (--out)."
         )
-    tmp = path.with_name(path.name + ".tmp.npy")
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, vae.x_dim)}
     try:
         # written in order through a plain file (not a memory map, which a disk filling up meanwhile
         # would answer with SIGBUS instead of an error)
-        with open(tmp, "wb") as f:
+        with replaced_atomically(path) as f:
             np.lib.format.write_array_header_1_0(f, header)
             for start in range(0, n, chunk):
                 stop = min(n, start + chunk)
                 f.write(np.ascontiguousarray(vae.sample_means(stop - start).cpu().numpy(), dtype=np.float32).tobytes())
-        os.replace(tmp, path)
     except OSError as e:
         raise ConfigError(f"cannot write {path} ({e.strerror or e}); free space or choose another path (--out).") from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

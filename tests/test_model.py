@@ -440,7 +440,7 @@ def test_samples_are_written_in_chunks_to_an_array_that_fits_the_disk(tmp_path, 
     def full_disk(*_args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(samples.os, "replace", full_disk)
+    monkeypatch.setattr("os.replace", full_disk)
     with pytest.raises(ConfigError, match=r"cannot write .*s.npy \(No space left on device\); free space"):
         samples.write_sample_means(vae, out, 10, chunk=4)
     assert np.array_equal(np.load(out), array) and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]

@@ -441,3 +441,20 @@ def test_run_files_are_replaced_whole(tmp_path, monkeypatch):
         write_text_atomically(path, '{"a": 2}')
     monkeypatch.setattr("os.replace", original_replace)
     assert path.read_text() == '{"a": 1}' and [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_an_error_while_writing_leaves_the_old_file_whole(tmp_path):
+    """Every file pyro-vae replaces (checkpoints, data caches, sample arrays, run files) goes
+    through one helper: an error halfway through the new content leaves the old file as it was."""
+    from pyro_vae.paths import replaced_atomically
+
+    path = tmp_path / "cache.npz"
+    path.write_bytes(b"old content")
+    with pytest.raises(RuntimeError, match="halfway"):
+        with replaced_atomically(path) as f:
+            f.write(b"new cont")
+            raise RuntimeError("halfway")
+    assert path.read_bytes() == b"old content" and [p.name for p in tmp_path.iterdir()] == ["cache.npz"]
+    with replaced_atomically(path, sync=True) as f:
+        f.write(b"new content")
+    assert path.read_bytes() == b"new content" and [p.name for p in tmp_path.iterdir()] == ["cache.npz"]
