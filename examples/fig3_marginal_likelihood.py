@@ -26,6 +26,7 @@ from pyro_vae import estimators  # noqa: E402
 from pyro_vae import experiments as X  # noqa: E402
 from pyro_vae.cli import folder_arg, positive_float, positive_int  # noqa: E402
 from pyro_vae.datasets import binarize  # noqa: E402
+from pyro_vae.paths import write_text_atomically  # noqa: E402
 from pyro_vae.train import Trainer  # noqa: E402
 
 METHODS = {"aevb": "trace_meanfield", "wake_sleep": "wake_sleep", "mcem": "mcem"}
@@ -67,7 +68,7 @@ def main(args: argparse.Namespace) -> None:
                         run_rows.append({"n_train": n_train, "method": method, "samples_seen": row["samples_seen"], "split": split,
                                          "estimator": name, "log_px": est.mean, "stderr": est.stderr})
                 trainer.vae.train()
-                saved.write_text(json.dumps(run_rows))
+                write_text_atomically(saved, json.dumps(run_rows))  # a crash mid-write must not break the resume
                 print(f"N={n_train} {method:10s} {row['samples_seen']:>9d} samples: test log p(x) (HMC) {run_rows[-2]['log_px']:.2f}")
 
             trainer.train(resume=(run_dir / "checkpoint.pt").exists(), on_epoch_end=evaluate)

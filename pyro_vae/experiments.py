@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
@@ -15,6 +16,7 @@ from . import allocator
 from .cli import device_arg
 from .config import RunConfig, load, parse_yaml
 from .errors import ConfigError, PyroVAEError, one_line_warnings
+from .paths import write_text_atomically
 from .train import Trainer, read_metrics as read_run_metrics
 
 Row = Dict[str, Any]
@@ -84,10 +86,11 @@ def write_csv(rows: Iterable[Row], path: Path) -> Path:
     fields: List[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomically(path, text.getvalue())
     return path
 
 
@@ -103,5 +106,5 @@ def write_markdown(rows: Iterable[Row], columns: Sequence[str], path: Path, titl
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomically(path, "\n".join(lines) + "\n")
     return path
