@@ -96,6 +96,13 @@ def _is_main() -> bool:
 def _print_result(result: dict) -> None:
     if not _is_main():
         return
+    if result["estimator"] == "bdmc":
+        settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items() if k != "points")
+        lower, upper = result["lower"], result["upper"]
+        print(f"bdmc on {result['n']} points simulated from the model: AIS (lower) {lower['value']:.3f} +- {lower['stderr']:.3f}, "
+              f"reverse AIS (upper) {upper['value']:.3f} +- {upper['stderr']:.3f}; gap mean {result['gap_mean']:.3f}, "
+              f"max {result['gap_max']:.3f} nats [{settings}] -> {result['path']}")
+        return
     if result["estimator"] == "gaps":
         gaps = ", ".join(f"{k} {v:.3f}" for k, v in result["summary"].items())
         print(f"gaps on {result['split']} (n={result['n']}; log p(x) from {result['settings']['log_px_from']}): {gaps} nats -> {result['path']}")
@@ -166,6 +173,8 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import ESTIMATORS
+
     p = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders in Pyro (AEVB) with honest log p(x).")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -184,10 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="estimate log p(x) of a trained run")
     e.add_argument("run", help="run folder")
-    e.add_argument("--estimator", default="iwae", choices=["elbo", "iwae", "ais", "hmc", "gaps"],
-                   help="gaps: ELBO, IWAE-k and AIS per datapoint with the amortization gap")
+    e.add_argument("--estimator", default="iwae", choices=ESTIMATORS,
+                   help="gaps: ELBO, IWAE-k and AIS per datapoint with the amortization gap; bdmc: forward and reverse "
+                        "AIS on --n points simulated from the model (default 100), bracketing log p(x): how far AIS "
+                        "with these --ais-steps and --ais-chains can be trusted")
     e.add_argument("--k", type=positive_int, default=5000, help="IWAE particles (default 5000)")
-    e.add_argument("--split", default="test", choices=["test", "train"])
+    e.add_argument("--split", default="test", choices=["test", "train"], help="(bdmc scores simulated points instead)")
     e.add_argument("--n", type=positive_int, help="evaluate the first n points only")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")

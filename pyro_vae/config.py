@@ -14,7 +14,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -144,9 +144,14 @@ class TrainingConfig(BaseModel):
         return self
 
 
+# log p(x) estimators of `pyro-vae evaluate` (and `train --evaluate`): pyro_vae.evaluate runs them
+EstimatorName = Literal["elbo", "iwae", "ais", "hmc", "gaps", "bdmc"]
+ESTIMATORS: Tuple[str, ...] = get_args(EstimatorName)
+
+
 class EvaluationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    estimator: Literal["elbo", "iwae", "ais", "hmc", "gaps"] = "iwae"
+    estimator: EstimatorName = "iwae"
     k: int = Field(5000, gt=0)  # IWAE particles
     split: Literal["test", "train"] = "test"
     n: Optional[int] = Field(None, gt=0)  # evaluate the first n points only

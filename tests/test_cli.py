@@ -36,6 +36,16 @@ def test_cli_end_to_end(tmp_path, capsys):
     s = gaps["summary"]
     assert abs(s["inference_gap"] - s["approximation_gap"] - s["amortization_gap"]) < 1e-6
     assert len(gaps["per_datapoint"]["ais"]) == 4 and gaps["settings"]["log_px_from"] == "ais"
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--estimator", "bdmc", "--n", "6", "--ais-steps", "20", "--ais-chains", "2", "--no-progress"]) == 0
+    bdmc = json.loads((run / "eval_bdmc_simulated.json").read_text())
+    assert bdmc["n"] == 6 and bdmc["split"] == "simulated" and bdmc["settings"]["num_steps"] == 20
+    assert len(bdmc["per_datapoint"]["upper"]) == 6 and bdmc["value"] == bdmc["lower"]["value"]
+    gap = [u - lo for u, lo in zip(bdmc["per_datapoint"]["upper"], bdmc["per_datapoint"]["lower"])]
+    assert abs(bdmc["gap_mean"] - sum(gap) / 6) < 1e-9 and bdmc["gap_max"] == max(gap)
+    assert "bdmc on 6 points simulated from the model: AIS (lower)" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "--estimator", "bdmc", "--ais-start", "encoder"]) == 2
+    assert "bdmc runs AIS from the prior" in capsys.readouterr().err
     assert main(["sample", str(run), "--n", "4"]) == 0
     assert (run / "samples.npy").exists()  # synthetic data is not an image: samples saved as an array
     assert main(["plot", str(run)]) == 0

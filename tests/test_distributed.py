@@ -63,6 +63,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     part = iwae(vae, x[distributed.shard(11, info)], k=4).per_datapoint
     full = distributed.gather_shards(part, 11, info)
     torch.save(full, f"{out_dir}/iwae_{rank}.pt")
+    # BDMC through `pyro-vae evaluate`: each rank simulates its share of the points, all gather them
+    from pyro_vae.evaluate import evaluate_run
+
+    result = evaluate_run(f"{out_dir}/run", "bdmc", n=5, ais_steps=5, ais_chains=2, progress=False)
+    torch.save(result["per_datapoint"], f"{out_dir}/bdmc_{rank}.pt")
     distributed.shutdown(info)
 
 
@@ -98,6 +103,14 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
     expected = iwae(exact_vae(truth).double(), x, k=4).per_datapoint
     for rank in (0, 1):
         assert torch.allclose(torch.load(tmp_path / f"iwae_{rank}.pt"), expected, atol=1e-9)
+    import json
+
+    bdmc = [torch.load(tmp_path / f"bdmc_{rank}.pt") for rank in (0, 1)]
+    written = json.loads((tmp_path / "run" / "eval_bdmc_simulated.json").read_text())
+    assert bdmc[0] == bdmc[1] == written["per_datapoint"] and len(written["per_datapoint"]["lower"]) == 5
+    assert written["n"] == 5 and written["settings"]["world_size"] == 2
+    lower = written["per_datapoint"]["lower"]
+    assert lower[:2] != lower[3:]  # rank 1's two points are not rank 0's first two again (seeded per rank)
 
 
 def test_world_size_must_divide_the_batch(tmp_path):
