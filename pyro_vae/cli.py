@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--estimator", default="iwae", choices=ESTIMATORS,
                    help="gaps: ELBO, IWAE-k and AIS per datapoint with the amortization gap; bdmc: forward and reverse "
                         "AIS on --n points simulated from the model (default 100), bracketing log p(x): how far AIS "
-                        "with these --ais-steps and --ais-chains can be trusted")
+                        "with these --ais-steps and --ais-chains can be trusted; exact: closed form, for linear-Gaussian models")
     e.add_argument("--k", type=positive_int, default=5000, help="IWAE particles (default 5000)")
     e.add_argument("--split", default="test", choices=["test", "train"], help="(bdmc scores simulated points instead)")
     e.add_argument("--n", type=positive_int, help="evaluate the first n points only")

@@ -145,7 +145,7 @@ class TrainingConfig(BaseModel):
 
 
 # log p(x) estimators of `pyro-vae evaluate` (and `train --evaluate`): pyro_vae.evaluate runs them
-EstimatorName = Literal["elbo", "iwae", "ais", "hmc", "gaps", "bdmc"]
+EstimatorName = Literal["elbo", "iwae", "ais", "hmc", "gaps", "bdmc", "exact"]
 ESTIMATORS: Tuple[str, ...] = get_args(EstimatorName)
 
 

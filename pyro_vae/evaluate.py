@@ -17,6 +17,7 @@ import torch
 from . import distributed, estimators
 from .config import ESTIMATORS
 from .errors import ConfigError
+from .model import VAE
 from .paths import prepared_output, write_text_atomically
 from .train import Trainer, load_run
 
@@ -84,6 +85,8 @@ def evaluate_run(
         est = estimators.ais(vae, x, num_steps=ais_steps, num_chains=ais_chains, start=ais_start, progress=progress)
     elif estimator == "hmc":
         est = estimators.hmc_marginal_likelihood(vae, x, num_samples=hmc_samples)
+    elif estimator == "exact":
+        est = _exact(vae, x)
     else:
         return _gaps(trainer, x, k, ais_steps, memory_gb, run_dir, split, seed, start, out)
     if info.enabled:
@@ -105,6 +108,15 @@ def evaluate_run(
         write_text_atomically(path, json.dumps(result, indent=2, default=str))
     result["path"] = str(path)
     return result
+
+
+def _exact(vae: VAE, x: torch.Tensor) -> estimators.Estimate:
+    """Closed-form log p(x) of a linear-Gaussian model: the ground truth for the other estimators."""
+    try:
+        values = estimators.exact_log_px(vae, x)
+    except ValueError as e:
+        raise ConfigError(f"--estimator exact: {e}. This run's model is not of that kind, so its log p(x) has no closed form; use iwae, ais or hmc.") from None
+    return estimators.Estimate("exact", values.double(), settings={"model": "linear-Gaussian, closed form"})
 
 
 def _gaps(trainer, x, k, ais_steps, memory_gb, run_dir, split, seed, start, out) -> Dict[str, Any]:

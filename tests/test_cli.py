@@ -46,6 +46,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "bdmc on 6 points simulated from the model: AIS (lower)" in capsys.readouterr().out
     assert main(["evaluate", str(run), "--estimator", "bdmc", "--ais-start", "encoder"]) == 2
     assert "bdmc runs AIS from the prior" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--estimator", "exact"]) == 2  # an MLP decoder: no closed form
+    assert "exact log p(x) needs a standard-normal prior, a linear decoder" in capsys.readouterr().err
     assert main(["sample", str(run), "--n", "4"]) == 0
     assert (run / "samples.npy").exists()  # synthetic data is not an image: samples saved as an array
     assert main(["plot", str(run)]) == 0
@@ -225,3 +227,21 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     assert re.search(r"ais: -\d+\.\d{3} \+- \d\.\d{3} nats \(n=20\) \[.*num_steps=200", out)
     assert namespace["later"].config.model.prior.name == "student_t" and namespace["samples"].shape == (16, 5)
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_evaluate_exact_on_a_linear_gaussian_run(tmp_path, capsys):
+    """--estimator exact gives the closed-form log p(x) of a linear-Gaussian run, which IWAE approaches."""
+    from pyro_vae.estimators import exact_log_px
+    from pyro_vae.train import load_run
+
+    run = tmp_path / "linear"
+    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=2",
+                 "--set", "model.decoder.hidden=[]", "--set", "model.likelihood={name: gaussian, variance: fixed, fixed_std: 0.5}"]) == 0
+    assert main(["evaluate", str(run), "--estimator", "exact", "--n", "20", "--no-progress"]) == 0
+    assert main(["evaluate", str(run), "--estimator", "iwae", "--k", "2000", "--n", "20", "--no-progress"]) == 0
+    exact = json.loads((run / "eval_exact_test.json").read_text())
+    iwae = json.loads((run / "eval_iwae_test.json").read_text())
+    trained = load_run(run)
+    assert exact["n"] == 20 and exact["settings"] == {"model": "linear-Gaussian, closed form"}
+    assert abs(exact["value"] - exact_log_px(trained.vae, trained.x_test[:20]).mean().item()) < 1e-9
+    assert exact["value"] - 0.2 < iwae["value"] <= exact["value"] + 0.02  # a lower bound, close with k = 2000
