@@ -69,6 +69,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load(_config_path(args.config), overrides)
     run_dir = Path(args.run_dir) if args.run_dir else (Path(args.config) if Path(args.config).is_dir() else Path("runs") / config.name)
     trainer = Trainer(config, run_dir, progress=not args.no_progress)
+    if args.evaluate and config.evaluation.estimator == "exact":
+        from .evaluate import check_exact_applies
+
+        check_exact_applies(trainer.vae)  # before training, not after it
     rows = trainer.train(resume=args.resume, allow_changes=args.allow_changes)
     last = rows[-1] if rows else None
     if _is_main():

@@ -40,6 +40,16 @@ def evaluate_run(
     progress: bool = True,
     out: Optional[Path | str] = None,
 ) -> Dict[str, Any]:
+    """Estimate log p(x) of the run in ``run_dir`` and write it as JSON (``out``, else
+    ``RUN/eval_<estimator>_<split>.json``); returns what was written, with its ``path``.
+
+    :param estimator: one of :data:`pyro_vae.config.ESTIMATORS`; ``bdmc`` scores ``n`` points
+        simulated from the model (100 by default) instead of a split, ``exact`` needs a
+        linear-Gaussian model.
+    :param n: the first n points of the split (all when None).
+    :param seed: seeds torch's RNG before estimating (each rank of a torchrun job adds its own offset).
+    :raises ConfigError: for a bad setting, before the run is loaded where it can be.
+    """
     if estimator not in ESTIMATORS:
         raise ConfigError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
     if split not in ("test", "train"):
@@ -110,13 +120,19 @@ def evaluate_run(
     return result
 
 
+def check_exact_applies(vae: VAE) -> None:
+    """Raise a ConfigError unless ``vae`` is linear-Gaussian (the model ``exact`` needs)."""
+    try:
+        estimators.linear_gaussian_of(vae)
+    except ValueError as e:
+        raise ConfigError(f"estimator exact: {e}. This model is not of that kind, so its log p(x) has no closed form; "
+                          "use iwae, ais or hmc.") from None
+
+
 def _exact(vae: VAE, x: torch.Tensor) -> estimators.Estimate:
     """Closed-form log p(x) of a linear-Gaussian model: the ground truth for the other estimators."""
-    try:
-        values = estimators.exact_log_px(vae, x)
-    except ValueError as e:
-        raise ConfigError(f"--estimator exact: {e}. This run's model is not of that kind, so its log p(x) has no closed form; use iwae, ais or hmc.") from None
-    return estimators.Estimate("exact", values.double(), settings={"model": "linear-Gaussian, closed form"})
+    check_exact_applies(vae)
+    return estimators.Estimate("exact", estimators.exact_log_px(vae, x).double(), settings={"model": "linear-Gaussian, closed form"})
 
 
 def _gaps(trainer, x, k, ais_steps, memory_gb, run_dir, split, seed, start, out) -> Dict[str, Any]:

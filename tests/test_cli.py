@@ -48,6 +48,10 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "bdmc runs AIS from the prior" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--estimator", "exact"]) == 2  # an MLP decoder: no closed form
     assert "exact log p(x) needs a standard-normal prior, a linear decoder" in capsys.readouterr().err
+    # asked of `train --evaluate`, it is refused before training
+    fresh = tmp_path / "mlp_exact"
+    assert main(["train", "configs/tiny.yaml", "--run-dir", str(fresh), "--evaluate", "--set", "evaluation.estimator=exact", "--no-progress"]) == 2
+    assert "estimator exact: exact log p(x) needs" in capsys.readouterr().err and not (fresh / "checkpoint.pt").exists()
     assert main(["sample", str(run), "--n", "4"]) == 0
     assert (run / "samples.npy").exists()  # synthetic data is not an image: samples saved as an array
     assert main(["plot", str(run)]) == 0
