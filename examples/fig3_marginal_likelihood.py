@@ -26,10 +26,26 @@ from pyro_vae import estimators  # noqa: E402
 from pyro_vae import experiments as X  # noqa: E402
 from pyro_vae.cli import folder_arg, positive_float, positive_int  # noqa: E402
 from pyro_vae.datasets import binarize  # noqa: E402
+from pyro_vae.errors import ConfigError  # noqa: E402
 from pyro_vae.paths import write_text_atomically  # noqa: E402
 from pyro_vae.train import Trainer  # noqa: E402
 
 METHODS = {"aevb": "trace_meanfield", "wake_sleep": "wake_sleep", "mcem": "mcem"}
+
+
+def read_saved_rows(path: Path) -> list:
+    """The evaluations an earlier invocation saved beside a run's checkpoint (none if it has none)."""
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        rows = e
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "samples_seen" in r for r in rows):
+        raise ConfigError(f"{path} does not hold Figure 3's saved evaluations ({rows if isinstance(rows, Exception) else 'not a list of rows'}); "
+                          "delete it to go on (its evaluations are lost: the run is evaluated again from where it stands), "
+                          "or choose another --out.")
+    return rows
 
 
 def main(args: argparse.Namespace) -> None:
@@ -46,7 +62,7 @@ def main(args: argparse.Namespace) -> None:
             trainer = Trainer(cfg, run_dir, progress=False)
             # Evaluations are kept beside the checkpoint, so a resumed or repeated run keeps them.
             saved = run_dir / "fig3_rows.json"
-            run_rows = json.loads(saved.read_text()) if saved.exists() else []
+            run_rows = read_saved_rows(saved)
             x_train = trainer.x_train[: args.eval_points]
             if cfg.data.binarize == "dynamic":  # score one fixed binarization of the training points
                 x_train = binarize(x_train, cfg.data.binarize_seed)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pyro_vae.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,6 +52,21 @@ def test_fig3(tmp_path, tiny_images):
     assert {r["method"] for r in rows} == {"aevb", "wake_sleep", "mcem"}
     assert {r["estimator"] for r in rows} == {"hmc", "iwae"} and {r["split"] for r in rows} == {"train", "test"}
     assert (tmp_path / "fig3.png").exists() and (tmp_path / "fig3.md").exists()
+    # the evaluations saved beside each run are read back when the script is run again
+    fig3 = _load("fig3_marginal_likelihood")
+    saved = tmp_path / "runs" / "fig3_n40_aevb" / "fig3_rows.json"
+    assert fig3.read_saved_rows(saved) == [r for r in _saved_rows(rows) if r["method"] == "aevb"]
+    saved.write_text('[{"n_train": 40, "method": "aevb", "samples_')  # a write cut short (older versions)
+    with pytest.raises(ConfigError, match=r"fig3_rows.json does not hold Figure 3's saved evaluations .*delete it to go on"):
+        fig3.read_saved_rows(saved)
+
+
+def _saved_rows(csv_rows):
+    """fig3.csv's rows as the script saved them in JSON (numbers as numbers)."""
+    def value(key, v):
+        return v if key in ("method", "split", "estimator") else (int(v) if key in ("n_train", "samples_seen") else float(v))
+
+    return [{k: value(k, v) for k, v in r.items()} for r in csv_rows]
 
 
 def test_fig4_and_fig5(tmp_path, tiny_images):
