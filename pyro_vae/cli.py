@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "AIS on --n points simulated from the model (default 100), bracketing log p(x): how far AIS "
                         "with these --ais-steps and --ais-chains can be trusted; exact: closed form, for linear-Gaussian models")
     e.add_argument("--k", type=positive_int, default=5000, help="IWAE particles (default 5000)")
-    e.add_argument("--split", default="test", choices=["test", "train"], help="(bdmc scores simulated points instead)")
-    e.add_argument("--n", type=positive_int, help="evaluate the first n points only")
+    e.add_argument("--split", default="test", choices=["test", "train"], help="the data split to score (default test; bdmc scores simulated points instead)")
+    e.add_argument("--n", type=positive_int, help="evaluate the first n points only (bdmc: how many to simulate, default 100)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
     e.add_argument("--memory-gb", type=positive_float, default=2.0, help="memory cap for IWAE chunks")
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ais-chains", type=positive_int, default=16, help="AIS chains per datapoint (default 16)")
     e.add_argument("--ais-start", default="prior", choices=["prior", "encoder"])
     e.add_argument("--hmc-samples", type=positive_int, default=50, help="posterior draws per chain for --estimator hmc (AEVB App. D)")
-    e.add_argument("--out", help="JSON output path (default RUN/eval_<estimator>_<split>.json)")
+    e.add_argument("--out", help="JSON output path (default RUN/eval_<estimator>_<split>.json; bdmc: RUN/eval_bdmc_simulated.json)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_evaluate)
 
