@@ -104,7 +104,7 @@ def _print_result(result: dict) -> None:
         settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items() if k != "points")
         lower, upper = result["lower"], result["upper"]
         print(f"bdmc on {result['n']} points simulated from the model: AIS (lower) {lower['value']:.3f} +- {lower['stderr']:.3f}, "
-              f"reverse AIS (upper) {upper['value']:.3f} +- {upper['stderr']:.3f}; gap mean {result['gap_mean']:.3f}, "
+              f"reverse AIS (upper) {upper['value']:.3f} +- {upper['stderr']:.3f}; gap mean {result['gap_mean']:.3f} +- {result['gap_stderr']:.3f}, "
               f"max {result['gap_max']:.3f} nats [{settings}] -> {result['path']}")
         return
     if result["estimator"] == "gaps":

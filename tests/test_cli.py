@@ -43,6 +43,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert len(bdmc["per_datapoint"]["upper"]) == 6 and bdmc["value"] == bdmc["lower"]["value"]
     gap = [u - lo for u, lo in zip(bdmc["per_datapoint"]["upper"], bdmc["per_datapoint"]["lower"])]
     assert abs(bdmc["gap_mean"] - sum(gap) / 6) < 1e-9 and bdmc["gap_max"] == max(gap)
+    spread = (sum((g - bdmc["gap_mean"]) ** 2 for g in gap) / 5) ** 0.5
+    assert abs(bdmc["gap_stderr"] - spread / 6**0.5) < 1e-9
     assert "bdmc on 6 points simulated from the model: AIS (lower)" in capsys.readouterr().out
     assert main(["evaluate", str(run), "--estimator", "bdmc", "--ais-start", "encoder"]) == 2
     assert "bdmc runs AIS from the prior" in capsys.readouterr().err
