@@ -242,9 +242,18 @@ def _watch_fused_calls(monkeypatch) -> list:
     return calls
 
 
+@pytest.fixture
+def fused_layers_on(monkeypatch):
+    """The fused layers switched on whatever PYRO_VAE_FUSED_LINEAR says (the tests of the fused
+    path itself; the rest of the suite runs either way)."""
+    from pyro_vae import fused_linear
+
+    monkeypatch.setattr(fused_linear.switched_on, "value", True)
+
+
 @pytest.mark.parametrize("activation", ["tanh", "relu", "softplus", "elu"])
 @pytest.mark.parametrize("hidden", [[], [80], [80, 30], [80, 70]])
-def test_mlp_evaluates_with_fused_layers_to_the_same_values(monkeypatch, activation, hidden):
+def test_mlp_evaluates_with_fused_layers_to_the_same_values(monkeypatch, fused_layers_on, activation, hidden):
     """Without gradients the MLP runs each wide Linear and its activation as one oneDNN product
     (when this torch build has it); the values are those of the layer-by-layer network."""
     from pyro_vae import fused_linear, networks
@@ -267,7 +276,7 @@ def test_mlp_evaluates_with_fused_layers_to_the_same_values(monkeypatch, activat
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "softplus"])
-def test_fused_mlp_gradients_equal_the_plain_layers(monkeypatch, activation):
+def test_fused_mlp_gradients_equal_the_plain_layers(monkeypatch, fused_layers_on, activation):
     """With gradients and enough rows (a batch-1000 step, HMC's chains) the fused layers run
     through their own autograd.Function: values, first and second derivatives are those of the
     plain layers, for the input and every parameter."""
@@ -293,7 +302,7 @@ def test_fused_mlp_gradients_equal_the_plain_layers(monkeypatch, activation):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
 
 
-def test_input_gradients_only_leaves_parameters_out_of_the_graph(monkeypatch):
+def test_input_gradients_only_leaves_parameters_out_of_the_graph(monkeypatch, fused_layers_on):
     """Inside ``input_gradients_only`` (the HMC potential's dU/dz) the fused layers take their
     parameters as constants; dU/dz is unchanged."""
     from pyro_vae import fused_linear, networks
