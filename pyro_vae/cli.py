@@ -108,7 +108,7 @@ def _print_result(result: dict) -> None:
               f"max {result['gap_max']:.3f} nats [{settings}] -> {result['path']}")
         return
     if result["estimator"] == "gaps":
-        gaps = ", ".join(f"{k} {v:.3f}" for k, v in result["summary"].items())
+        gaps = ", ".join(f"{k} {v:.3f} +- {result['summary_stderr'][k]:.3f}" for k, v in result["summary"].items())
         print(f"gaps on {result['split']} (n={result['n']}; log p(x) from {result['settings']['log_px_from']}): {gaps} nats -> {result['path']}")
         return
     settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items())

@@ -7,6 +7,7 @@ the trained model (whose exact posterior samples only simulation provides)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -82,7 +83,7 @@ def evaluate_run(
         x = x[:n]
     info = trainer.dist
     n_points = x.shape[0]
-    if info.enabled and estimator != "gaps":
+    if info.enabled:
         x = x[distributed.shard(n_points, info)]  # each rank scores a contiguous shard
     torch.manual_seed(seed + 7919 * info.rank)
     vae = trainer.vae
@@ -98,9 +99,9 @@ def evaluate_run(
     elif estimator == "exact":
         est = _exact(vae, x)
     else:
-        return _gaps(trainer, x, k, ais_steps, memory_gb, run_dir, split, seed, start, out)
+        return _gaps(trainer, x, n_points, k, ais_steps, memory_gb, run_dir, split, seed, start, out)
     if info.enabled:
-        est.per_datapoint = distributed.gather_shards(est.per_datapoint.to(trainer.device), n_points, info).cpu()
+        est.per_datapoint = _gathered(est.per_datapoint, n_points, trainer)
         est.settings["world_size"] = info.world_size
     result = est.to_dict()
     result.update(
@@ -120,6 +121,14 @@ def evaluate_run(
     return result
 
 
+def _gathered(values: torch.Tensor, n_points: int, trainer: Trainer) -> torch.Tensor:
+    """Every rank's shard of per-datapoint values, in datapoint order: the values one process
+    would have produced (itself, without torchrun)."""
+    if not trainer.dist.enabled:
+        return values
+    return distributed.gather_shards(values.to(trainer.device), n_points, trainer.dist).cpu()
+
+
 def check_exact_applies(vae: VAE) -> None:
     """Raise a ConfigError unless ``vae`` is linear-Gaussian (the model ``exact`` needs)."""
     try:
@@ -135,22 +144,33 @@ def _exact(vae: VAE, x: torch.Tensor) -> estimators.Estimate:
     return estimators.Estimate("exact", estimators.exact_log_px(vae, x).double(), settings={"model": "linear-Gaussian, closed form"})
 
 
-def _gaps(trainer, x, k, ais_steps, memory_gb, run_dir, split, seed, start, out) -> Dict[str, Any]:
-    """ELBO, IWAE-k and AIS side by side per datapoint, with the approximation and amortization gaps."""
+def _gaps(trainer, x, n_points, k, ais_steps, memory_gb, run_dir, split, seed, start, out) -> Dict[str, Any]:
+    """ELBO, IWAE-k and AIS side by side per datapoint, with the approximation and amortization gaps
+    (``x``: this rank's shard of the ``n_points``)."""
     report = estimators.gap_report(trainer.vae, x, k=k, ais_steps=ais_steps, memory_gb=memory_gb)
+    if trainer.dist.enabled:
+        for name in ("elbo", "iwae", "ais", "elbo_local_gaussian"):
+            if name in report:
+                report[name].per_datapoint = _gathered(report[name].per_datapoint, n_points, trainer)
+        report["per_datapoint"] = {name: _gathered(v, n_points, trainer) for name, v in report["per_datapoint"].items()}
+        report["summary"] = {name: float(v.mean()) for name, v in report["per_datapoint"].items()}
     estimates = {name: report[name].to_dict() for name in ("elbo", "iwae", "ais", "elbo_local_gaussian") if name in report}
     per_point = {name: report[name].per_datapoint.tolist() for name in estimates}
     per_point.update({name: v.tolist() for name, v in report["per_datapoint"].items()})
     first = estimates["iwae"]
+    # the standard error of each mean gap over datapoints (the value is the amortization gap)
+    stderr = {name: float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan") for name, v in report["per_datapoint"].items()}
+    settings = {"k": k, "ais_steps": ais_steps, "log_px_from": report["log_px_from"]}
+    if trainer.dist.enabled:
+        settings["world_size"] = trainer.dist.world_size
     result = {
-        "estimator": "gaps", "value": report["summary"]["amortization_gap"], "stderr": float("nan"), "n": first["n"],
-        "settings": {"k": k, "ais_steps": ais_steps, "log_px_from": report["log_px_from"]},
-        "summary": report["summary"], "estimates": estimates, "per_datapoint": per_point,
+        "estimator": "gaps", "value": report["summary"]["amortization_gap"], "stderr": stderr["amortization_gap"], "n": first["n"],
+        "settings": settings, "summary": report["summary"], "summary_stderr": stderr, "estimates": estimates, "per_datapoint": per_point,
         "run": str(run_dir), "split": split, "seed": seed, "seconds": round(time.perf_counter() - start, 3),
         "data": trainer.data.info, "device": str(trainer.device), "trained_epochs": trainer.epoch,
     }
     path = Path(out) if out else Path(run_dir) / f"eval_gaps_{split}.json"
-    if trainer.dist.is_main:  # every rank computed the same report
+    if trainer.dist.is_main:  # every rank holds the same gathered report
         write_text_atomically(path, json.dumps(result, indent=2, default=str))
     result["path"] = str(path)
     return result
@@ -172,8 +192,7 @@ def _bdmc(trainer: Trainer, n: int, ais_steps: int, ais_chains: int, run_dir: Pa
     bounds = {}
     for side in ("lower", "upper"):
         est = report[side]
-        if info.enabled:
-            est.per_datapoint = distributed.gather_shards(est.per_datapoint.to(trainer.device), n, info).cpu()
+        est.per_datapoint = _gathered(est.per_datapoint, n, trainer)
         bounds[side] = est
     gap = bounds["upper"].per_datapoint - bounds["lower"].per_datapoint
     lower = bounds["lower"]

@@ -36,6 +36,10 @@ def test_cli_end_to_end(tmp_path, capsys):
     s = gaps["summary"]
     assert abs(s["inference_gap"] - s["approximation_gap"] - s["amortization_gap"]) < 1e-6
     assert len(gaps["per_datapoint"]["ais"]) == 4 and gaps["settings"]["log_px_from"] == "ais"
+    amortization = gaps["per_datapoint"]["amortization_gap"]
+    mean = sum(amortization) / 4
+    spread = (sum((a - mean) ** 2 for a in amortization) / 3) ** 0.5
+    assert abs(gaps["stderr"] - spread / 2) < 1e-9 and set(gaps["summary_stderr"]) == set(s)  # every gap with its error bar
     capsys.readouterr()
     assert main(["evaluate", str(run), "--estimator", "bdmc", "--n", "6", "--ais-steps", "20", "--ais-chains", "2", "--no-progress"]) == 0
     bdmc = json.loads((run / "eval_bdmc_simulated.json").read_text())

@@ -68,6 +68,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
     result = evaluate_run(f"{out_dir}/run", "bdmc", n=5, ais_steps=5, ais_chains=2, progress=False)
     torch.save(result["per_datapoint"], f"{out_dir}/bdmc_{rank}.pt")
+    gaps = evaluate_run(f"{out_dir}/run", "gaps", n=5, k=10, ais_steps=5, progress=False)
+    torch.save(gaps["per_datapoint"], f"{out_dir}/gaps_{rank}.pt")
     distributed.shutdown(info)
 
 
@@ -111,6 +113,13 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
     assert written["n"] == 5 and written["settings"]["world_size"] == 2
     lower = written["per_datapoint"]["lower"]
     assert lower[:2] != lower[3:]  # rank 1's two points are not rank 0's first two again (seeded per rank)
+    # the gap report: each rank scores its shard, all gather the whole
+    gaps = [torch.load(tmp_path / f"gaps_{rank}.pt") for rank in (0, 1)]
+    written = json.loads((tmp_path / "run" / "eval_gaps_test.json").read_text())
+    assert gaps[0] == gaps[1] == written["per_datapoint"] and written["n"] == 5 and written["settings"]["world_size"] == 2
+    assert all(len(v) == 5 for v in written["per_datapoint"].values())
+    amortization = written["per_datapoint"]["amortization_gap"]
+    assert abs(written["summary"]["amortization_gap"] - sum(amortization) / 5) < 1e-9
 
 
 def test_world_size_must_divide_the_batch(tmp_path):
