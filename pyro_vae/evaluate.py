@@ -7,7 +7,6 @@ the trained model (whose exact posterior samples only simulation provides)."""
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from . import distributed, estimators
 from .config import ESTIMATORS
 from .errors import ConfigError
+from .estimators.result import standard_error
 from .model import VAE
 from .paths import prepared_output, write_text_atomically
 from .train import Trainer, load_run
@@ -159,7 +159,7 @@ def _gaps(trainer, x, n_points, k, ais_steps, memory_gb, run_dir, split, seed, s
     per_point.update({name: v.tolist() for name, v in report["per_datapoint"].items()})
     first = estimates["iwae"]
     # the standard error of each mean gap over datapoints (the value is the amortization gap)
-    stderr = {name: float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan") for name, v in report["per_datapoint"].items()}
+    stderr = {name: standard_error(v) for name, v in report["per_datapoint"].items()}
     settings = {"k": k, "ais_steps": ais_steps, "log_px_from": report["log_px_from"]}
     if trainer.dist.enabled:
         settings["world_size"] = trainer.dist.world_size
@@ -202,7 +202,7 @@ def _bdmc(trainer: Trainer, n: int, ais_steps: int, ais_chains: int, run_dir: Pa
         "lower": lower.to_dict(), "upper": bounds["upper"].to_dict(),
         # Both bounds are stochastic (they hold in expectation), so a point's gap may come out negative:
         # the gap's standard error over points says how much of its mean is noise.
-        "gap_mean": float(gap.mean()), "gap_stderr": float(gap.std() / n**0.5) if n > 1 else float("nan"), "gap_max": float(gap.max()),
+        "gap_mean": float(gap.mean()), "gap_stderr": standard_error(gap), "gap_max": float(gap.max()),
         "per_datapoint": {side: est.per_datapoint.tolist() for side, est in bounds.items()},
         "run": str(run_dir), "split": "simulated", "seed": seed, "seconds": round(time.perf_counter() - start, 3),
         "trained_on": trainer.data.info, "device": str(trainer.device), "trained_epochs": trainer.epoch,

@@ -109,6 +109,8 @@ def test_bdmc_brackets_exact(problem):
     assert out["lower"].mean <= exact + 0.03
     assert out["upper"].mean >= exact - 0.03
     assert 0 <= out["gap_mean"] < 0.5
+    gap = out["upper"].per_datapoint - out["lower"].per_datapoint
+    assert abs(out["gap_stderr"] - (gap.std() / 10**0.5).item()) < 1e-9 and out["gap_max"] == gap.max().item()
 
 
 def test_appendix_d_estimator_close_to_exact(problem):

@@ -33,7 +33,7 @@ from ..model import VAE, without_param_store
 from ..traces import sample_latents
 from .hmc import BatchedHMC
 from .potentials import guide_log_density, model_log_densities
-from .result import Estimate
+from .result import Estimate, standard_error
 
 Schedule = Literal["linear", "sigmoid"]
 
@@ -185,7 +185,8 @@ def bdmc(
     progress: bool = False,
 ) -> dict:
     """BDMC on simulated data: forward AIS (lower bound) and reverse AIS from the exact posterior
-    sample (upper bound). Returns both estimates and the gap (upper - lower), mean over points."""
+    sample (upper bound). Returns both estimates and the gap (upper - lower): its mean over points,
+    the mean's standard error and its largest value, with the simulated points ``x``."""
     if x is None or z is None:
         x, z = vae.simulate(num_points)
     betas = beta_schedule(num_steps, schedule)
@@ -204,4 +205,4 @@ def bdmc(
         diagnostics={"accept_mean": float(accept.mean())},
     )
     gap = upper_points - lower.per_datapoint
-    return {"lower": lower, "upper": upper, "gap_mean": float(gap.mean()), "gap_max": float(gap.max()), "x": x}
+    return {"lower": lower, "upper": upper, "gap_mean": float(gap.mean()), "gap_stderr": standard_error(gap), "gap_max": float(gap.max()), "x": x}

@@ -10,6 +10,12 @@ from typing import Any, Dict
 import torch
 
 
+def standard_error(values: torch.Tensor) -> float:
+    """Standard error of the mean of ``values`` over datapoints: std / sqrt(n) (NaN for one value)."""
+    n = values.numel()
+    return float(values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+
+
 @dataclass
 class Estimate:
     estimator: str
@@ -24,8 +30,7 @@ class Estimate:
     @property
     def stderr(self) -> float:
         """Standard error of the mean over datapoints: std / sqrt(n)."""
-        n = self.per_datapoint.numel()
-        return float(self.per_datapoint.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+        return standard_error(self.per_datapoint)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
