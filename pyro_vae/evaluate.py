@@ -23,6 +23,7 @@ from .paths import prepared_output, write_text_atomically
 from .train import Trainer, load_run
 
 BDMC_POINTS = 100  # points bdmc simulates when n is not given (each costs two AIS runs)
+GAP_REPORT_ESTIMATES = ("elbo", "iwae", "ais", "elbo_local_gaussian")  # the estimates a gap report may hold
 
 
 def evaluate_run(
@@ -149,12 +150,12 @@ def _gaps(trainer, x, n_points, k, ais_steps, memory_gb, run_dir, split, seed, s
     (``x``: this rank's shard of the ``n_points``)."""
     report = estimators.gap_report(trainer.vae, x, k=k, ais_steps=ais_steps, memory_gb=memory_gb)
     if trainer.dist.enabled:
-        for name in ("elbo", "iwae", "ais", "elbo_local_gaussian"):
+        for name in GAP_REPORT_ESTIMATES:
             if name in report:
                 report[name].per_datapoint = _gathered(report[name].per_datapoint, n_points, trainer)
         report["per_datapoint"] = {name: _gathered(v, n_points, trainer) for name, v in report["per_datapoint"].items()}
         report["summary"] = {name: float(v.mean()) for name, v in report["per_datapoint"].items()}
-    estimates = {name: report[name].to_dict() for name in ("elbo", "iwae", "ais", "elbo_local_gaussian") if name in report}
+    estimates = {name: report[name].to_dict() for name in GAP_REPORT_ESTIMATES if name in report}
     per_point = {name: report[name].per_datapoint.tolist() for name in estimates}
     per_point.update({name: v.tolist() for name, v in report["per_datapoint"].items()})
     first = estimates["iwae"]
@@ -184,26 +185,23 @@ def _bdmc(trainer: Trainer, n: int, ais_steps: int, ais_chains: int, run_dir: Pa
     the model's own; where it is small, ``--estimator ais`` with the same settings can be trusted on
     real data about as far as the model fits them."""
     info = trainer.dist
-    local = distributed.shard(n, info) if info.enabled else slice(0, n)  # each rank simulates its share
+    local = distributed.shard(n, info)  # each rank simulates its share (all n in one process)
     torch.manual_seed(seed + 7919 * info.rank)
     start = time.perf_counter()
     report = estimators.bdmc(trainer.vae, num_points=local.stop - local.start, num_steps=ais_steps, num_chains=ais_chains,
                              progress=progress)
-    bounds = {}
-    for side in ("lower", "upper"):
-        est = report[side]
+    lower, upper = report["lower"], report["upper"]
+    for est in (lower, upper):
         est.per_datapoint = _gathered(est.per_datapoint, n, trainer)
-        bounds[side] = est
-    gap = bounds["upper"].per_datapoint - bounds["lower"].per_datapoint
-    lower = bounds["lower"]
+    gap = upper.per_datapoint - lower.per_datapoint
     result = {
         "estimator": "bdmc", "value": lower.mean, "stderr": lower.stderr, "n": n,
         "settings": {**lower.settings, "points": "simulated from the model"},
-        "lower": lower.to_dict(), "upper": bounds["upper"].to_dict(),
+        "lower": lower.to_dict(), "upper": upper.to_dict(),
         # Both bounds are stochastic (they hold in expectation), so a point's gap may come out negative:
         # the gap's standard error over points says how much of its mean is noise.
         "gap_mean": float(gap.mean()), "gap_stderr": standard_error(gap), "gap_max": float(gap.max()),
-        "per_datapoint": {side: est.per_datapoint.tolist() for side, est in bounds.items()},
+        "per_datapoint": {"lower": lower.per_datapoint.tolist(), "upper": upper.per_datapoint.tolist()},
         "run": str(run_dir), "split": "simulated", "seed": seed, "seconds": round(time.perf_counter() - start, 3),
         "trained_on": trainer.data.info, "device": str(trainer.device), "trained_epochs": trainer.epoch,
         "trained_samples": trainer.samples_seen,
