@@ -39,12 +39,13 @@ def read_saved_rows(path: Path) -> list:
         return []
     try:
         rows = json.loads(path.read_text())
+        rows_ok = isinstance(rows, list) and all(isinstance(r, dict) and "samples_seen" in r for r in rows)
+        problem = None if rows_ok else "not a list of rows"
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        rows = e
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "samples_seen" in r for r in rows):
-        raise ConfigError(f"{path} does not hold Figure 3's saved evaluations ({rows if isinstance(rows, Exception) else 'not a list of rows'}); "
-                          "delete it to go on (its evaluations are lost: the run is evaluated again from where it stands), "
-                          "or choose another --out.")
+        problem = str(e)
+    if problem:
+        raise ConfigError(f"{path} does not hold Figure 3's saved evaluations ({problem}); delete it to go on (its "
+                          "evaluations are lost: the run is evaluated again from where it stands), or choose another --out.")
     return rows
 
 
