@@ -123,7 +123,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_run(
         args.run, args.estimator, args.k, args.split, args.n, args.seed, args.device, args.memory_gb,
-        ais_steps=args.ais_steps, ais_chains=args.ais_chains, ais_start=args.ais_start, hmc_samples=args.hmc_samples,
+        ais_steps=args.ais_steps, ais_chains=args.ais_chains, ais_start=args.ais_start, ais_schedule=args.ais_schedule,
+        hmc_samples=args.hmc_samples,
         progress=not args.no_progress, out=args.out,
     )
     _print_result(result)
@@ -209,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--memory-gb", type=positive_float, default=2.0, help="memory cap for IWAE chunks")
     e.add_argument("--ais-steps", type=positive_int, default=1000, help="AIS transitions (default 1000)")
     e.add_argument("--ais-chains", type=positive_int, default=16, help="AIS chains per datapoint (default 16)")
-    e.add_argument("--ais-start", default="prior", choices=["prior", "encoder"])
+    e.add_argument("--ais-start", default="prior", choices=["prior", "encoder"], help="AIS from the prior or from q(z|x) (\"AIS + encoder\")")
+    e.add_argument("--ais-schedule", default="sigmoid", choices=["sigmoid", "linear"], help="how AIS's temperatures rise from 0 to 1 (default sigmoid)")
     e.add_argument("--hmc-samples", type=positive_int, default=50, help="posterior draws per chain for --estimator hmc (AEVB App. D)")
     e.add_argument("--out", help="JSON output path (default RUN/eval_<estimator>_<split>.json; bdmc: RUN/eval_bdmc_simulated.json)")
     e.add_argument("--no-progress", action="store_true")

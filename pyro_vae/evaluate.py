@@ -38,6 +38,7 @@ def evaluate_run(
     ais_steps: int = 1000,
     ais_chains: int = 16,
     ais_start: str = "prior",
+    ais_schedule: str = "sigmoid",
     hmc_samples: int = 50,
     progress: bool = True,
     out: Optional[Path | str] = None,
@@ -62,13 +63,17 @@ def evaluate_run(
             raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}.")
     if not (isinstance(memory_gb, (int, float)) and 0 < memory_gb < float("inf")):
         raise ConfigError(f"memory_gb must be a finite number > 0 (GiB for one IWAE chunk), not {memory_gb!r}.")
+    if ais_start not in ("prior", "encoder"):
+        raise ConfigError(f"ais_start must be 'prior' or 'encoder' (q(z|x), \"AIS + encoder\"), not {ais_start!r}.")
+    if ais_schedule not in ("sigmoid", "linear"):
+        raise ConfigError(f"ais_schedule must be 'sigmoid' or 'linear' (how the temperatures rise from 0 to 1), not {ais_schedule!r}.")
     if estimator == "bdmc" and ais_start != "prior":
         raise ConfigError("bdmc runs AIS from the prior (its reverse chains end there); drop --ais-start encoder.")
     if out is not None:
         out = prepared_output(out, "--out")
     trainer = load_run(run_dir, device=device)
     if estimator == "bdmc":
-        return _bdmc(trainer, n or BDMC_POINTS, ais_steps, ais_chains, run_dir, seed, progress, out)
+        return _bdmc(trainer, n or BDMC_POINTS, ais_steps, ais_chains, ais_schedule, run_dir, seed, progress, out)
     x = trainer.x_test if split == "test" else trainer.x_train
     if split == "train" and trainer.config.data.binarize == "dynamic":
         # Dynamic binarization has no fixed training set: score one seeded draw of it.
@@ -94,7 +99,7 @@ def evaluate_run(
     elif estimator == "iwae":
         est = estimators.iwae(vae, x, k=k, memory_gb=memory_gb, progress=progress)
     elif estimator == "ais":
-        est = estimators.ais(vae, x, num_steps=ais_steps, num_chains=ais_chains, start=ais_start, progress=progress)
+        est = estimators.ais(vae, x, num_steps=ais_steps, num_chains=ais_chains, schedule=ais_schedule, start=ais_start, progress=progress)
     elif estimator == "hmc":
         est = estimators.hmc_marginal_likelihood(vae, x, num_samples=hmc_samples)
     elif estimator == "exact":
@@ -177,8 +182,8 @@ def _gaps(trainer, x, n_points, k, ais_steps, memory_gb, run_dir, split, seed, s
     return result
 
 
-def _bdmc(trainer: Trainer, n: int, ais_steps: int, ais_chains: int, run_dir: Path | str, seed: int, progress: bool,
-          out: Optional[Path | str]) -> Dict[str, Any]:
+def _bdmc(trainer: Trainer, n: int, ais_steps: int, ais_chains: int, ais_schedule: str, run_dir: Path | str, seed: int,
+          progress: bool, out: Optional[Path | str]) -> Dict[str, Any]:
     """BDMC (Grosse et al. 2015) on ``n`` points simulated from the trained model: forward AIS from
     the prior bounds each log p(x) from below, reverse AIS from the exact posterior sample from
     above (both stochastically). Their gap bounds the error of AIS with these settings on data like
@@ -189,7 +194,7 @@ def _bdmc(trainer: Trainer, n: int, ais_steps: int, ais_chains: int, run_dir: Pa
     torch.manual_seed(seed + 7919 * info.rank)
     start = time.perf_counter()
     report = estimators.bdmc(trainer.vae, num_points=local.stop - local.start, num_steps=ais_steps, num_chains=ais_chains,
-                             progress=progress)
+                             schedule=ais_schedule, progress=progress)
     lower, upper = report["lower"], report["upper"]
     for est in (lower, upper):
         est.per_datapoint = _gathered(est.per_datapoint, n, trainer)

@@ -50,6 +50,9 @@ def test_cli_end_to_end(tmp_path, capsys):
     spread = (sum((g - bdmc["gap_mean"]) ** 2 for g in gap) / 5) ** 0.5
     assert abs(bdmc["gap_stderr"] - spread / 6**0.5) < 1e-9
     assert "bdmc on 6 points simulated from the model: AIS (lower)" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "--estimator", "ais", "--ais-schedule", "linear", "--n", "3", "--ais-steps", "5",
+                 "--ais-chains", "2", "--no-progress"]) == 0
+    assert json.loads((run / "eval_ais_test.json").read_text())["settings"]["schedule"] == "linear"
     assert main(["evaluate", str(run), "--estimator", "bdmc", "--ais-start", "encoder"]) == 2
     assert "bdmc runs AIS from the prior" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--estimator", "exact"]) == 2  # an MLP decoder: no closed form
@@ -128,7 +131,9 @@ def test_evaluate_run_rejects_bad_settings_from_python_too(tmp_path):
     from pyro_vae.evaluate import evaluate_run
 
     for kwargs, message in [({"n": -5}, "n must be a whole number >= 1"), ({"k": 0}, "k must be"),
-                            ({"ais_chains": 2.5}, "ais_chains must be"), ({"memory_gb": 0}, "memory_gb must be")]:
+                            ({"ais_chains": 2.5}, "ais_chains must be"), ({"memory_gb": 0}, "memory_gb must be"),
+                            ({"ais_start": "posterior"}, "ais_start must be 'prior' or 'encoder'"),
+                            ({"ais_schedule": "cosine"}, "ais_schedule must be 'sigmoid' or 'linear'")]:
         with pytest.raises(ConfigError, match=message):
             evaluate_run(tmp_path, **kwargs)  # checked before the run folder is read
 
