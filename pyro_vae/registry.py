@@ -12,7 +12,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from typing import Any, Callable, Dict, Generic, List, TypeVar
+import typing
+from typing import Any, Callable, Dict, Generic, List, Literal, TypeVar, Union
 
 from .errors import ConfigError
 
@@ -32,6 +33,52 @@ def _all_finite(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_all_finite(v) for v in value)
     return True
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config value (as YAML or TOML gives it) fits a builder's annotation. The types
+    builders use: float (an int will do), int, bool, str, Literal, Optional, List and Tuple (a
+    list will do); any other annotation is left to the builder's own checks."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (bool, str):
+        return isinstance(value, hint)
+    if hint is type(None):
+        return value is None
+    if origin is Union:
+        return any(_fits(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+    return True
+
+
+_NOUNS = {float: "number", int: "whole number", bool: "true or false value", str: "string"}
+
+
+def _describe(hint: Any) -> str:
+    """A builder's annotation in a config's words: ``Tuple[float, float]`` is "a list of 2 numbers"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return "true or false"
+    if hint in _NOUNS:
+        return "a " + _NOUNS[hint]
+    if hint is type(None):
+        return "null"
+    if origin is Union:
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (list, tuple) and args and all(a == args[0] and a in _NOUNS for a in args):
+        count = "" if origin is list else f"{len(args)} "
+        return f"a list of {count}{_NOUNS[args[0]]}s"
+    return str(hint)
 
 
 class Registry(Generic[T]):
@@ -96,7 +143,10 @@ class Registry(Generic[T]):
         missing = [k for k, d in valid.items() if d is inspect.Parameter.empty and k not in options]
         if missing:
             raise ConfigError(f"{self.kind} {name!r} needs option(s): {', '.join(missing)}.")
+        hints = typing.get_type_hints(self.get(name))
         for key, value in options.items():
+            if key in hints and not _fits(value, hints[key]):
+                raise ConfigError(f"{self.kind} {name!r}: option {key!r} must be {_describe(hints[key])}, got {value!r}.")
             if not _all_finite(value):
                 raise ConfigError(
                     f"{self.kind} {name!r}: option {key!r} must hold finite numbers, got {value!r} "

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from pyro_vae import config as C
@@ -28,6 +30,37 @@ def test_unknown_prior_lists_valid_names():
 def test_unknown_option_lists_valid_options():
     with pytest.raises(ConfigError, match="has no option.*'df'.*Its options are: scale"):
         tiny_config(model={"z_dim": 2, "prior": {"name": "laplace", "df": 3}})
+
+
+@pytest.mark.parametrize(
+    "section,value,message",
+    [
+        ("optimizer", {"name": "adam", "lr": "abc"}, "optimizer 'adam': option 'lr' must be a number, got 'abc'"),
+        ("optimizer", {"name": "adam", "betas": [0.9]}, "option 'betas' must be a list of 2 numbers, got [0.9]"),  # was a traceback
+        ("model.prior", {"name": "student_t", "df": "abc"}, "prior 'student_t': option 'df' must be a number"),
+        ("model.encoder", {"name": "mlp", "hidden": [1.5]}, "option 'hidden' must be a list of whole numbers, got [1.5]"),
+        ("model.likelihood", {"name": "gaussian", "variance": "fixd"}, "option 'variance' must be one of 'fixed', 'learned', 'decoder'"),
+        ("model.likelihood", {"name": "gaussian", "sigmoid_mean": 1}, "option 'sigmoid_mean' must be true or false, got 1"),
+        ("objective", {"name": "rws", "dream_batch_size": 1.5}, "option 'dream_batch_size' must be a whole number or null"),
+    ],
+)
+def test_a_component_option_of_the_wrong_type_is_named_with_the_type_it_needs(section, value, message):
+    """Options are checked against their builder's annotations when the config loads, before any
+    builder turns them into an obscure error (or, for a one-number betas, a traceback)."""
+    d = tiny_config_dict()
+    *path, last = section.split(".")
+    target = d
+    for key in path:
+        target = target.setdefault(key, {})
+    target[last] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        C.from_dict(d)
+
+
+def test_options_of_the_right_types_pass_as_written():
+    cfg = tiny_config(optimizer={"name": "adam", "lr": 1, "betas": [0.5, 0.9]},  # an int for a float; a list for a tuple
+                      objective={"name": "rws", "dream_batch_size": None})
+    assert cfg.optimizer.options == {"lr": 1, "betas": [0.5, 0.9]} and cfg.objective.options["dream_batch_size"] is None
 
 
 def test_unknown_key_and_bad_type_are_named():
