@@ -222,6 +222,14 @@ def is_device_name(name: str) -> bool:
     return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[len("cuda:"):].isdigit())
 
 
+def syntax_error_text(error: Exception) -> str:
+    """A parser's error in one line: PyYAML's spans several, with a caret drawn under the spot."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
+
+
 def _read_file(path: Path) -> Dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist.")
@@ -236,9 +244,10 @@ def _read_file(path: Path) -> Dict[str, Any]:
                 f"config file {str(path)!r}: unknown extension {path.suffix!r}; use .yaml, .yml or .toml."
             )
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: {e}") from e
-    if data is None:
-        data = {}
+        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: {syntax_error_text(e)}") from e
+    if data is None:  # an empty file, or one holding only comments: most likely not the file meant
+        raise ConfigError(f"config file {str(path)!r} holds no settings; give at least the sections that differ from the "
+                          "defaults (configs/aevb_mnist.yaml is the paper's run), or `{}` for the defaults alone.")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level.")
     return data
@@ -257,7 +266,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
         try:
             value = parse_yaml(raw)
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: value {raw!r} is not valid YAML: {e}") from e
+            raise ConfigError(f"--set {item!r}: value {raw!r} is not valid YAML: {syntax_error_text(e)}") from e
         node = data
         for k in keys[:-1]:
             child = node.setdefault(k, {})

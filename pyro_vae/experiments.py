@@ -14,7 +14,7 @@ import yaml
 
 from . import allocator
 from .cli import device_arg
-from .config import RunConfig, load, parse_yaml
+from .config import RunConfig, load, parse_yaml, syntax_error_text
 from .errors import ConfigError, PyroVAEError, one_line_warnings
 from .paths import write_text_atomically
 from .train import Trainer, read_metrics as read_run_metrics
@@ -30,7 +30,7 @@ def variant(base: str | Path, overrides: Sequence[str], data: Optional[str] = No
         try:
             mapping = parse_yaml(data)
         except yaml.YAMLError as e:
-            raise ConfigError(f"--data {data!r} is not valid YAML: {e}") from None
+            raise ConfigError(f"--data {data!r} is not valid YAML: {syntax_error_text(e)}") from None
         if not isinstance(mapping, dict):
             raise ConfigError(f"--data must be a YAML mapping such as \"{{name: npz, path: small.npz}}\", got {data!r}")
         extra.append("data=" + yaml.safe_dump(mapping, default_flow_style=True).strip())

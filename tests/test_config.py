@@ -89,8 +89,13 @@ def test_overrides_and_files(tmp_path):
     assert C.load(toml).model.z_dim == 4
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"not valid YAML: .* \(line 1, column 17\)$"):  # one line, with the spot
         C.load(bad)
+    with pytest.raises(ConfigError, match=r"--set 'model.z_dim=\[2': value '\[2' is not valid YAML: .* \(line 1, column 3\)$"):
+        C.load(p, ["model.z_dim=[2"])
+    (tmp_path / "empty.yaml").write_text("# the settings will go here\n")
+    with pytest.raises(ConfigError, match="empty.yaml' holds no settings; .* or `{}` for the defaults alone"):
+        C.load(tmp_path / "empty.yaml")
     with pytest.raises(ConfigError, match="does not exist"):
         C.load(tmp_path / "missing.yaml")
     (tmp_path / "c.ini").write_text("[model]\n")
