@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, Iterator, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 
 import pyro
 import torch
@@ -121,7 +121,7 @@ class _CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
     but stores ``_differentiable_loss``, so it builds a new compiled function (and traces again) on
     every call, about 5x slower than no JIT. Reuse the stored one."""
 
-    def differentiable_loss(self, model, guide, *args, **kwargs):
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         compiled = getattr(self, "_differentiable_loss", None)
         if compiled is None:
             return super().differentiable_loss(model, guide, *args, **kwargs)
@@ -138,7 +138,7 @@ class _OneGradientJitTrace_ELBO(JitTrace_ELBO):
     weight prior gets half its weight. ``Trace_ELBO`` takes the loss's value only (``torch_item``);
     this does the same with ``detach`` (no host sync)."""
 
-    def differentiable_loss(self, model, guide, *args, **kwargs):
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
         return loss.detach() + (surrogate_loss - surrogate_loss.detach())
 
