@@ -59,6 +59,15 @@ def _fits(value: Any, hint: Any) -> bool:
     return True
 
 
+def _type_hints(builder: Callable[..., Any]) -> Dict[str, Any]:
+    """The builder's annotations, resolved; none where they cannot be (a name imported only for type
+    checkers): its options then go unchecked for type, as before, rather than failing to load."""
+    try:
+        return typing.get_type_hints(builder)
+    except Exception:  # NameError, TypeError: whatever an unresolvable annotation raises
+        return {}
+
+
 _NOUNS = {float: "number", int: "whole number", bool: "true or false value", str: "string"}
 
 
@@ -143,7 +152,7 @@ class Registry(Generic[T]):
         missing = [k for k, d in valid.items() if d is inspect.Parameter.empty and k not in options]
         if missing:
             raise ConfigError(f"{self.kind} {name!r} needs option(s): {', '.join(missing)}.")
-        hints = typing.get_type_hints(self.get(name))
+        hints = _type_hints(self.get(name))
         for key, value in options.items():
             if key in hints and not _fits(value, hints[key]):
                 raise ConfigError(f"{self.kind} {name!r}: option {key!r} must be {_describe(hints[key])}, got {value!r}.")

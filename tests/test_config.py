@@ -57,6 +57,21 @@ def test_a_component_option_of_the_wrong_type_is_named_with_the_type_it_needs(se
         C.from_dict(d)
 
 
+def test_a_builder_whose_annotations_cannot_be_resolved_still_loads():
+    from pyro_vae.priors import StandardNormal
+    from pyro_vae.registry import PRIORS
+
+    def builder(*, z_dim: int, x_dim: int, spread: "NotImportedHere" = 1.0):  # noqa: F821
+        return StandardNormal(z_dim)
+
+    PRIORS.register("test_unresolved")(builder)
+    try:
+        cfg = tiny_config(model={"z_dim": 2, "prior": {"name": "test_unresolved", "spread": 2.0}})
+        assert cfg.model.prior.options == {"spread": 2.0}
+    finally:
+        PRIORS._entries.pop("test_unresolved")
+
+
 def test_options_of_the_right_types_pass_as_written():
     cfg = tiny_config(optimizer={"name": "adam", "lr": 1, "betas": [0.5, 0.9]},  # an int for a float; a list for a tuple
                       objective={"name": "rws", "dream_batch_size": None})
