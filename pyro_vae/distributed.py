@@ -122,6 +122,16 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value / info.world_size
 
 
+def check_shardable(n: int, info: DistInfo) -> None:
+    """Raise a ConfigError unless ``n`` points give every rank at least one (an estimator cannot
+    score an empty shard)."""
+    if n < info.world_size:
+        raise ConfigError(
+            f"{n} point(s) cannot be shared by {info.world_size} processes (each scores at least one); "
+            f"evaluate at least {info.world_size} points (--n) or start fewer processes."
+        )
+
+
 def shard(n: int, info: DistInfo) -> slice:
     """Contiguous shard of ``range(n)`` for evaluation (sizes differ by at most one)."""
     base, extra = divmod(n, info.world_size)

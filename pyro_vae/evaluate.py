@@ -90,6 +90,7 @@ def evaluate_run(
     info = trainer.dist
     n_points = x.shape[0]
     if info.enabled:
+        distributed.check_shardable(n_points, info)
         x = x[distributed.shard(n_points, info)]  # each rank scores a contiguous shard
     torch.manual_seed(seed + 7919 * info.rank)
     vae = trainer.vae
@@ -190,6 +191,7 @@ def _bdmc(trainer: Trainer, n: int, ais_steps: int, ais_chains: int, ais_schedul
     the model's own; where it is small, ``--estimator ais`` with the same settings can be trusted on
     real data about as far as the model fits them."""
     info = trainer.dist
+    distributed.check_shardable(n, info)
     local = distributed.shard(n, info)  # each rank simulates its share (all n in one process)
     torch.manual_seed(seed + 7919 * info.rank)
     start = time.perf_counter()

@@ -157,6 +157,14 @@ def test_a_bad_join_timeout_is_named(monkeypatch):
         distributed.init(distributed.DistInfo(1, 2, 1), torch.device("cpu"))
 
 
+def test_fewer_points_than_processes_is_a_clear_error():
+    four = distributed.DistInfo(rank=3, world_size=4)
+    with pytest.raises(ConfigError, match="3 point\\(s\\) cannot be shared by 4 processes .* evaluate at least 4 points \\(--n\\)"):
+        distributed.check_shardable(3, four)
+    distributed.check_shardable(4, four)  # one each
+    assert distributed.shard(4, four) == slice(3, 4)
+
+
 def test_shards_cover_every_point_once():
     for n in (0, 1, 7, 10):
         for world in (1, 2, 3):
