@@ -199,6 +199,11 @@ class Trainer:
                     f"objective {self.objective.name!r} keeps per-datapoint state (MCEM's chains) and is not supported "
                     "in distributed training yet; run it in one process."
                 )
+            if self.x_train.shape[0] < self.dist.world_size:  # every global minibatch would be trimmed away
+                raise ConfigError(
+                    f"{self.x_train.shape[0]} training point(s) cannot be shared by {self.dist.world_size} processes; "
+                    "train on more points or start fewer processes."
+                )
             # Initialisation above is identical on every rank (same seed); sampling noise must not be.
             torch.manual_seed(config.seed + 1_000_003 * (self.dist.rank + 1))
         self.epoch = 0

@@ -52,6 +52,13 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     resumed = Trainer(cfg2, f"{out_dir}/run", progress=False)
     resumed.train(resume=True)
     torch.save(resumed.epoch, f"{out_dir}/resumed_epoch_{rank}.pt")
+    # fewer training points than processes: refused on every rank before training
+    tiny = _config()
+    tiny.data.n_train = 1
+    try:
+        Trainer(tiny, f"{out_dir}/tiny", progress=False)
+    except ConfigError as e:
+        torch.save(str(e), f"{out_dir}/tiny_error_{rank}.pt")
     # Sharded IWAE: exact guide => deterministic per-datapoint values.
     from pyro_vae.estimators import exact_vae, iwae
     from pyro_vae.linear_gaussian import LinearGaussian
@@ -86,6 +93,7 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
         for a, b in zip(params, single.vae.parameters()):
             assert torch.allclose(a, b, atol=1e-6), "parameters after one step differ from the single-process run"
     assert all(torch.load(tmp_path / f"resumed_epoch_{r}.pt") == 2 for r in (0, 1))
+    assert all("1 training point(s) cannot be shared by 2 processes" in torch.load(tmp_path / f"tiny_error_{r}.pt") for r in (0, 1))
     # Only rank 0 wrote the run folder; metrics count the global batch.
     assert (tmp_path / "run" / "checkpoint.pt").exists()
     import csv
