@@ -163,8 +163,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .train import load_run
 
     trainer = load_run(args.run, device=args.device)
-    for p in plot_run(Path(args.run), trainer.vae, trainer.x_test, trainer.data.y_test):
+    written, skipped = plot_run(Path(args.run), trainer.vae, trainer.x_test, trainer.data.y_test)
+    for p in written:
         print(f"wrote {p}")
+    for name, why in skipped.items():
+        print(f"no {name}: {why}")
     return 0
 
 

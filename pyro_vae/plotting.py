@@ -4,7 +4,7 @@ and a latent scatter coloured by label. All written as PNG files with matplotlib
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -83,16 +83,26 @@ def picture_formats() -> List[str]:
     return sorted(matplotlib.figure.Figure().canvas.get_supported_filetypes())
 
 
+def why_not_drawn(vae: VAE, needs_2d_latents: bool = False) -> Optional[str]:
+    """Why a picture of this model cannot be drawn (None if it can): the data are not grey images,
+    or (for the manifold) the latent space is not 2-D."""
+    if _image_shape(vae.x_shape) is None:
+        return f"the data (shape {tuple(vae.x_shape)}) are not images"
+    if needs_2d_latents and vae.z_dim != 2:
+        return f"the latent space has {vae.z_dim} dimensions and the manifold needs 2 (model.z_dim=2)"
+    return None
+
+
 @torch.no_grad()
 def plot_samples(vae: VAE, path: Path, n: int = 100, nrow: int = 10) -> Optional[Path]:
-    if _image_shape(vae.x_shape) is None:
+    if why_not_drawn(vae):
         return None
     return _save_image(image_grid(vae.sample_means(n).cpu(), vae.x_shape, nrow), path, f"samples (E[x|z], z ~ p(z)), Nz={vae.z_dim}")
 
 
 @torch.no_grad()
 def plot_reconstructions(vae: VAE, x: torch.Tensor, path: Path, n: int = 10) -> Optional[Path]:
-    if _image_shape(vae.x_shape) is None:
+    if why_not_drawn(vae):
         return None
     x = x[:n]
     both = torch.cat([x.cpu(), vae.reconstruct(x).cpu()])
@@ -103,7 +113,7 @@ def plot_reconstructions(vae: VAE, x: torch.Tensor, path: Path, n: int = 10) -> 
 def plot_manifold(vae: VAE, path: Path, n: int = 20) -> Optional[Path]:
     """AEVB Fig. 4: a linearly spaced grid on the unit square mapped through the inverse Gaussian
     CDF to z, with the decoder mean drawn at each point (only for z_dim = 2)."""
-    if vae.z_dim != 2 or _image_shape(vae.x_shape) is None:
+    if why_not_drawn(vae, needs_2d_latents=True):
         return None
     device = next(vae.parameters()).device
     u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=device)
@@ -139,8 +149,9 @@ def plot_latents(vae: VAE, x: torch.Tensor, y: Optional[torch.Tensor], path: Pat
     return path
 
 
-def plot_run(run_dir: Path, vae: VAE, x_test: torch.Tensor, y_test: Optional[torch.Tensor]) -> List[Path]:
-    """Every picture that applies to this run, written into ``run_dir/plots``."""
+def plot_run(run_dir: Path, vae: VAE, x_test: torch.Tensor, y_test: Optional[torch.Tensor]) -> Tuple[List[Path], Dict[str, str]]:
+    """Every picture that applies to this run, written into ``run_dir/plots``; returns the files
+    written and, for each picture left out, why."""
     out = Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -155,4 +166,6 @@ def plot_run(run_dir: Path, vae: VAE, x_test: torch.Tensor, y_test: Optional[tor
     ):
         if p is not None:
             written.append(p)
-    return written
+    skipped = {name: why for name, why in (("samples.png", why_not_drawn(vae)), ("reconstructions.png", why_not_drawn(vae)),
+                                           ("manifold.png", why_not_drawn(vae, needs_2d_latents=True))) if why}
+    return written, skipped

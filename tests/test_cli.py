@@ -63,8 +63,11 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "estimator exact: exact log p(x) needs" in capsys.readouterr().err and not (fresh / "checkpoint.pt").exists()
     assert main(["sample", str(run), "--n", "4"]) == 0
     assert (run / "samples.npy").exists()  # synthetic data is not an image: samples saved as an array
+    capsys.readouterr()
     assert main(["plot", str(run)]) == 0
     assert (run / "plots" / "elbo_curves.png").exists() and (run / "plots" / "latents.png").exists()
+    out = capsys.readouterr().out  # the pictures left out are named, with why
+    assert "no samples.png: the data (shape (5,)) are not images" in out and "no manifold.png" in out
 
 
 def test_cli_image_plots(tmp_path, capsys):
@@ -74,9 +77,11 @@ def test_cli_image_plots(tmp_path, capsys):
     run = tmp_path / "img"
     assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", f"data={{name: npz, path: {tmp_path / 'img.npz'}}}",
                  "--set", "model.likelihood={name: continuous_bernoulli}", "--set", "training.epochs=1"]) == 0
+    capsys.readouterr()
     assert main(["plot", str(run)]) == 0
     for name in ("samples", "reconstructions", "manifold", "latents", "elbo_curves"):
         assert (run / "plots" / f"{name}.png").exists(), name
+    assert "no " not in capsys.readouterr().out  # an image run with 2-D latents: every picture
     # sample --out: a picture, an array (.npy) on request, and nothing else
     assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.pdf")]) == 0 and (tmp_path / "s.pdf").exists()
     assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.npy")]) == 0
