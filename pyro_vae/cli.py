@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="data sets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="download and cache a data set")
-    f.add_argument("name", help="mnist, fashion-mnist, frey-face")
+    f.add_argument("name", choices=["mnist", "fashion-mnist", "frey-face"], help="the data sets that are downloaded (synthetic is generated, npz read from your file)")
     f.add_argument("--root", help="data folder (default $PYRO_VAE_DATA or ~/.cache/pyro_vae)")
     f.set_defaults(fn=cmd_data_fetch)
     return p

@@ -310,7 +310,9 @@ def test_the_cli_keeps_freed_memory(tmp_path, monkeypatch):
 
     called = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: called.append(True) or "kept")
-    assert main(["data", "fetch", "nonexistent-set", "--root", str(tmp_path)]) == 2
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # a data root that is a file: the command starts, then fails with a message
+    assert main(["data", "fetch", "mnist", "--root", str(blocker)]) == 2
     assert called == [True]
 
 
