@@ -106,7 +106,8 @@ def evaluate_run(
     elif estimator == "exact":
         est = _exact(vae, x)
     else:
-        return _gaps(trainer, x, n_points, k, ais_steps, memory_gb, run_dir, split, seed, start, out)
+        ais_options = {"num_chains": ais_chains, "schedule": ais_schedule, "start": ais_start}
+        return _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, split, seed, start, out)
     if info.enabled:
         est.per_datapoint = _gathered(est.per_datapoint, n_points, trainer)
         est.settings["world_size"] = info.world_size
@@ -151,10 +152,10 @@ def _exact(vae: VAE, x: torch.Tensor) -> estimators.Estimate:
     return estimators.Estimate("exact", estimators.exact_log_px(vae, x).double(), settings={"model": "linear-Gaussian, closed form"})
 
 
-def _gaps(trainer, x, n_points, k, ais_steps, memory_gb, run_dir, split, seed, start, out) -> Dict[str, Any]:
+def _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, split, seed, start, out) -> Dict[str, Any]:
     """ELBO, IWAE-k and AIS side by side per datapoint, with the approximation and amortization gaps
     (``x``: this rank's shard of the ``n_points``)."""
-    report = estimators.gap_report(trainer.vae, x, k=k, ais_steps=ais_steps, memory_gb=memory_gb)
+    report = estimators.gap_report(trainer.vae, x, k=k, ais_steps=ais_steps, memory_gb=memory_gb, **ais_options)
     if trainer.dist.enabled:
         for name in GAP_REPORT_ESTIMATES:
             if name in report:
@@ -167,7 +168,7 @@ def _gaps(trainer, x, n_points, k, ais_steps, memory_gb, run_dir, split, seed, s
     first = estimates["iwae"]
     # the standard error of each mean gap over datapoints (the value is the amortization gap)
     stderr = {name: standard_error(v) for name, v in report["per_datapoint"].items()}
-    settings = {"k": k, "ais_steps": ais_steps, "log_px_from": report["log_px_from"]}
+    settings = {"k": k, "ais_steps": ais_steps, **{f"ais_{key}": v for key, v in ais_options.items()}, "log_px_from": report["log_px_from"]}
     if trainer.dist.enabled:
         settings["world_size"] = trainer.dist.world_size
     result = {

@@ -31,11 +31,12 @@ def test_cli_end_to_end(tmp_path, capsys):
         result = json.loads((run / f"eval_{est}_test.json").read_text())
         assert result["n"] == 5 and result["split"] == "test" and "stderr" in result and result["settings"]
         assert result["data"]["binarize"] == "none" and result["trained_epochs"] == 3
-    assert main(["evaluate", str(run), "--estimator", "gaps", "--n", "4", "--k", "20", "--ais-steps", "5", "--no-progress"]) == 0
+    assert main(["evaluate", str(run), "--estimator", "gaps", "--n", "4", "--k", "20", "--ais-steps", "5", "--ais-chains", "3", "--no-progress"]) == 0
     gaps = json.loads((run / "eval_gaps_test.json").read_text())
     s = gaps["summary"]
     assert abs(s["inference_gap"] - s["approximation_gap"] - s["amortization_gap"]) < 1e-6
     assert len(gaps["per_datapoint"]["ais"]) == 4 and gaps["settings"]["log_px_from"] == "ais"
+    assert gaps["settings"]["ais_num_chains"] == 3 and gaps["estimates"]["ais"]["settings"]["num_chains"] == 3  # --ais-chains reaches it
     amortization = gaps["per_datapoint"]["amortization_gap"]
     mean = sum(amortization) / 4
     spread = (sum((a - mean) ** 2 for a in amortization) / 3) ** 0.5

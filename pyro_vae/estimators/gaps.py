@@ -59,15 +59,22 @@ def optimise_local_gaussians(vae: VAE, x: torch.Tensor, steps: int = 300, lr: fl
 
 
 @without_param_store
-def gap_report(vae: VAE, x: torch.Tensor, k: int = 5000, ais_steps: Optional[int] = None, memory_gb: float = 2.0) -> Dict[str, object]:
-    """ELBO, IWAE-k, (AIS,) q* ELBO and the gaps, per datapoint and on average."""
+def gap_report(
+    vae: VAE, x: torch.Tensor, k: int = 5000, ais_steps: Optional[int] = None, memory_gb: float = 2.0, **ais_options: object
+) -> Dict[str, object]:
+    """ELBO, IWAE-k, (AIS,) q* ELBO and the gaps, per datapoint and on average.
+
+    :param ais_steps: if given, log p(x) is read from AIS with this many steps (else from IWAE-k).
+    :param ais_options: further settings of :func:`~pyro_vae.estimators.ais.ais` (``num_chains``,
+        ``schedule``, ...).
+    """
     elbo_q = elbo(vae, x, num_samples=100, memory_gb=memory_gb)
     iw = iwae(vae, x, k=k, memory_gb=memory_gb)
     local = optimise_local_gaussians(vae, x)
     best = iw
     out: Dict[str, object] = {"elbo": elbo_q, "iwae": iw, "elbo_local_gaussian": local}
     if ais_steps:
-        best = ais(vae, x, num_steps=ais_steps)
+        best = ais(vae, x, num_steps=ais_steps, **ais_options)  # type: ignore[arg-type]
         out["ais"] = best
     log_px = best.per_datapoint
     out["log_px_from"] = best.estimator
