@@ -166,6 +166,7 @@ def plot_run(run_dir: Path, vae: VAE, x_test: torch.Tensor, y_test: Optional[tor
     ):
         if p is not None:
             written.append(p)
-    skipped = {name: why for name, why in (("samples.png", why_not_drawn(vae)), ("reconstructions.png", why_not_drawn(vae)),
-                                           ("manifold.png", why_not_drawn(vae, needs_2d_latents=True))) if why}
+    not_images, not_2d = why_not_drawn(vae), why_not_drawn(vae, needs_2d_latents=True)
+    reasons = {"samples.png": not_images, "reconstructions.png": not_images, "manifold.png": not_2d}
+    skipped = {name: why for name, why in reasons.items() if why}
     return written, skipped
