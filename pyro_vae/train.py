@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 import pyro
 import torch
@@ -28,7 +28,7 @@ from . import allocator, distributed, fused_linear
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RunConfig, changed_settings, from_dict as config_from_dict, save as save_config
 from .datasets import Dataset, check_support, load_dataset
-from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
 from .estimators import potentials
 from .model import VAE, build_vae, without_param_store
 from .objectives import Objective
@@ -327,13 +327,16 @@ class Trainer:
 
     def _check_finite(self, value: float, where: str) -> None:
         if not math.isfinite(value):
-            ckpt = self.run_dir / CHECKPOINT_NAME
-            kept = f"the last good checkpoint ({ckpt}, epoch {self._saved_epoch}) is kept" if ckpt.exists() else "no checkpoint had been written yet"
-            raise TrainingError(
-                f"the loss became {value} ({where}); training stopped and {kept}. Try a smaller optimizer.lr, "
-                "optimizer clipped_adam, a weight prior (objective.weight_prior_std: 1.0), or a likelihood "
-                "min_std for Gaussian decoders; `--resume` continues from the checkpoint."
-            )
+            self._stop_diverged(f"the loss became {value} ({where})")
+
+    def _stop_diverged(self, what: str) -> NoReturn:
+        ckpt = self.run_dir / CHECKPOINT_NAME
+        kept = f"the last good checkpoint ({ckpt}, epoch {self._saved_epoch}) is kept" if ckpt.exists() else "no checkpoint had been written yet"
+        raise TrainingError(
+            f"{what}; training stopped and {kept}. Try a smaller optimizer.lr, "
+            "optimizer clipped_adam, a weight prior (objective.weight_prior_std: 1.0), or a likelihood "
+            "min_std for Gaussian decoders; `--resume` continues from the checkpoint."
+        )
 
     def changes_since_checkpoint(self, state: Dict[str, Any]) -> Dict[str, Any]:
         """Settings of this trainer's config that differ from the checkpoint's, other than those a
@@ -494,11 +497,20 @@ class Trainer:
             x = self.x_train[idx]
             if dynamic:
                 x = torch.bernoulli(x)
-            for loss in objective.step_losses(vae, x, idx, n):  # one step for all but MCEM
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                distributed.average_gradients(params, self.dist)
-                opt.step()
+            try:
+                for loss in objective.step_losses(vae, x, idx, n):  # one step for all but MCEM
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    distributed.average_gradients(params, self.dist)
+                    opt.step()
+            except (RuntimeError, ValueError) as e:
+                # Parameters that diverged between two loss checks surface as errors of whatever
+                # meets them first (sampling a mixture's NaN weights, a Cholesky factor, a
+                # distribution's argument check): report the divergence, not the symptom.
+                if isinstance(e, PyroVAEError) or all(bool(torch.isfinite(p).all()) for p in params):
+                    raise
+                symptom = " ".join(str(e).split())[:200]
+                self._stop_diverged(f"the parameters became non-finite (epoch {self.epoch + 1}, step {self.step + 1}: {symptom})")
             loss = loss.detach()
             running += loss
             # Each rank's loss estimates the full-data loss; weight it by the global batch's share of

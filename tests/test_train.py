@@ -131,6 +131,25 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         assert torch.equal(v, kept["vae"][k])
 
 
+def test_parameters_that_diverge_between_loss_checks_stop_with_the_same_message(tmp_path):
+    # NaN mixture weights make the next step's prior sample fail inside torch ("probability tensor
+    # contains either inf, nan or element < 0") before any loss is checked: that was a traceback
+    cfg = tiny_config(model={"prior": {"name": "mixture_of_gaussians", "components": 3}}, objective={"name": "wake_sleep"},
+                      training={"epochs": 1, "batch_size": 20, "log_every": 50})
+    trainer = Trainer(cfg, tmp_path / "r", progress=False)
+    with torch.no_grad():
+        for p in trainer.vae.prior.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"parameters became non-finite \(epoch 1, step 1: probability tensor.*no checkpoint had been written yet"):
+        trainer.train()
+    # an error with finite parameters is not dressed up as divergence
+    trainer = Trainer(tiny_config(training={"epochs": 1, "batch_size": 20}), tmp_path / "s", progress=False)
+    trainer.x_train = trainer.x_train[:, :3]  # the wrong number of features
+    with pytest.raises(RuntimeError) as error:
+        trainer.train()
+    assert not isinstance(error.value, TrainingError)
+
+
 def test_checkpoint_is_atomic_and_refuses_pickled_objects(tmp_path):
     path = tmp_path / "checkpoint.pt"
     state = {"vae": {"w": torch.ones(2)}, "optimizer": {}, "epoch": 1, "step": 3, "samples_seen": 60, "wall_seconds": 0.5,
