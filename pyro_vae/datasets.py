@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import inspect
 import os
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,7 +333,9 @@ def frey_face(*, root: Path, download: bool, path: Optional[str] = None, sha256:
 def synthetic(
     *, root: Path, download: bool, n_train: int = 1000, n_test: int = 200, x_dim: int = 5, z_dim: int = 2, noise_std: float = 0.5, seed: int = 0
 ) -> Dataset:
-    """Samples of a linear-Gaussian model with known parameters (exact log p(x) is available)."""
+    """Samples of a linear-Gaussian model with known parameters (exact log p(x) is available).
+    ``n_train``/``n_test`` are the data section's sizes: that many points are drawn, and a smaller
+    size draws the first points of a larger one."""
     truth = LinearGaussian.random(x_dim, z_dim, noise_std, seed)
     xtr, _ = truth.sample(n_train, seed + 1)
     xte, _ = truth.sample(n_test, seed + 2)
@@ -419,13 +423,22 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     """
     from .registry import DATASETS as registry
 
-    data = registry.build(cfg.name, cfg.options, root=data_root(cfg.root), download=cfg.download)
-    if cfg.n_train is not None:
-        data.x_train = data.x_train[: cfg.n_train]
-        data.y_train = None if data.y_train is None else data.y_train[: cfg.n_train]
-    if cfg.n_test is not None:
-        data.x_test = data.x_test[: cfg.n_test]
-        data.y_test = None if data.y_test is None else data.y_test[: cfg.n_test]
+    # a data set that generates its points generates as many as asked for; the others are cut
+    generates = inspect.signature(registry.get(cfg.name)).parameters
+    sizes = {k: v for k, v in (("n_train", cfg.n_train), ("n_test", cfg.n_test)) if v is not None and k in generates}
+    data = registry.build(cfg.name, cfg.options, root=data_root(cfg.root), download=cfg.download, **sizes)
+    for split, wanted in (("train", cfg.n_train), ("test", cfg.n_test)):
+        if wanted is None:
+            continue
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if wanted > x.shape[0]:
+            warnings.warn(
+                f"pyro-vae: data.n_{split}={wanted}, but the {split} set of {cfg.name!r} holds {x.shape[0]} points; "
+                f"all {x.shape[0]} are used",
+                stacklevel=2,
+            )
+        setattr(data, f"x_{split}", x[:wanted])
+        setattr(data, f"y_{split}", None if y is None else y[:wanted])
     if cfg.binarize != "none":
         for name, x in (("train", data.x_train), ("test", data.x_test)):
             if not ((x >= 0) & (x <= 1)).all():  # NaN fails both comparisons

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Tuple
 
+import numpy as np
 import torch
 
 
@@ -30,9 +31,12 @@ class LinearGaussian:
         return LinearGaussian(W, b, float(noise_std))
 
     def sample(self, n: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.W.shape[1], generator=g, dtype=torch.float64)
-        x = z @ self.W.T + self.b + self.noise_std * torch.randn(n, self.W.shape[0], generator=g, dtype=torch.float64)
+        """(x, z), n points drawn with ``seed``; row by row, so the first m of n draws are the m draws."""
+        x_dim, z_dim = self.W.shape
+        # numpy draws in order (torch's randn fills in blocks whose layout depends on the size)
+        noise = torch.from_numpy(np.random.default_rng(seed).standard_normal((n, z_dim + x_dim)))
+        z = noise[:, :z_dim]
+        x = z @ self.W.T + self.b + self.noise_std * noise[:, z_dim:]
         return x, z
 
     def marginal(self) -> torch.distributions.MultivariateNormal:

@@ -179,4 +179,6 @@ GUIDES: Registry = Registry("guide", context_args=("z_dim",))
 NETWORKS: Registry = Registry("network", context_args=("in_dim", "out_dim", "x_shape", "role"))
 OBJECTIVES: Registry = Registry("objective", context_args=())
 OPTIMIZERS: Registry = Registry("optimizer", context_args=("params",))
-DATASETS: Registry = Registry("dataset", context_args=("root", "download"))
+# A data set that generates its points (``synthetic``) may also take ``n_train``/``n_test``: the
+# data section's sizes (``load_dataset`` passes them where the builder has them), not options.
+DATASETS: Registry = Registry("dataset", context_args=("root", "download", "n_train", "n_test"))

@@ -63,7 +63,7 @@ def test_iwae_benchmark_times_a_trained_run(tmp_path, capsys):
 
     np.savez(tmp_path / "d.npz", x=(np.random.default_rng(0).random((40, 16)) < 0.3).astype(np.float32))
     run = tmp_path / "run"
-    Trainer(tiny_config(data={"name": "npz", "path": str(tmp_path / "d.npz"), "n_test": 5}, model={"likelihood": {"name": "bernoulli"}},
+    Trainer(tiny_config(data={"name": "npz", "path": str(tmp_path / "d.npz"), "n_test": 4}, model={"likelihood": {"name": "bernoulli"}},
                         objective={"name": "trace_meanfield"}, training={"epochs": 1, "batch_size": 10}), run, progress=False).train()
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_iwae.py"
     spec = importlib.util.spec_from_file_location("bench_iwae", path)

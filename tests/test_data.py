@@ -122,6 +122,21 @@ def test_npz_loader_and_errors(tmp_path):
         D.npz(root=tmp_path, download=False, path=str(tmp_path / "none.npz"))
 
 
+def test_data_sizes_generate_synthetic_points_and_cut_stored_ones(tmp_path):
+    # synthetic data are generated to the section's sizes (n_train: 5000 gave the first 1000 of its
+    # default 1000 before); a smaller size draws the first points of a larger one
+    big = D.load_dataset(DataConfig(name="synthetic", n_train=5000, n_test=7))
+    small = D.load_dataset(DataConfig(name="synthetic", n_train=50, n_test=3))
+    assert big.x_train.shape == (5000, 5) and big.x_test.shape == (7, 5)
+    assert torch.equal(small.x_train, big.x_train[:50]) and torch.equal(small.x_test, big.x_test[:3])
+    # a stored data set is cut to the sizes, and a size beyond it says so
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((50, 3)).astype(np.float32))
+    cut = D.load_dataset(DataConfig(name="npz", path=str(tmp_path / "d.npz"), n_train=10))
+    assert cut.x_train.shape == (10, 3) and cut.x_test.shape == (5, 3)
+    with pytest.warns(UserWarning, match="data.n_train=100, but the train set of 'npz' holds 45 points; all 45 are used"):
+        assert D.load_dataset(DataConfig(name="npz", path=str(tmp_path / "d.npz"), n_train=100)).x_train.shape == (45, 3)
+
+
 @pytest.mark.parametrize("arrays,message", [
     ({"x": np.array(["a", "b", "c"])}, "x must be numeric, got dtype <U1"),
     ({"x": np.random.rand(6)}, r"x must hold one datapoint per row.*got shape \(6,\)"),
