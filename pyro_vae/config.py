@@ -13,8 +13,9 @@ import inspect
 import json
 import re
 import tomllib
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Sequence, Tuple, get_args
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -253,9 +254,67 @@ def _read_file(path: Path) -> Dict[str, Any]:
     return data
 
 
+# Where a config holds components (``{name: ..., option: ...}``): path -> (registry attribute in
+# pyro_vae.registry, the section's class). The class's own fields (``data.binarize``,
+# ``optimizer.schedule``, ...) belong to the section whatever its component; the rest are the
+# component's options.
+_COMPONENT_SECTIONS: Dict[Tuple[str, ...], Tuple[str, type]] = {
+    ("data",): ("DATASETS", DataConfig),
+    ("model", "prior"): ("PRIORS", Component),
+    ("model", "likelihood"): ("LIKELIHOODS", Component),
+    ("model", "guide"): ("GUIDES", Component),
+    ("model", "encoder"): ("NETWORKS", Component),
+    ("model", "decoder"): ("NETWORKS", Component),
+    ("objective",): ("OBJECTIVES", ObjectiveConfig),
+    ("optimizer",): ("OPTIMIZERS", OptimizerConfig),
+}
+
+
+def _key_paths(prefix: Tuple[str, ...], value: Any) -> List[Tuple[str, ...]]:
+    """``prefix`` and, for a mapping, the path of every key inside it."""
+    paths = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            paths += _key_paths(prefix + (str(k),), v)
+    return paths
+
+
+def _yaml_text(value: Any) -> str:
+    """A value as ``--set`` would take it: ``learned``, ``[32]``, ``{name: none}``."""
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+
+
+def _swap_component(section: Dict[str, Any], path: Tuple[str, ...], new_name: str, set_here: set) -> List[str]:
+    """Before ``section``'s component is swapped for ``new_name`` by ``--set``: drop the options
+    the section holds for its old component that the new one does not take (by name or type), and
+    return them as ``key=value`` texts. Options given with ``--set`` themselves stay (and are
+    checked as usual); so do the section's own fields."""
+    from . import registry
+
+    registry_name, section_class = _COMPONENT_SECTIONS[path]
+    entries = getattr(registry, registry_name)
+    if new_name not in entries:
+        return []  # validation names the unknown component, with the valid ones
+    own_fields = set(section_class.model_fields)
+    dropped = []
+    for key in list(section):
+        if key in own_fields or path + (key,) in set_here:
+            continue
+        if not entries.takes(new_name, key, section[key]):
+            dropped.append(f"{key}={_yaml_text(section.pop(key))}")
+    return dropped
+
+
 def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Apply ``--set a.b.c=value`` overrides; values are parsed as YAML (``1e-3``, ``[500]``, ``true``)."""
+    """Apply ``--set a.b.c=value`` overrides; values are parsed as YAML (``1e-3``, ``[500]``, ``true``).
+
+    Swapping a component is one override: ``--set model.likelihood.name=bernoulli`` drops the options
+    of the old component that the new one does not take (with a warning naming them); an option of a
+    component section that the config leaves out is set on the default component
+    (``model.encoder.hidden=[200]`` keeps the default encoder's other options)."""
     data = copy.deepcopy(data)
+    defaults: Optional[Dict[str, Any]] = None
+    set_here: set = set()  # key paths given by these overrides
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.z_dim=2.")
@@ -268,12 +327,30 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: value {raw!r} is not valid YAML: {syntax_error_text(e)}") from e
         node = data
-        for k in keys[:-1]:
+        for depth, k in enumerate(keys[:-1]):
+            path = tuple(keys[: depth + 1])
+            if k not in node and path in _COMPONENT_SECTIONS:
+                # start from the default component, as the config without this override had it
+                defaults = defaults if defaults is not None else RunConfig().to_dict()
+                default_section: Any = defaults
+                for part in path:
+                    default_section = default_section[part]
+                node[k] = copy.deepcopy(default_section)
             child = node.setdefault(k, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {k!r} is a value, not a section.")
             node = child
+        parent = tuple(keys[:-1])
+        if keys[-1] == "name" and parent in _COMPONENT_SECTIONS and isinstance(value, str) and value != node.get("name"):
+            dropped = _swap_component(node, parent, value, set_here)
+            if dropped:
+                warnings.warn(
+                    f"pyro-vae: --set {key}={value}: dropped {', '.join(dropped)}, option(s) of "
+                    f"{node.get('name', 'the default')!r} that {value!r} does not take",
+                    stacklevel=2,
+                )
         node[keys[-1]] = value
+        set_here.update(_key_paths(tuple(keys), value))
     return data
 
 

@@ -140,6 +140,13 @@ class Registry(Generic[T]):
             if k not in self.context_args and p.kind is p.KEYWORD_ONLY
         }
 
+    def takes(self, name: str, key: str, value: Any) -> bool:
+        """Whether entry ``name`` takes option ``key`` with this value (its name, type and finiteness)."""
+        if key not in self.options(name):
+            return False
+        hint = _type_hints(self.get(name)).get(key)
+        return (hint is None or _fits(value, hint)) and _all_finite(value)
+
     def check_options(self, name: str, options: Dict[str, Any]) -> None:
         """Raise a :class:`ConfigError` if ``options`` are not valid keywords of entry ``name``."""
         valid = self.options(name)

@@ -118,6 +118,38 @@ def test_overrides_and_files(tmp_path):
         C.load(tmp_path / "c.ini")
 
 
+def test_swapping_a_component_with_set_drops_the_options_the_new_one_does_not_take(tmp_path):
+    p = tmp_path / "c.yaml"
+    C.save(tiny_config(), p)  # likelihood {name: gaussian, variance: learned}, encoder mlp with hidden [8]
+    with pytest.warns(UserWarning, match=r"--set model.likelihood.name=bernoulli: dropped variance=learned, option\(s\) of 'gaussian'"):
+        cfg = C.load(p, ["model.likelihood.name=bernoulli"])  # was: "likelihood 'bernoulli' has no option(s) 'variance'"
+    assert cfg.model.likelihood.name == "bernoulli" and cfg.model.likelihood.options == {}
+    # options the new component takes (by name and type) stay; a list where conv takes a number does not
+    assert C.load(p, ["model.likelihood.name=laplace"]).model.likelihood.options == {"variance": "learned"}
+    with pytest.warns(UserWarning, match=r"dropped hidden=\[8\]"):
+        conv = C.load(p, ["model.encoder.name=conv"]).model.encoder
+    assert conv.name == "conv" and "hidden" not in conv.options
+    # options given with --set are the user's: kept and checked, whatever their order
+    with pytest.raises(ConfigError, match="likelihood 'bernoulli' has no option.*'variance'"):
+        C.load(p, ["model.likelihood.variance=fixed", "model.likelihood.name=bernoulli"])
+    both = C.load(p, ["optimizer.lr=0.5", "optimizer.name=sgd"])
+    assert both.optimizer.name == "sgd" and both.optimizer.options == {"lr": 0.5}
+    # a section's own settings are not the component's options
+    with pytest.warns(UserWarning, match="dropped x_dim=6, z_dim=2, option"):
+        data = C.load(p, ["data.binarize=static", "data.name=npz", "data.path=x.npz"]).data
+    assert data.binarize == "static" and data.n_train == 60 and data.options == {"path": "x.npz"}
+
+
+def test_setting_an_option_of_a_component_the_file_leaves_out_starts_from_the_default(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: t\ndata: {name: synthetic}\n")
+    encoder = C.load(p, ["model.encoder.hidden=[200]"]).model.encoder
+    assert encoder.name == "mlp" and encoder.options == {"hidden": [200], "activation": "tanh"}
+    with pytest.raises(ConfigError, match="prior 'standard_normal' has no option.*'components'"):  # was "model.prior.name: Field required"
+        C.load(p, ["model.prior.components=3"])
+    assert C.load(p, ["model.prior.name=vamp", "model.prior.components=3"]).model.prior.options == {"components": 3}
+
+
 def test_saved_config_round_trips(tmp_path):
     cfg = tiny_config(model={"z_dim": 2, "prior": {"name": "mixture_of_gaussians", "components": 3}})
     C.save(cfg, tmp_path / "r.yaml")
