@@ -33,7 +33,7 @@ def main(args: argparse.Namespace) -> None:
     base, default_z = SETTINGS[args.dataset]
     z_dims = args.z_dims or default_z
     out = Path(args.out)
-    rows = []
+    rows, stopped = [], {}
     for z in z_dims:
         for method in args.methods:
             cfg = X.variant(base, [
@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> None:
                 f"seed={args.seed}", *args.set,
             ], args.data)
             run_dir = out / "runs" / cfg.name
-            trainer = X.train(cfg, run_dir)
+            trainer, stopped[cfg.name] = X.train(cfg, run_dir)
             for r in X.read_metrics(run_dir):
                 rows.append({"dataset": args.dataset, "method": method, "z_dim": z, "samples_seen": int(r["samples_seen"]),
                              "train_elbo": float(r["train_elbo"]), "test_elbo": float(r["test_elbo"])})
@@ -70,7 +70,8 @@ def main(args: argparse.Namespace) -> None:
     X.write_markdown(final, ["method", "z_dim", "samples_seen", "train_elbo", "test_elbo"], stem.with_suffix(".md"),
                      f"Fig. 2 ({args.dataset}): lower bound after {int(args.budget)} training samples",
                      [f"Data: {cfg_data.name}, binarize={cfg_data.binarize}; train bound on the first 1000 training points; "
-                      f"command: `python examples/fig2_lower_bound.py --dataset {args.dataset} --budget {int(args.budget)}`"])
+                      f"command: `python examples/fig2_lower_bound.py --dataset {args.dataset} --budget {int(args.budget)}`",
+                      *X.stopped_notes(stopped)])
     print(f"wrote {stem}.csv, .png, .md")
 
 

@@ -51,7 +51,7 @@ def read_saved_rows(path: Path) -> list:
 
 def main(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    rows = []
+    rows, stopped = [], {}
     for n_train in args.n_train:
         for method in args.methods:
             cfg = X.variant("configs/aevb_mnist.yaml", [
@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> None:
                 write_text_atomically(saved, json.dumps(run_rows))  # a crash mid-write must not break the resume
                 print(f"N={n_train} {method:10s} {row['samples_seen']:>9d} samples: test log p(x) (HMC) {run_rows[-2]['log_px']:.2f}")
 
-            trainer.train(resume=(run_dir / "checkpoint.pt").exists(), on_epoch_end=evaluate)
+            stopped[cfg.name] = X.train_to_end(trainer, on_epoch_end=evaluate)
             rows += run_rows
     X.write_csv(rows, out / "fig3.csv")
 
@@ -117,7 +117,8 @@ def main(args: argparse.Namespace) -> None:
                      out / "fig3.md", f"Fig. 3: log p(x) after {int(args.budget)} training samples",
                      [f"Nz=3, 100 hidden; first {args.eval_points} train/test points; HMC = AEVB App. D ({args.hmc_samples} samples, "
                       f"4 leapfrog steps), IWAE k={args.k}; binarize={cfg.data.binarize}. Command: "
-                      f"`python examples/fig3_marginal_likelihood.py --budget {int(args.budget)}`"])
+                      f"`python examples/fig3_marginal_likelihood.py --budget {int(args.budget)}`",
+                      *X.stopped_notes(stopped)])
     print(f"wrote {out}/fig3.csv, .png, .md")
 
 

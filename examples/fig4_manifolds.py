@@ -21,11 +21,11 @@ CONFIGS = {"mnist": "configs/aevb_mnist.yaml", "frey": "configs/aevb_frey.yaml"}
 
 def main(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    rows, table = [], []
+    rows, table, stopped = [], [], {}
     for name in args.datasets:
         cfg = X.variant(CONFIGS[name], [f"name=fig4_{name}", "model.z_dim=2", "training.epochs=null",
                                         f"training.sample_budget={int(args.budget)}", f"seed={args.seed}", *args.set], args.data)
-        trainer = X.train(cfg, out / "runs" / cfg.name)
+        trainer, stopped[cfg.name] = X.train(cfg, out / "runs" / cfg.name)
         picture = plot_manifold(trainer.vae.eval(), out / f"fig4_{name}.png", n=args.grid)
         metrics = X.read_metrics(out / "runs" / cfg.name)
         rows += [{"dataset": name, **m} for m in metrics]
@@ -34,7 +34,8 @@ def main(args: argparse.Namespace) -> None:
         print(f"{name}: test ELBO {table[-1]['test_elbo']:.2f}; wrote {picture}")
     X.write_csv(rows, out / "fig4.csv")
     X.write_markdown(table, ["dataset", "samples_seen", "test_elbo", "picture"], out / "fig4.md",
-                     "Fig. 4: learned 2-D manifolds", [f"Command: `python examples/fig4_manifolds.py --budget {int(args.budget)}`"])
+                     "Fig. 4: learned 2-D manifolds",
+                     [f"Command: `python examples/fig4_manifolds.py --budget {int(args.budget)}`", *X.stopped_notes(stopped)])
 
 
 if __name__ == "__main__":

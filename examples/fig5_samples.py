@@ -20,11 +20,11 @@ from pyro_vae.plotting import plot_samples
 
 def main(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    rows, table = [], []
+    rows, table, stopped = [], [], {}
     for z in args.z_dims:
         cfg = X.variant(args.config, [f"name=fig5_z{z}", f"model.z_dim={z}", "training.epochs=null",
                                       f"training.sample_budget={int(args.budget)}", f"seed={args.seed}", *args.set], args.data)
-        trainer = X.train(cfg, out / "runs" / cfg.name)
+        trainer, stopped[cfg.name] = X.train(cfg, out / "runs" / cfg.name)
         torch.manual_seed(args.seed)
         picture = plot_samples(trainer.vae.eval(), out / f"fig5_z{z}.png", n=args.n, nrow=int(args.n**0.5))
         metrics = X.read_metrics(out / "runs" / cfg.name)
@@ -34,7 +34,8 @@ def main(args: argparse.Namespace) -> None:
         print(f"Nz={z}: test ELBO {table[-1]['test_elbo']:.2f}; wrote {picture}")
     X.write_csv(rows, out / "fig5.csv")
     X.write_markdown(table, ["z_dim", "samples_seen", "test_elbo", "picture"], out / "fig5.md",
-                     "Fig. 5: random samples", [f"Command: `python examples/fig5_samples.py --budget {int(args.budget)}`"])
+                     "Fig. 5: random samples",
+                     [f"Command: `python examples/fig5_samples.py --budget {int(args.budget)}`", *X.stopped_notes(stopped)])
 
 
 if __name__ == "__main__":

@@ -7,15 +7,17 @@ import argparse
 import csv
 import io
 import math
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 
 from . import allocator
 from .cli import device_arg
 from .config import RunConfig, load, parse_yaml, syntax_error_text
-from .errors import ConfigError, PyroVAEError, one_line_warnings
+from .checkpoint import CHECKPOINT_NAME
+from .errors import ConfigError, PyroVAEError, TrainingError, one_line_warnings
 from .paths import write_text_atomically
 from .train import Trainer, read_metrics as read_run_metrics
 
@@ -37,11 +39,39 @@ def variant(base: str | Path, overrides: Sequence[str], data: Optional[str] = No
     return load(base, extra + list(overrides))
 
 
-def train(config: RunConfig, run_dir: Path, on_epoch_end: Optional[Callable[[Trainer, Row], None]] = None, resume: bool = True) -> Trainer:
-    """Train ``config`` into ``run_dir``; a finished or interrupted run there is resumed, not redone."""
+def train(config: RunConfig, run_dir: Path, on_epoch_end: Optional[Callable[[Trainer, Row], None]] = None) -> Tuple[Trainer, Optional[str]]:
+    """Train ``config`` into ``run_dir`` (see :func:`train_to_end`): the trainer and why it stopped
+    early (None when it ran to its end)."""
     trainer = Trainer(config, run_dir, progress=False)
-    trainer.train(resume=resume and (Path(run_dir) / "checkpoint.pt").exists(), on_epoch_end=on_epoch_end)
-    return trainer
+    return trainer, train_to_end(trainer, on_epoch_end)
+
+
+def train_to_end(trainer: Trainer, on_epoch_end: Optional[Callable[[Trainer, Row], None]] = None) -> Optional[str]:
+    """Train to the config's end; a finished or interrupted run in the folder is resumed, not redone.
+
+    One run that diverges (wake-sleep at some latent sizes, a learning rate too high for one model)
+    should not end a sweep of the paper's experiments: on a :class:`TrainingError` the trainer goes
+    back to its last good checkpoint, a warning names the run, and the reason is returned for the
+    figure's notes (None when training ran to its end). Running the script again retrains from that
+    checkpoint and meets the same divergence (the random states are restored). A run that diverged
+    before its first checkpoint has nothing to show: that error is raised."""
+    checkpoint = trainer.run_dir / CHECKPOINT_NAME
+    try:
+        trainer.train(resume=checkpoint.exists(), on_epoch_end=on_epoch_end)
+        return None
+    except TrainingError as e:
+        if not checkpoint.exists():
+            raise
+        trainer.resume()
+        reason = f"stopped after {trainer.samples_seen} training samples (epoch {trainer.epoch}): {str(e).split(';')[0]}"
+        warnings.warn(f"pyro-vae: run {trainer.config.name} {reason}; it is shown up to there, and the other runs go on", stacklevel=2)
+        return reason
+
+
+def stopped_notes(stopped: Dict[str, Optional[str]]) -> List[str]:
+    """Lines for a figure's notes: each run that stopped early (run name -> reason, or None for a
+    run that ran to its end)."""
+    return [f"Stopped early, shown up to there: {name} {reason}." for name, reason in stopped.items() if reason]
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -144,3 +144,31 @@ def test_a_bad_data_mapping_is_a_config_error(data, message):
 
     with pytest.raises(ConfigError, match=message):
         X.variant("configs/aevb_mnist.yaml", [], data)
+
+
+def test_a_run_that_diverges_ends_at_its_last_good_checkpoint_and_the_sweep_goes_on(tmp_path):
+    import torch
+
+    from pyro_vae import experiments as X
+    from pyro_vae.errors import TrainingError
+    from pyro_vae.train import Trainer
+
+    from .conftest import tiny_config
+
+    def poison_after_epoch_2(trainer, row):
+        if trainer.epoch == 2:
+            with torch.no_grad():
+                trainer.vae.decoder[0].weight.fill_(float("nan"))
+
+    trainer = Trainer(tiny_config(training={"epochs": 4, "batch_size": 20}), tmp_path / "r", progress=False)
+    with pytest.warns(UserWarning, match=r"run test stopped after 120 training samples \(epoch 2\): the loss became nan .*the other runs go on"):
+        reason = X.train_to_end(trainer, on_epoch_end=poison_after_epoch_2)
+    assert reason.startswith("stopped after 120 training samples (epoch 2): the loss became nan")
+    assert trainer.epoch == 2 and all(bool(torch.isfinite(p).all()) for p in trainer.vae.parameters())  # the last good state
+    assert X.stopped_notes({"a": None, "b": reason}) == [f"Stopped early, shown up to there: b {reason}."]
+    # with no checkpoint to fall back on, there is nothing to show: the error stands
+    fresh = Trainer(tiny_config(training={"epochs": 2, "batch_size": 20}), tmp_path / "s", progress=False)
+    with torch.no_grad():
+        fresh.vae.decoder[0].weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="no checkpoint had been written yet"):
+        X.train_to_end(fresh)
