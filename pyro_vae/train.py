@@ -509,7 +509,7 @@ class Trainer:
                 # distribution's argument check): report the divergence, not the symptom.
                 if isinstance(e, PyroVAEError) or all(bool(torch.isfinite(p).all()) for p in params):
                     raise
-                symptom = " ".join(str(e).split())[:200]
+                symptom = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]  # Pyro appends its trace's shapes
                 self._stop_diverged(f"the parameters became non-finite (epoch {self.epoch + 1}, step {self.step + 1}: {symptom})")
             loss = loss.detach()
             running += loss
