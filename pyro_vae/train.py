@@ -332,8 +332,14 @@ class Trainer:
     def _stop_diverged(self, what: str) -> NoReturn:
         ckpt = self.run_dir / CHECKPOINT_NAME
         kept = f"the last good checkpoint ({ckpt}, epoch {self._saved_epoch}) is kept" if ckpt.exists() else "no checkpoint had been written yet"
+        sgd = ""
+        if self.config.optimizer.name == "sgd":
+            # the loss is the whole training set's negative ELBO (Pyro's convention): its gradient,
+            # and with it sgd's step, grows with N; adaptive optimizers divide that scale out
+            sgd = (f" (sgd's step is lr times the gradient of the negative ELBO of all N = {self.x_train.shape[0]} training "
+                   "points, so its lr has to shrink with N; adagrad and adam do not depend on that scale)")
         raise TrainingError(
-            f"{what}; training stopped and {kept}. Try a smaller optimizer.lr, "
+            f"{what}; training stopped and {kept}. Try a smaller optimizer.lr{sgd}, "
             "optimizer clipped_adam, a weight prior (objective.weight_prior_std: 1.0), or a likelihood "
             "min_std for Gaussian decoders; `--resume` continues from the checkpoint."
         )

@@ -142,6 +142,12 @@ def test_parameters_that_diverge_between_loss_checks_stop_with_the_same_message(
             p.fill_(float("nan"))
     with pytest.raises(TrainingError, match=r"parameters became non-finite \(epoch 1, step 1: probability tensor.*no checkpoint had been written yet"):
         trainer.train()
+    # with sgd, the message says why its lr depends on the size of the training set
+    sgd = Trainer(tiny_config(optimizer={"name": "sgd", "lr": 0.01}), tmp_path / "sgd", progress=False)
+    with torch.no_grad():
+        sgd.vae.decoder[0].weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"smaller optimizer.lr \(sgd's step is lr times the gradient .* all N = 60 training points"):
+        sgd.train()
     # an error with finite parameters is not dressed up as divergence
     trainer = Trainer(tiny_config(training={"epochs": 1, "batch_size": 20}), tmp_path / "s", progress=False)
     trainer.x_train = trainer.x_train[:, :3]  # the wrong number of features
