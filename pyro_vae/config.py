@@ -177,20 +177,12 @@ class RunConfig(BaseModel):
     def _check_registry_names(self) -> "RunConfig":
         # Imported here: the registries are filled when the component modules are imported.
         from . import components  # noqa: F401
-        from .registry import DATASETS, GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, PRIORS
 
-        m = self.model
-        for registry, comp in [
-            (PRIORS, m.prior),
-            (LIKELIHOODS, m.likelihood),
-            (GUIDES, m.guide),
-            (NETWORKS, m.encoder),
-            (NETWORKS, m.decoder),
-            (OBJECTIVES, self.objective),
-            (OPTIMIZERS, self.optimizer),
-            (DATASETS, self.data),
-        ]:
-            registry.check_options(comp.name, comp.options)
+        for path in _COMPONENT_SECTIONS:
+            comp: Any = self
+            for part in path:
+                comp = getattr(comp, part)
+            _registry_of(path).check_options(comp.name, comp.options)
         if not is_device_name(self.device):
             raise ConfigError(
                 f"device {self.device!r} is not one of 'auto', 'cpu', 'cuda' or 'cuda:N'."
@@ -203,16 +195,12 @@ class RunConfig(BaseModel):
     def to_dict_with_option_defaults(self) -> Dict[str, Any]:
         """``to_dict()`` with every component option the config leaves out filled in with its
         builder's default, so that ``{name: adam}`` and ``{name: adam, lr: 0.001}`` compare equal."""
-        from .registry import DATASETS, GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, OPTIMIZERS, PRIORS
-
         data = self.to_dict()
-        model = data["model"]
-        for registry, section in [
-            (PRIORS, model["prior"]), (LIKELIHOODS, model["likelihood"]), (GUIDES, model["guide"]),
-            (NETWORKS, model["encoder"]), (NETWORKS, model["decoder"]), (OBJECTIVES, data["objective"]),
-            (OPTIMIZERS, data["optimizer"]), (DATASETS, data["data"]),
-        ]:
-            for key, default in registry.options(section["name"]).items():
+        for path in _COMPONENT_SECTIONS:
+            section: Any = data
+            for part in path:
+                section = section[part]
+            for key, default in _registry_of(path).options(section["name"]).items():
                 if key not in section and default is not inspect.Parameter.empty:
                     section[key] = json.loads(json.dumps(default, default=str))  # as a config file holds it
         return data
@@ -259,7 +247,6 @@ def _read_file(path: Path) -> Dict[str, Any]:
 # ``optimizer.schedule``, ...) belong to the section whatever its component; the rest are the
 # component's options.
 _COMPONENT_SECTIONS: Dict[Tuple[str, ...], Tuple[str, type]] = {
-    ("data",): ("DATASETS", DataConfig),
     ("model", "prior"): ("PRIORS", Component),
     ("model", "likelihood"): ("LIKELIHOODS", Component),
     ("model", "guide"): ("GUIDES", Component),
@@ -267,7 +254,15 @@ _COMPONENT_SECTIONS: Dict[Tuple[str, ...], Tuple[str, type]] = {
     ("model", "decoder"): ("NETWORKS", Component),
     ("objective",): ("OBJECTIVES", ObjectiveConfig),
     ("optimizer",): ("OPTIMIZERS", OptimizerConfig),
+    ("data",): ("DATASETS", DataConfig),
 }
+
+
+def _registry_of(path: Tuple[str, ...]) -> Any:
+    """The registry of the components at ``path`` (one of ``_COMPONENT_SECTIONS``)."""
+    from . import registry
+
+    return getattr(registry, _COMPONENT_SECTIONS[path][0])
 
 
 def _key_paths(prefix: Tuple[str, ...], value: Any) -> List[Tuple[str, ...]]:
@@ -289,13 +284,10 @@ def _swap_component(section: Dict[str, Any], path: Tuple[str, ...], new_name: st
     the section holds for its old component that the new one does not take (by name or type), and
     return them as ``key=value`` texts. Options given with ``--set`` themselves stay (and are
     checked as usual); so do the section's own fields."""
-    from . import registry
-
-    registry_name, section_class = _COMPONENT_SECTIONS[path]
-    entries = getattr(registry, registry_name)
+    entries = _registry_of(path)
     if new_name not in entries:
         return []  # validation names the unknown component, with the valid ones
-    own_fields = set(section_class.model_fields)
+    own_fields = set(_COMPONENT_SECTIONS[path][1].model_fields)
     dropped = []
     for key in list(section):
         if key in own_fields or path + (key,) in set_here:
