@@ -197,9 +197,7 @@ class RunConfig(BaseModel):
         builder's default, so that ``{name: adam}`` and ``{name: adam, lr: 0.001}`` compare equal."""
         data = self.to_dict()
         for path in _COMPONENT_SECTIONS:
-            section: Any = data
-            for part in path:
-                section = section[part]
+            section = _section_at(data, path)
             for key, default in _registry_of(path).options(section["name"]).items():
                 if key not in section and default is not inspect.Parameter.empty:
                     section[key] = json.loads(json.dumps(default, default=str))  # as a config file holds it
@@ -265,6 +263,13 @@ def _registry_of(path: Tuple[str, ...]) -> Any:
     return getattr(registry, _COMPONENT_SECTIONS[path][0])
 
 
+def _section_at(data: Dict[str, Any], path: Tuple[str, ...]) -> Any:
+    """``data["model"]["prior"]`` for path ``("model", "prior")``."""
+    for part in path:
+        data = data[part]
+    return data
+
+
 def _key_paths(prefix: Tuple[str, ...], value: Any) -> List[Tuple[str, ...]]:
     """``prefix`` and, for a mapping, the path of every key inside it."""
     paths = [prefix]
@@ -324,10 +329,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
             if k not in node and path in _COMPONENT_SECTIONS:
                 # start from the default component, as the config without this override had it
                 defaults = defaults if defaults is not None else RunConfig().to_dict()
-                default_section: Any = defaults
-                for part in path:
-                    default_section = default_section[part]
-                node[k] = copy.deepcopy(default_section)
+                node[k] = copy.deepcopy(_section_at(defaults, path))
             child = node.setdefault(k, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {k!r} is a value, not a section.")

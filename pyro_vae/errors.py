@@ -20,7 +20,12 @@ class CheckpointError(PyroVAEError, ValueError):
 
 
 class TrainingError(PyroVAEError, RuntimeError):
-    """Training had to stop (a non-finite loss, for example)."""
+    """Training had to stop (a non-finite loss, for example). ``reason`` is what happened, without
+    the advice the message adds."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 _PREFIX = "pyro-vae: "

@@ -63,7 +63,7 @@ def train_to_end(trainer: Trainer, on_epoch_end: Optional[Callable[[Trainer, Row
         if not checkpoint.exists():
             raise
         trainer.resume()
-        reason = f"stopped after {trainer.samples_seen} training samples (epoch {trainer.epoch}): {str(e).split(';')[0]}"
+        reason = f"stopped after {trainer.samples_seen} training samples (epoch {trainer.epoch}): {e.reason}"
         warnings.warn(f"pyro-vae: run {trainer.config.name} {reason}; it is shown up to there, and the other runs go on", stacklevel=2)
         return reason
 

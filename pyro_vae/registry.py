@@ -13,7 +13,7 @@ import difflib
 import inspect
 import math
 import typing
-from typing import Any, Callable, Dict, Generic, List, Literal, TypeVar, Union
+from typing import Any, Callable, Dict, Generic, List, Literal, Optional, TypeVar, Union
 
 from .errors import ConfigError
 
@@ -140,12 +140,20 @@ class Registry(Generic[T]):
             if k not in self.context_args and p.kind is p.KEYWORD_ONLY
         }
 
+    def _value_problem(self, name: str, key: str, value: Any) -> Optional[str]:
+        """What is wrong with ``value`` for option ``key`` of entry ``name`` (its type, its
+        finiteness), or None."""
+        hint = _type_hints(self.get(name)).get(key)
+        if hint is not None and not _fits(value, hint):
+            return f"{self.kind} {name!r}: option {key!r} must be {_describe(hint)}, got {value!r}."
+        if not _all_finite(value):
+            return (f"{self.kind} {name!r}: option {key!r} must hold finite numbers, got {value!r} "
+                    "(for 'no limit', write a large number such as 1e30).")
+        return None
+
     def takes(self, name: str, key: str, value: Any) -> bool:
         """Whether entry ``name`` takes option ``key`` with this value (its name, type and finiteness)."""
-        if key not in self.options(name):
-            return False
-        hint = _type_hints(self.get(name)).get(key)
-        return (hint is None or _fits(value, hint)) and _all_finite(value)
+        return key in self.options(name) and self._value_problem(name, key, value) is None
 
     def check_options(self, name: str, options: Dict[str, Any]) -> None:
         """Raise a :class:`ConfigError` if ``options`` are not valid keywords of entry ``name``."""
@@ -159,15 +167,10 @@ class Registry(Generic[T]):
         missing = [k for k, d in valid.items() if d is inspect.Parameter.empty and k not in options]
         if missing:
             raise ConfigError(f"{self.kind} {name!r} needs option(s): {', '.join(missing)}.")
-        hints = _type_hints(self.get(name))
         for key, value in options.items():
-            if key in hints and not _fits(value, hints[key]):
-                raise ConfigError(f"{self.kind} {name!r}: option {key!r} must be {_describe(hints[key])}, got {value!r}.")
-            if not _all_finite(value):
-                raise ConfigError(
-                    f"{self.kind} {name!r}: option {key!r} must hold finite numbers, got {value!r} "
-                    "(for 'no limit', write a large number such as 1e30)."
-                )
+            problem = self._value_problem(name, key, value)
+            if problem:
+                raise ConfigError(problem)
 
     def build(self, name: str, options: Dict[str, Any], **context: Any) -> Any:
         self.check_options(name, options)

@@ -341,7 +341,8 @@ class Trainer:
         raise TrainingError(
             f"{what}; training stopped and {kept}. Try a smaller optimizer.lr{sgd}, "
             "optimizer clipped_adam, a weight prior (objective.weight_prior_std: 1.0), or a likelihood "
-            "min_std for Gaussian decoders; `--resume` continues from the checkpoint."
+            "min_std for Gaussian decoders; `--resume` continues from the checkpoint.",
+            reason=what,
         )
 
     def changes_since_checkpoint(self, state: Dict[str, Any]) -> Dict[str, Any]:
