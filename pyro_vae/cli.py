@@ -181,7 +181,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import ESTIMATORS
+    from .config import AIS_SCHEDULES, AIS_STARTS, ESTIMATORS
 
     p = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders in Pyro (AEVB) with honest log p(x).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--memory-gb", type=positive_float, default=2.0, help="memory cap for IWAE chunks")
     e.add_argument("--ais-steps", type=positive_int, default=1000, help="AIS transitions (default 1000)")
     e.add_argument("--ais-chains", type=positive_int, default=16, help="AIS chains per datapoint (default 16)")
-    e.add_argument("--ais-start", default="prior", choices=["prior", "encoder"], help="AIS from the prior or from q(z|x) (\"AIS + encoder\")")
-    e.add_argument("--ais-schedule", default="sigmoid", choices=["sigmoid", "linear"], help="how AIS's temperatures rise from 0 to 1 (default sigmoid)")
+    e.add_argument("--ais-start", default="prior", choices=AIS_STARTS, help="AIS from the prior or from q(z|x) (\"AIS + encoder\")")
+    e.add_argument("--ais-schedule", default="sigmoid", choices=AIS_SCHEDULES, help="how AIS's temperatures rise from 0 to 1 (default sigmoid)")
     e.add_argument("--hmc-samples", type=positive_int, default=50, help="posterior draws per chain for --estimator hmc (AEVB App. D)")
     e.add_argument("--out", help="JSON output path (default RUN/eval_<estimator>_<split>.json; bdmc: RUN/eval_bdmc_simulated.json)")
     e.add_argument("--no-progress", action="store_true")

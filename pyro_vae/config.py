@@ -148,6 +148,11 @@ class TrainingConfig(BaseModel):
 # log p(x) estimators of `pyro-vae evaluate` (and `train --evaluate`): pyro_vae.evaluate runs them
 EstimatorName = Literal["elbo", "iwae", "ais", "hmc", "gaps", "bdmc", "exact"]
 ESTIMATORS: Tuple[str, ...] = get_args(EstimatorName)
+# AIS's temperature schedules, and where its chains start: p(z), or q(z|x) ("AIS + encoder")
+AisSchedule = Literal["sigmoid", "linear"]
+AisStart = Literal["prior", "encoder"]
+AIS_SCHEDULES: Tuple[str, ...] = get_args(AisSchedule)
+AIS_STARTS: Tuple[str, ...] = get_args(AisStart)
 
 
 class EvaluationConfig(BaseModel):

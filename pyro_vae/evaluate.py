@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from . import distributed, estimators
-from .config import ESTIMATORS
+from .config import AIS_SCHEDULES, AIS_STARTS, ESTIMATORS
 from .errors import ConfigError
 from .estimators.result import standard_error
 from .model import VAE
@@ -63,9 +63,9 @@ def evaluate_run(
             raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}.")
     if not (isinstance(memory_gb, (int, float)) and 0 < memory_gb < float("inf")):
         raise ConfigError(f"memory_gb must be a finite number > 0 (GiB for one IWAE chunk), not {memory_gb!r}.")
-    if ais_start not in ("prior", "encoder"):
+    if ais_start not in AIS_STARTS:
         raise ConfigError(f"ais_start must be 'prior' or 'encoder' (q(z|x), \"AIS + encoder\"), not {ais_start!r}.")
-    if ais_schedule not in ("sigmoid", "linear"):
+    if ais_schedule not in AIS_SCHEDULES:
         raise ConfigError(f"ais_schedule must be 'sigmoid' or 'linear' (how the temperatures rise from 0 to 1), not {ais_schedule!r}.")
     if estimator == "bdmc" and ais_start != "prior":
         raise ConfigError("bdmc runs AIS from the prior (its reverse chains end there); drop --ais-start encoder.")

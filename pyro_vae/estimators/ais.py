@@ -24,18 +24,17 @@ Densities come from traces of the model and guide, so every registry entry works
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from tqdm.auto import tqdm
 
+from ..config import AIS_SCHEDULES, AIS_STARTS, AisSchedule as Schedule, AisStart as Start
 from ..model import VAE, without_param_store
 from ..traces import sample_latents
 from .hmc import BatchedHMC
 from .potentials import guide_log_density, model_log_densities
 from .result import Estimate, standard_error
-
-Schedule = Literal["linear", "sigmoid"]
 
 
 def beta_schedule(num_steps: int, kind: Schedule = "sigmoid", sharpness: float = 4.0) -> torch.Tensor:
@@ -46,8 +45,8 @@ def beta_schedule(num_steps: int, kind: Schedule = "sigmoid", sharpness: float =
     t = torch.linspace(0, 1, num_steps + 1, dtype=torch.float64)
     if kind == "linear":
         return t
-    if kind != "sigmoid":
-        raise ValueError(f"schedule must be 'linear' or 'sigmoid', not {kind!r}")
+    if kind not in AIS_SCHEDULES:
+        raise ValueError(f"schedule must be one of {AIS_SCHEDULES}, not {kind!r}")
     s = torch.sigmoid(sharpness * (2 * t - 1))
     return (s - s[0]) / (s[-1] - s[0])
 
@@ -121,7 +120,7 @@ def ais(
     num_leapfrog: int = 10,
     step_size: float = 0.05,
     target_accept: float = 0.65,
-    start: Literal["prior", "encoder"] = "prior",
+    start: Start = "prior",
     adapt: bool = True,
     pilot_chains: int = 2,
     progress: bool = False,
@@ -132,8 +131,8 @@ def ais(
     Defaults of Wu et al. (2017) are 16 chains and 10,000 steps; 1000 keeps CPU runs short.
     ``adapt``: tune step sizes in a pilot run first (else ``step_size`` is used throughout).
     """
-    if start not in ("prior", "encoder"):
-        raise ValueError("start must be 'prior' or 'encoder'")
+    if start not in AIS_STARTS:
+        raise ValueError(f"start must be one of {AIS_STARTS}, not {start!r}")
     if num_chains < 1 or (adapt and step_schedule is None and pilot_chains < 1):
         raise ValueError(f"num_chains and pilot_chains must be >= 1 (got {num_chains}, {pilot_chains})")
     vae.check_points(x)
