@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .paths import write_text_atomically
@@ -169,6 +169,8 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = "run"
+    # modules that register components of the user's own, imported before the names are looked up
+    imports: List[str] = []
     seed: int = 0
     device: str = "auto"
     data: DataConfig = DataConfig()
@@ -178,11 +180,18 @@ class RunConfig(BaseModel):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
+    @field_validator("imports", mode="before")
+    @classmethod
+    def _one_module_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `imports: my_priors`
+
     @model_validator(mode="after")
     def _check_registry_names(self) -> "RunConfig":
         # Imported here: the registries are filled when the component modules are imported.
         from . import components  # noqa: F401
+        from .registry import import_modules
 
+        import_modules(self.imports)
         for path in _COMPONENT_SECTIONS:
             comp: Any = self
             for part in path:
@@ -341,6 +350,10 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
             node = child
         parent = tuple(keys[:-1])
         if keys[-1] == "name" and parent in _COMPONENT_SECTIONS and isinstance(value, str) and value != node.get("name"):
+            if isinstance(data.get("imports"), list):  # the new component may be one of the user's own
+                from .registry import import_modules
+
+                import_modules(data["imports"])
             dropped = _swap_component(node, parent, value, set_here)
             if dropped:
                 warnings.warn(
@@ -398,6 +411,7 @@ def dumps(config: RunConfig) -> str:
 # the part trained after the resume.
 RESUMABLE_SETTINGS = (
     "name",
+    "imports",  # where the run's own components are found (a moved module): not what they are
     "device",
     "data.root",
     "data.download",

@@ -10,8 +10,12 @@ lists the valid ones.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import math
+import os
+import re
+import sys
 import typing
 from typing import Any, Callable, Dict, Generic, List, Literal, Optional, TypeVar, Union
 
@@ -23,6 +27,47 @@ T = TypeVar("T", bound=Callable[..., Any])
 def _load_components() -> None:
     """Entries register themselves when their module is imported; import them all on first lookup."""
     from . import components  # noqa: F401
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def import_modules(names: List[str]) -> None:
+    """Import the modules a config names under ``imports``: the user's own components register
+    themselves when their module is imported, so the config's names resolve to them.
+
+    Each is a module name as ``import`` takes it, found on the Python path or in the current folder
+    (which the ``pyro-vae`` command, unlike ``python -m``, does not put on the path). A module is
+    imported once per process, so naming it in several configs registers its components once.
+    """
+    for name in names:
+        if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name) or name.endswith(".py"):
+            stem = os.path.splitext(os.path.basename(str(name)))[0]
+            if str(name).endswith(".py") and _MODULE_NAME.fullmatch(stem):
+                raise ConfigError(f"imports: {name!r} is a file; name its module instead, {stem!r}, and run from the "
+                                  "folder that holds it (or put that folder on PYTHONPATH).")
+            raise ConfigError(f"imports: {name!r} is not a module name; write it as after `import`, e.g. "
+                              "'my_priors' for my_priors.py in the current folder.")
+        if name in sys.modules:
+            continue
+        cwd = os.getcwd()
+        added = cwd not in sys.path and "" not in sys.path
+        if added:
+            sys.path.insert(0, cwd)
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
+                raise ConfigError(
+                    f"imports: no module {name!r} on the Python path or in the current folder ({cwd}); run from "
+                    "the folder that holds it, add its folder to PYTHONPATH, or install its package."
+                ) from None
+            raise ConfigError(f"imports: importing {name!r} failed: {type(e).__name__}: {e}") from e
+        except Exception as e:  # the module's own code failed: say which module, and how
+            raise ConfigError(f"imports: importing {name!r} failed: {type(e).__name__}: {e}") from e
+        finally:
+            if added:
+                sys.path.remove(cwd)
 
 
 def _all_finite(value: Any) -> bool:
@@ -106,7 +151,7 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(builder: T) -> T:
             if name in self._entries:
-                raise KeyError(f"{self.kind} {name!r} is registered twice")
+                raise KeyError(f"{self.kind} {name!r} is registered twice; register yours under another name")
             self._entries[name] = builder
             return builder
 
@@ -127,7 +172,8 @@ class Registry(Generic[T]):
             did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
             raise ConfigError(
                 f"unknown {self.kind} {name!r}.{did_you_mean} Valid {self.kind} names: "
-                f"{', '.join(self.names())}."
+                f"{', '.join(self.names())}. A {self.kind} of your own: name the module that registers "
+                "it under `imports:` in the config (README 'Adding a component')."
             )
         return self._entries[name]
 

@@ -1,6 +1,8 @@
 """Every registry entry builds, samples and trains one step with every objective, and works with
 the estimators (they reach it only through Pyro traces)."""
 
+import re
+
 import pytest
 import torch
 
@@ -166,3 +168,79 @@ def test_readme_example_component_works_everywhere(tmp_path):
         assert torch.isfinite(est.per_datapoint).all()
     finally:
         PRIORS._entries.pop("logistic", None)
+
+
+def _readme_component_module(folder, module: str) -> None:
+    """The README's 'Adding a component' snippet saved as ``folder/<module>.py``."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (folder / f"{module}.py").write_text(re.search(r"## Adding a component.*?```python\n(.*?)```", readme, re.S).group(1))
+
+
+def _forget(module: str) -> None:
+    """As in a new process: the module not imported, its prior not registered."""
+    import sys
+
+    sys.modules.pop(module, None)
+    PRIORS._entries.pop("logistic", None)
+
+
+def test_a_component_of_ones_own_works_from_the_command_line_through_imports(tmp_path, monkeypatch, capsys):
+    """`imports:` names the module that registers a component; config.yaml keeps it, so evaluating
+    the run later (in another process) imports it again."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from pyro_vae.cli import main
+
+    tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    _readme_component_module(tmp_path, "my_priors")
+    monkeypatch.chdir(tmp_path)  # the module lies in the current folder, which `pyro-vae` does not put on the path
+    try:
+        assert main(["train", tiny, "--run-dir", "run", "--no-progress", "--set", "training.epochs=1",
+                     "--set", "imports=[my_priors]", "--set", "model.prior.name=logistic", "--set", "model.prior.scale=0.5"]) == 0
+        saved = (tmp_path / "run" / "config.yaml").read_text()
+        assert "imports:\n- my_priors" in saved and "name: logistic" in saved and "scale: 0.5" in saved
+        _forget("my_priors")
+        assert main(["evaluate", "run", "--n", "3", "--k", "5", "--no-progress"]) == 0
+        assert "my_priors" in sys.modules and "logistic" in PRIORS
+        assert json.loads((tmp_path / "run" / "eval_iwae_test.json").read_text())["n"] == 3
+        _forget("my_priors")
+        (tmp_path / "elsewhere").mkdir()
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        capsys.readouterr()
+        assert main(["evaluate", "../run", "--n", "3", "--k", "5"]) == 2
+        err = capsys.readouterr().err
+        assert "no module 'my_priors' on the Python path or in the current folder" in err and "PYTHONPATH" in err
+    finally:
+        _forget("my_priors")
+
+
+def test_imports_name_modules_and_say_what_went_wrong(tmp_path, monkeypatch):
+    from pyro_vae import config as C
+
+    tiny = tiny_config().to_dict()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken_priors.py").write_text("raise RuntimeError('half-written module')\n")
+    (tmp_path / "needs_missing.py").write_text("import not_installed_anywhere\n")
+    cases = [
+        (["my_priors.py"], "'my_priors.py' is a file; name its module instead, 'my_priors'"),
+        (["my-priors"], "'my-priors' is not a module name"),
+        (["broken_priors"], "importing 'broken_priors' failed: RuntimeError: half-written module"),
+        (["needs_missing"], "importing 'needs_missing' failed: ModuleNotFoundError: No module named 'not_installed_anywhere'"),
+        (["no_such_module_here"], f"no module 'no_such_module_here' on the Python path or in the current folder ({tmp_path})"),
+    ]
+    for imports, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            C.from_dict({**tiny, "imports": imports})
+    with pytest.raises(ConfigError, match=r"A prior of your own: name the module that registers it under `imports:`"):
+        C.from_dict({**tiny, "model": {**tiny["model"], "prior": {"name": "logistic"}}})
+    _readme_component_module(tmp_path, "one_prior")
+    try:
+        cfg = C.from_dict({**tiny, "imports": "one_prior", "model": {**tiny["model"], "prior": {"name": "logistic"}}})
+        assert cfg.imports == ["one_prior"]  # one module may be written without the list
+    finally:
+        _forget("one_prior")
