@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> None:
     X.write_markdown(final, ["method", "z_dim", "samples_seen", "train_elbo", "test_elbo"], stem.with_suffix(".md"),
                      f"Fig. 2 ({args.dataset}): lower bound after {int(args.budget)} training samples",
                      [f"Data: {cfg_data.name}, binarize={cfg_data.binarize}; train bound on the first 1000 training points; "
-                      f"command: `python examples/fig2_lower_bound.py --dataset {args.dataset} --budget {int(args.budget)}`",
+                      f"command: `{X.command_text(args, 'fig2_lower_bound.py', f'--dataset {args.dataset}')}`",
                       *X.stopped_notes(stopped)])
     print(f"wrote {stem}.csv, .png, .md")
 

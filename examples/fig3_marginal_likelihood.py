@@ -117,7 +117,7 @@ def main(args: argparse.Namespace) -> None:
                      out / "fig3.md", f"Fig. 3: log p(x) after {int(args.budget)} training samples",
                      [f"Nz=3, 100 hidden; first {args.eval_points} train/test points; HMC = AEVB App. D ({args.hmc_samples} samples, "
                       f"4 leapfrog steps), IWAE k={args.k}; binarize={cfg.data.binarize}. Command: "
-                      f"`python examples/fig3_marginal_likelihood.py --budget {int(args.budget)}`",
+                      f"`{X.command_text(args, 'fig3_marginal_likelihood.py')}`",
                       *X.stopped_notes(stopped)])
     print(f"wrote {out}/fig3.csv, .png, .md")
 

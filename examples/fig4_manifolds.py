@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> None:
     X.write_csv(rows, out / "fig4.csv")
     X.write_markdown(table, ["dataset", "samples_seen", "test_elbo", "picture"], out / "fig4.md",
                      "Fig. 4: learned 2-D manifolds",
-                     [f"Command: `python examples/fig4_manifolds.py --budget {int(args.budget)}`", *X.stopped_notes(stopped)])
+                     [f"Command: `{X.command_text(args, 'fig4_manifolds.py')}`", *X.stopped_notes(stopped)])
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> None:
     X.write_csv(rows, out / "fig5.csv")
     X.write_markdown(table, ["z_dim", "samples_seen", "test_elbo", "picture"], out / "fig5.md",
                      "Fig. 5: random samples",
-                     [f"Command: `python examples/fig5_samples.py --budget {int(args.budget)}`", *X.stopped_notes(stopped)])
+                     [f"Command: `{X.command_text(args, 'fig5_samples.py')}`", *X.stopped_notes(stopped)])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import argparse
 import csv
 import io
 import math
+import shlex
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -74,6 +76,12 @@ def stopped_notes(stopped: Dict[str, Optional[str]]) -> List[str]:
     return [f"Stopped early, shown up to there: {name} {reason}." for name, reason in stopped.items() if reason]
 
 
+def command_text(args: argparse.Namespace, script: str, flags: str = "") -> str:
+    """The command that made a figure, for its notes: as typed (``run_script`` records it), else
+    (``main`` called from Python) the script with ``flags`` and the budget."""
+    return getattr(args, "command", None) or " ".join(filter(None, ["python", f"examples/{script}", flags, f"--budget {int(args.budget)}"]))
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every example takes besides its own: ``--seed``, ``--data``, ``--set``, ``--device``."""
     parser.add_argument("--seed", type=int, default=0)
@@ -87,6 +95,7 @@ def run_script(main: Callable[[argparse.Namespace], None], parser: argparse.Argu
     memory kept (this process is ours, see allocator.py), and a bad config, data set or run folder
     reported as one error line (exit 2), not a traceback."""
     args = parser.parse_args()
+    args.command = "python " + shlex.join(sys.argv)  # as typed, for the figure's notes
     if args.device:
         args.set.append(f"device={args.device}")
     allocator.keep_freed_memory()

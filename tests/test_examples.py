@@ -172,3 +172,28 @@ def test_a_run_that_diverges_ends_at_its_last_good_checkpoint_and_the_sweep_goes
         fresh.vae.decoder[0].weight.fill_(float("nan"))
     with pytest.raises(TrainingError, match="no checkpoint had been written yet"):
         X.train_to_end(fresh)
+
+
+def test_run_script_records_the_command_and_reports_errors_in_one_line(monkeypatch, capsys):
+    import warnings
+
+    from pyro_vae import experiments as X
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # run_script sets pyro-vae's one-line format
+    parser = argparse.ArgumentParser(prog="fig9.py")
+    parser.add_argument("--budget", type=float, default=1e6)
+    X.add_run_arguments(parser)
+    seen = []
+    monkeypatch.setattr("sys.argv", ["examples/fig9.py", "--budget", "1e4", "--set", "model.prior.name=vamp", "--device", "cpu"])
+    X.run_script(seen.append, parser)
+    args = seen[0]
+    assert args.command == "python examples/fig9.py --budget 1e4 --set model.prior.name=vamp --device cpu"
+    assert X.command_text(args, "fig9.py") == args.command and args.set == ["model.prior.name=vamp", "device=cpu"]
+    assert X.command_text(argparse.Namespace(budget=100.0), "fig9.py", "--dataset frey") == "python examples/fig9.py --dataset frey --budget 100"
+
+    def fails(_args):
+        raise ConfigError("model.z_dim: must be > 0")
+
+    with pytest.raises(SystemExit) as stop:
+        X.run_script(fails, parser)
+    assert stop.value.code == 2 and capsys.readouterr().err == "fig9.py: error: model.z_dim: must be > 0\n"
