@@ -402,6 +402,14 @@ def binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(x, generator=g)
 
 
+def binarize_dynamic(x: torch.Tensor) -> torch.Tensor:
+    """A fresh Bernoulli draw per pixel with the grey level as probability, from torch's global
+    generator (dynamic binarization, redrawn for every minibatch). Drawn as ``uniform < x``: the
+    same distribution as ``torch.bernoulli(x)``, which on CPU draws pixel by pixel and took 1 ms
+    of a 100 x 784 minibatch (about 12% of the paper's training step) against 0.3 ms."""
+    return torch.rand_like(x).lt_(x)
+
+
 def fingerprint(x: torch.Tensor) -> str:
     """SHA-256 of a data tensor's shape and values, its first 16 hex digits (about 0.1 s for
     MNIST). ``load_dataset`` records one per split in ``info``, so that run.json and every

@@ -27,7 +27,7 @@ from . import __version__
 from . import allocator, distributed, fused_linear
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import RunConfig, changed_settings, from_dict as config_from_dict, save as save_config
-from .datasets import Dataset, check_support, load_dataset
+from .datasets import Dataset, binarize_dynamic, check_support, load_dataset
 from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
 from .estimators import potentials
 from .model import VAE, build_vae, without_param_store
@@ -503,7 +503,7 @@ class Trainer:
             idx = global_idx[rank::world]
             x = self.x_train[idx]
             if dynamic:
-                x = torch.bernoulli(x)
+                x = binarize_dynamic(x)
             try:
                 for loss in objective.step_losses(vae, x, idx, n):  # one step for all but MCEM
                     opt.zero_grad(set_to_none=True)

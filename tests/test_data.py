@@ -240,3 +240,15 @@ def test_binarizing_refuses_nan_grey_levels(tmp_path):
     np.savez(tmp_path / "nan.npz", x=levels)
     with pytest.raises(DataError, match="leaves that range or holds NaN"):
         D.load_dataset(DataConfig(name="npz", path=str(tmp_path / "nan.npz"), binarize="static"))
+
+
+def test_dynamic_binarization_draws_bernoulli_pixels_from_the_global_generator():
+    levels = torch.tensor([0.0, 0.25, 0.7, 1.0]).repeat(50_000, 1)
+    torch.manual_seed(3)
+    draws = D.binarize_dynamic(levels)
+    assert draws.dtype == levels.dtype and set(draws.unique().tolist()) <= {0.0, 1.0}
+    assert (draws[:, 0] == 0).all() and (draws[:, 3] == 1).all()  # probabilities 0 and 1 are exact
+    freq = draws.mean(0)
+    assert torch.allclose(freq, levels[0], atol=4 * (0.25 * 0.75 / 50_000) ** 0.5)  # within 4 standard errors
+    torch.manual_seed(3)
+    assert torch.equal(D.binarize_dynamic(levels), draws)  # seeded like every other draw of a run (resume)
