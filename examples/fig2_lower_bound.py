@@ -45,7 +45,8 @@ def main(args: argparse.Namespace) -> None:
             trainer, stopped[cfg.name] = X.train(cfg, run_dir)
             for r in X.read_metrics(run_dir):
                 rows.append({"dataset": args.dataset, "method": method, "z_dim": z, "samples_seen": int(r["samples_seen"]),
-                             "train_elbo": float(r["train_elbo"]), "test_elbo": float(r["test_elbo"])})
+                             "train_elbo": float(r["train_elbo"]), "test_elbo": float(r["test_elbo"]),
+                             "test_elbo_stderr": float(r["test_elbo_stderr"])})
             print(f"{method:10s} Nz={z:3d}: test ELBO {rows[-1]['test_elbo']:.2f} after {trainer.samples_seen} samples")
     stem = out / f"fig2_{args.dataset}"
     X.write_csv(rows, stem.with_suffix(".csv"))
@@ -67,7 +68,7 @@ def main(args: argparse.Namespace) -> None:
 
     final = [r for r in rows if r["samples_seen"] == max(x["samples_seen"] for x in rows if x["method"] == r["method"] and x["z_dim"] == r["z_dim"])]
     cfg_data = trainer.config.data
-    X.write_markdown(final, ["method", "z_dim", "samples_seen", "train_elbo", "test_elbo"], stem.with_suffix(".md"),
+    X.write_markdown(final, ["method", "z_dim", "samples_seen", "train_elbo", "test_elbo", "test_elbo_stderr"], stem.with_suffix(".md"),
                      f"Fig. 2 ({args.dataset}): lower bound after {int(args.budget)} training samples",
                      [f"Data: {cfg_data.name}, binarize={cfg_data.binarize}; train bound on the first 1000 training points; "
                       f"command: `{X.command_text(args, 'fig2_lower_bound.py', f'--dataset {args.dataset}')}`",

@@ -30,10 +30,11 @@ def main(args: argparse.Namespace) -> None:
         metrics = X.read_metrics(out / "runs" / cfg.name)
         rows += [{"dataset": name, **m} for m in metrics]
         table.append({"dataset": name, "samples_seen": trainer.samples_seen, "test_elbo": float(metrics[-1]["test_elbo"]),
+                      "test_elbo_stderr": float(metrics[-1]["test_elbo_stderr"]),
                       "picture": picture.name if picture else "(not an image data set)"})
         print(f"{name}: test ELBO {table[-1]['test_elbo']:.2f}; wrote {picture}")
     X.write_csv(rows, out / "fig4.csv")
-    X.write_markdown(table, ["dataset", "samples_seen", "test_elbo", "picture"], out / "fig4.md",
+    X.write_markdown(table, ["dataset", "samples_seen", "test_elbo", "test_elbo_stderr", "picture"], out / "fig4.md",
                      "Fig. 4: learned 2-D manifolds",
                      [f"Command: `{X.command_text(args, 'fig4_manifolds.py')}`", *X.stopped_notes(stopped)])
 

@@ -30,10 +30,11 @@ def main(args: argparse.Namespace) -> None:
         metrics = X.read_metrics(out / "runs" / cfg.name)
         rows += [{"z_dim": z, **m} for m in metrics]
         table.append({"z_dim": z, "samples_seen": trainer.samples_seen, "test_elbo": float(metrics[-1]["test_elbo"]),
+                      "test_elbo_stderr": float(metrics[-1]["test_elbo_stderr"]),
                       "picture": picture.name if picture else "(not an image data set)"})
         print(f"Nz={z}: test ELBO {table[-1]['test_elbo']:.2f}; wrote {picture}")
     X.write_csv(rows, out / "fig5.csv")
-    X.write_markdown(table, ["z_dim", "samples_seen", "test_elbo", "picture"], out / "fig5.md",
+    X.write_markdown(table, ["z_dim", "samples_seen", "test_elbo", "test_elbo_stderr", "picture"], out / "fig5.md",
                      "Fig. 5: random samples",
                      [f"Command: `{X.command_text(args, 'fig5_samples.py')}`", *X.stopped_notes(stopped)])
 

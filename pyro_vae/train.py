@@ -30,6 +30,7 @@ from .config import RunConfig, changed_settings, from_dict as config_from_dict, 
 from .datasets import Dataset, binarize_dynamic, check_support, load_dataset
 from .errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
 from .estimators import potentials
+from .estimators.result import standard_error
 from .model import VAE, build_vae, without_param_store
 from .objectives import Objective
 from .optim import build_optimizer, build_scheduler
@@ -38,7 +39,8 @@ from .registry import OBJECTIVES
 from .traces import log_importance_weights
 
 METRICS_NAME = "metrics.csv"
-METRIC_FIELDS = ["epoch", "step", "samples_seen", "train_objective", "train_elbo", "test_elbo", "lr", "epoch_seconds", "wall_seconds"]
+METRIC_FIELDS = ["epoch", "step", "samples_seen", "train_objective", "train_elbo", "test_elbo", "test_elbo_stderr", "lr",
+                 "epoch_seconds", "wall_seconds"]
 
 
 def read_metrics(path: Path | str) -> Tuple[List[Dict[str, str]], int]:
@@ -58,7 +60,7 @@ def read_metrics(path: Path | str) -> Tuple[List[Dict[str, str]], int]:
             except (KeyError, TypeError, ValueError):
                 unreadable += 1
                 continue
-            rows.append({key: row.get(key, "") for key in METRIC_FIELDS})
+            rows.append({key: row.get(key) or "nan" for key in METRIC_FIELDS})  # a column older runs lack: not measured
     return rows, unreadable
 
 
@@ -470,10 +472,12 @@ class Trainer:
             self.save()
         return rows
 
-    def _sharded_elbo(self, x: torch.Tensor, batch_size: int) -> float:
-        """Mean per-datapoint ELBO, each rank scoring a contiguous shard of the points."""
+    def _sharded_elbo(self, x: torch.Tensor, batch_size: int) -> Tuple[float, float]:
+        """Mean per-datapoint ELBO and its standard error over the points (one draw of z each, so
+        the error includes the Monte Carlo noise), each rank scoring a contiguous shard."""
         part = elbo_per_datapoint(self.vae, x[distributed.shard(x.shape[0], self.dist)], batch_size)
-        return distributed.gather_shards(part, x.shape[0], self.dist).mean().item()
+        values = distributed.gather_shards(part, x.shape[0], self.dist).double()
+        return values.mean().item(), standard_error(values)
 
     def train_epoch(self) -> Dict[str, Any]:
         """One pass over the training data (or up to the sample budget); returns its metric row.
@@ -542,12 +546,12 @@ class Trainer:
         train_objective = -total / seen_this_epoch  # the objective's own value per datapoint
         epoch_seconds = time.perf_counter() - start
         self.wall_seconds += epoch_seconds
-        test_elbo = float("nan")
+        test_elbo = test_elbo_stderr = float("nan")
         train_elbo = train_objective if objective.loss_is_elbo and not cfg.eval_train_points else float("nan")
         if self.epoch % cfg.eval_every == 0 or self.stop_reason() is not None:
-            test_elbo = self._sharded_elbo(self.x_test, cfg.eval_batch_size)
+            test_elbo, test_elbo_stderr = self._sharded_elbo(self.x_test, cfg.eval_batch_size)
             if cfg.eval_train_points:
-                train_elbo = self._sharded_elbo(self.x_train_eval, cfg.eval_batch_size)
+                train_elbo = self._sharded_elbo(self.x_train_eval, cfg.eval_batch_size)[0]
         lr = opt.param_groups[0]["lr"]
         if self.scheduler is not None:
             self.scheduler.step()
@@ -558,6 +562,7 @@ class Trainer:
             train_objective=train_objective,
             train_elbo=train_elbo,
             test_elbo=test_elbo,
+            test_elbo_stderr=test_elbo_stderr,
             lr=lr,
             epoch_seconds=round(epoch_seconds, 4),
             wall_seconds=round(self.wall_seconds, 4),
@@ -582,7 +587,8 @@ def describe_epoch(row: Dict[str, Any], objective_name: str) -> str:
     else:
         parts.append("train ELBO not measured (training.eval_train_points: N measures it on N points)")
     if math.isfinite(row["test_elbo"]):
-        parts.append(f"test ELBO {row['test_elbo']:.3f}")
+        stderr = row.get("test_elbo_stderr", float("nan"))
+        parts.append(f"test ELBO {row['test_elbo']:.3f}" + (f" +- {stderr:.3f}" if math.isfinite(stderr) else ""))
     return f"epoch {row['epoch']}: " + ", ".join(parts) + " nats per datapoint"
 
 

@@ -485,3 +485,32 @@ def test_an_error_while_writing_leaves_the_old_file_whole(tmp_path):
     with replaced_atomically(path, sync=True) as f:
         f.write(b"new content")
     assert path.read_bytes() == b"new content" and [p.name for p in tmp_path.iterdir()] == ["cache.npz"]
+
+
+def test_the_test_elbo_comes_with_its_standard_error_and_older_metrics_files_resume(tmp_path):
+    import csv
+
+    from pyro_vae.estimators.result import standard_error
+    from pyro_vae.train import describe_epoch, elbo_per_datapoint, read_metrics
+
+    run = tmp_path / "r"
+    trainer = Trainer(tiny_config(training={"epochs": 2}), run, progress=False)
+    rows = trainer.train()
+    torch.manual_seed(5)
+    values = elbo_per_datapoint(trainer.vae, trainer.x_test).double()
+    torch.manual_seed(5)
+    assert trainer._sharded_elbo(trainer.x_test, 1000) == (values.mean().item(), standard_error(values))
+    assert 0 < rows[-1]["test_elbo_stderr"] < math.inf
+    assert f"test ELBO {rows[-1]['test_elbo']:.3f} +- {rows[-1]['test_elbo_stderr']:.3f} nats" in describe_epoch(rows[-1], "trace")
+    # a metrics.csv written before the column existed: read as "not measured", and rewritten whole by a resume
+    with open(run / "metrics.csv", newline="") as f:
+        old = [{k: v for k, v in r.items() if k != "test_elbo_stderr"} for r in csv.DictReader(f)]
+    with open(run / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(old[0]))
+        w.writeheader()
+        w.writerows(old)
+    assert [r["test_elbo_stderr"] for r in read_metrics(run / "metrics.csv")[0]] == ["nan", "nan"]
+    Trainer(tiny_config(training={"epochs": 3}), run, progress=False).train(resume=True)
+    rows, unreadable = read_metrics(run / "metrics.csv")
+    assert unreadable == 0 and [r["test_elbo_stderr"] for r in rows][:2] == ["nan", "nan"]
+    assert 0 < float(rows[2]["test_elbo_stderr"]) < math.inf
