@@ -116,6 +116,10 @@ def _print_result(result: dict) -> None:
         f"{result['estimator']} on {result['split']} (n={result['n']}, binarize={result['data'].get('binarize')}): "
         f"log p(x) = {result['value']:.3f} +- {result['stderr']:.3f} nats [{settings}] -> {result['path']}"
     )
+    units = result.get("diagnostics", {}).get("active_units")
+    if units:
+        print(f"active units: {units['active_units']} of {units['num_latents']} (Cov_x E_q[z_u] > {units['threshold']:g}, "
+              f"Burda et al. 2015)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

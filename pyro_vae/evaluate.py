@@ -89,6 +89,11 @@ def evaluate_run(
         x = x[:n]
     info = trainer.dist
     n_points = x.shape[0]
+    units = None
+    if estimator == "iwae" and n_points > 1 and info.is_main:
+        # Burda et al. report active units beside IWAE: over all the points, before any sharding
+        torch.manual_seed(seed)
+        units = estimators.active_units(trainer.vae, x)
     if info.enabled:
         distributed.check_shardable(n_points, info)
         x = x[distributed.shard(n_points, info)]  # each rank scores a contiguous shard
@@ -111,6 +116,8 @@ def evaluate_run(
     if info.enabled:
         est.per_datapoint = _gathered(est.per_datapoint, n_points, trainer)
         est.settings["world_size"] = info.world_size
+    if units is not None:
+        est.diagnostics["active_units"] = units
     result = est.to_dict()
     result.update(
         run=str(run_dir),

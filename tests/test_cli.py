@@ -31,6 +31,10 @@ def test_cli_end_to_end(tmp_path, capsys):
         result = json.loads((run / f"eval_{est}_test.json").read_text())
         assert result["n"] == 5 and result["split"] == "test" and "stderr" in result and result["settings"]
         assert result["data"]["binarize"] == "none" and result["trained_epochs"] == 3
+        if est == "iwae":  # Burda et al.'s active units beside it, over the same points
+            units = result["diagnostics"]["active_units"]
+            assert units["n"] == 5 and units["num_latents"] == 2 and units["threshold"] == 0.01
+            assert f"active units: {units['active_units']} of 2 (Cov_x E_q[z_u] > 0.01" in capsys.readouterr().out
     assert main(["evaluate", str(run), "--estimator", "gaps", "--n", "4", "--k", "20", "--ais-steps", "5", "--ais-chains", "3", "--no-progress"]) == 0
     gaps = json.loads((run / "eval_gaps_test.json").read_text())
     s = gaps["summary"]

@@ -278,3 +278,48 @@ def test_estimators_name_a_wrong_data_shape_dtype_or_device(problem, estimate):
         estimate(vae, x[:2].long())
     with pytest.raises(ValueError, match="x is on meta but the model on cpu"):
         estimate(vae, x[:2].to("meta"))
+
+
+def _collapse_unit_0(vae):
+    """Make q(z_0 | x) = N(0, 1) for every x: an inactive unit, its guide at the prior. The exact
+    guide is ``full_normal``: outputs mu (2), the raw diagonal of L (2, softplus + 1e-5), L[1, 0]."""
+    with torch.no_grad():
+        layer = vae.encoder[0]
+        layer.weight[[0, 2]] = 0.0
+        layer.bias[0] = 0.0
+        layer.bias[2] = math.log(math.expm1(1 - 1e-5))  # L[0, 0] = 1
+    return vae
+
+
+def test_active_units_read_the_guides_mean_and_find_a_collapsed_unit(problem):
+    truth, _, vae = problem
+    x, _ = truth.sample(2000, seed=4)
+    units = E.active_units(vae, x)
+    expected = vae.encode(x).mean.var(0)
+    assert units["posterior_mean"] == "closed form" and units["n"] == 2000 and units["threshold"] == 0.01
+    assert torch.allclose(torch.tensor(units["activity"], dtype=torch.float64), expected, atol=1e-6)
+    assert units["active_units"] == int((expected > 0.01).sum()) == 2 and units["num_latents"] == 2
+    units = E.active_units(_collapse_unit_0(vae), x)
+    assert units["activity"][0] == 0.0 and units["active_units"] == 1
+    assert torch.allclose(vae.encode(x[:3]).variance[:, 0], torch.ones(3, dtype=torch.float64))
+
+
+def test_active_units_without_a_closed_form_mean_subtract_the_monte_carlo_noise(problem, monkeypatch):
+    truth, _, vae = problem
+    x, _ = truth.sample(2000, seed=4)
+    exact = torch.tensor(E.active_units(vae, x)["activity"], dtype=torch.float64)
+
+    def no_mean(self):
+        raise NotImplementedError  # as a flow's distribution does
+
+    monkeypatch.setattr(type(vae.encode(x[:1])), "mean", property(no_mean))
+    torch.manual_seed(0)
+    units = E.active_units(vae, x, num_samples=100)
+    assert units["posterior_mean"].startswith("mean of 100 draws")
+    assert torch.allclose(torch.tensor(units["activity"], dtype=torch.float64), exact, atol=5e-3)
+    # a unit whose q is the prior: the draws' noise alone is Var/S = 0.01, the threshold; subtracted, it is ~0
+    torch.manual_seed(0)
+    units = E.active_units(_collapse_unit_0(vae), x, num_samples=100)
+    assert abs(units["activity"][0]) < 1e-3 and units["active_units"] == 1
+    with pytest.raises(ValueError, match="at least 2 datapoints"):
+        E.active_units(vae, x[:1])

@@ -1,6 +1,7 @@
 """Every registry entry builds, samples and trains one step with every objective, and works with
 the estimators (they reach it only through Pyro traces)."""
 
+import math
 import re
 
 import pytest
@@ -116,6 +117,9 @@ def test_estimators_work_with_every_prior_and_guide(tmp_path, prior, guide):
     for est in (iw, el, a, h):
         assert est.per_datapoint.shape == (3,) and torch.isfinite(est.per_datapoint).all(), est.estimator
     assert iw.mean > el.mean - 1.0  # IWAE-20 is not far below the ELBO (it is above in expectation)
+    units = estimators.active_units(vae, x, num_samples=10)
+    assert units["num_latents"] == 2 and len(units["activity"]) == 2 and all(math.isfinite(a) for a in units["activity"])
+    assert units["posterior_mean"] == ("closed form" if guide["name"] != "iaf" else "mean of 10 draws of q(z|x), Monte Carlo noise subtracted")
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOOD_CASES, ids=lambda c: c["name"] + "-" + c.get("variance", ""))
