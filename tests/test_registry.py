@@ -157,15 +157,18 @@ def test_unknown_names_fail_with_valid_list():
         build_vae(tiny_config().model.model_copy(update={"encoder": tiny_config().model.encoder.model_copy(update={"name": "cnn"})}), (6,))
 
 
-def test_readme_example_component_works_everywhere(tmp_path):
-    """The README's 'Adding a component' snippet: a new prior trains and evaluates with no wiring."""
-    import re
+def _readme_component_code() -> str:
+    """The README's 'Adding a component' snippet, as written."""
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = re.search(r"## Adding a component.*?```python\n(.*?)```", readme, re.S).group(1)
+    return re.search(r"## Adding a component.*?```python\n(.*?)```", readme, re.S).group(1)
+
+
+def test_readme_example_component_works_everywhere(tmp_path):
+    """The README's 'Adding a component' snippet: a new prior trains and evaluates with no wiring."""
     try:
-        exec(code, {})
+        exec(_readme_component_code(), {})
         trainer = _train_one_step(tmp_path, "trace", _image_data(False), prior={"name": "logistic", "scale": 0.5},
                                   likelihood={"name": "continuous_bernoulli"})
         est = estimators.ais(trainer.vae, trainer.x_test[:2], num_steps=3, num_chains=2, num_leapfrog=2)
@@ -176,11 +179,7 @@ def test_readme_example_component_works_everywhere(tmp_path):
 
 def _readme_component_module(folder, module: str) -> None:
     """The README's 'Adding a component' snippet saved as ``folder/<module>.py``."""
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    (folder / f"{module}.py").write_text(re.search(r"## Adding a component.*?```python\n(.*?)```", readme, re.S).group(1))
+    (folder / f"{module}.py").write_text(_readme_component_code())
 
 
 def _forget(module: str) -> None:
