@@ -16,6 +16,7 @@ import torch
 
 from . import distributed, estimators
 from .config import AIS_SCHEDULES, AIS_STARTS, ESTIMATORS
+from .datasets import binarize
 from .errors import ConfigError
 from .estimators.result import standard_error
 from .model import VAE
@@ -77,8 +78,7 @@ def evaluate_run(
     x = trainer.x_test if split == "test" else trainer.x_train
     if split == "train" and trainer.config.data.binarize == "dynamic":
         # Dynamic binarization has no fixed training set: score one seeded draw of it.
-        g = torch.Generator(device=x.device).manual_seed(trainer.config.data.binarize_seed)
-        x = torch.bernoulli(x, generator=g)
+        x = binarize(x, trainer.config.data.binarize_seed)
     if n is not None:
         if n > x.shape[0] and trainer.dist.is_main:
             warnings.warn(

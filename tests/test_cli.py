@@ -1,6 +1,7 @@
 """The command line end to end on the tiny config: train, resume, evaluate, sample, plot, errors."""
 
 import json
+import math
 
 import pytest
 
@@ -270,3 +271,20 @@ def test_evaluate_exact_on_a_linear_gaussian_run(tmp_path, capsys):
     assert exact["n"] == 20 and exact["settings"] == {"model": "linear-Gaussian, closed form"}
     assert abs(exact["value"] - exact_log_px(trained.vae, trained.x_test[:20]).mean().item()) < 1e-9
     assert exact["value"] - 0.2 < iwae["value"] <= exact["value"] + 0.02  # a lower bound, close with k = 2000
+
+
+def test_evaluating_the_train_split_of_a_dynamically_binarized_run_scores_one_seeded_draw(tmp_path):
+    """Dynamic binarization has no fixed training set: `--split train` scores the draw seeded by
+    data.binarize_seed, the same at every call (grey levels would be outside Bernoulli's support)."""
+    import numpy as np
+
+    np.savez(tmp_path / "grey.npz", x=np.random.default_rng(0).random((40, 6)).astype(np.float32))
+    run = tmp_path / "run"
+    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1",
+                 "--set", f"data={{name: npz, path: {tmp_path / 'grey.npz'}, binarize: dynamic}}",
+                 "--set", "model.likelihood.name=bernoulli", "--set", "model.z_dim=2", "--set", "training.batch_size=12"]) == 0
+    values = []
+    for _ in range(2):
+        assert main(["evaluate", str(run), "--split", "train", "--k", "5", "--no-progress"]) == 0
+        values.append(json.loads((run / "eval_iwae_train.json").read_text())["value"])
+    assert values[0] == values[1] and math.isfinite(values[0])
