@@ -9,6 +9,12 @@ speed:
   large weight matrices on CPU each such allocation is served by fresh pages from the kernel,
   and those page faults cost more than the arithmetic: an Adagrad step over the paper's
   784-500-20 MLP takes about 0.45 ms this way against 2.8 ms (measured on 2 CPU threads).
+* On CPU, Adagrad and Adam run torch's fused kernels (``torch._fused_adagrad_``,
+  ``torch._fused_adam_``, what ``torch.optim`` runs with ``fused=True``): one pass over each
+  parameter instead of four or five foreach passes. An Adagrad step over the 784-400-20 MLP takes
+  about 0.20 ms this way against 0.42 ms (2 CPU threads). Elsewhere (CUDA) the foreach passes run,
+  since torch's fused Adagrad is CPU-only and its fused kernels want their step counts on the
+  device, where ``torch.optim`` keeps them on the CPU.
 * ``torch.optim.Optimizer`` wraps ``add_param_group``, ``zero_grad``, ``state_dict`` and
   ``load_state_dict`` in ``torch._disable_dynamo``, and ``step`` in a helper, that import
   ``torch._dynamo`` on first use: about 1 s, the bulk of a first training step. These classes
@@ -35,6 +41,17 @@ def _sqrt_into(out: List[torch.Tensor], tensors: List[torch.Tensor]) -> None:
     # one pass per tensor (a foreach copy then an in-place sqrt would read and write twice)
     for o, t in zip(out, tensors):
         torch.sqrt(t, out=o)
+
+
+def _fused_cpu_kernel_applies(params: List[torch.Tensor], steps: List[torch.Tensor]) -> bool:
+    """Whether torch's fused CPU kernels take these tensors: all on the CPU, one floating dtype,
+    and float32 step counts (what those kernels read; ``torch.optim`` keeps the default dtype)."""
+    dtype = params[0].dtype
+    return (
+        all(p.device.type == "cpu" and p.dtype == dtype for p in params)
+        and dtype in (torch.float32, torch.float64)
+        and all(s.dtype == torch.float32 for s in steps)
+    )
 
 
 def _finite_and_nonnegative(*values: float) -> bool:
@@ -97,6 +114,7 @@ class _InPlaceOptimizer(Optimizer):
         return {}
 
     def _update(self, group: Dict[str, Any], params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:  # pragma: no cover
+        """One step of ``params`` with their raw ``grads`` (weight decay not yet added)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -108,7 +126,7 @@ class _InPlaceOptimizer(Optimizer):
         for group in self.param_groups:
             params, grads = self._with_grads(group)
             if params:
-                self._update(group, params, self._decayed(params, grads, group["weight_decay"]))
+                self._update(group, params, grads)
         return loss
 
 
@@ -126,7 +144,13 @@ class Adagrad(_InPlaceOptimizer):
         return {"sum": torch.full_like(p, group["initial_accumulator_value"], memory_format=torch.preserve_format)}
 
     def _update(self, group: Dict[str, Any], params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
-        sums = [state["sum"] for state in self._counted_states(group, params)]
+        states = self._counted_states(group, params)
+        sums, steps = [state["sum"] for state in states], [state["step"] for state in states]
+        if _fused_cpu_kernel_applies(params, steps):
+            torch._fused_adagrad_(params, grads, sums, steps, lr=group["lr"], lr_decay=0.0,
+                                  weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+            return
+        grads = self._decayed(params, grads, group["weight_decay"])
         denom = self._scratch_for("denom", params)
         torch._foreach_addcmul_(sums, grads, grads, value=1.0)
         _sqrt_into(denom, sums)
@@ -149,8 +173,17 @@ class Adam(_InPlaceOptimizer):
 
     def _update(self, group: Dict[str, Any], params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
         beta1, beta2 = group["betas"]
+        states = self._counted_states(group, params)
+        steps = [state["step"] for state in states]
+        if _fused_cpu_kernel_applies(params, steps):
+            # per-tensor step counts: each parameter gets its own bias correction
+            torch._fused_adam_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [], steps,
+                               amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                               weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+            return
+        grads = self._decayed(params, grads, group["weight_decay"])
         by_step: Dict[float, List[int]] = {}  # bias corrections differ only where step counts do
-        for i, state in enumerate(self._counted_states(group, params)):
+        for i, state in enumerate(states):
             by_step.setdefault(float(state["step"]), []).append(i)
         for t, members in by_step.items():
             ps = [params[i] for i in members]
@@ -176,6 +209,7 @@ class SGD(_InPlaceOptimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     def _update(self, group: Dict[str, Any], params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
+        grads = self._decayed(params, grads, group["weight_decay"])
         if group["momentum"] == 0:
             torch._foreach_add_(params, grads, alpha=-group["lr"])
             return

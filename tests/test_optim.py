@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from pyro_vae import optimizers
 from pyro_vae.optimizers import SGD, Adagrad, Adam
 
 CASES = [
@@ -34,8 +35,17 @@ def _steps(opt, params, n, seed, skip_second_at=None):
         opt.step()
 
 
+@pytest.fixture(params=["fused", "foreach"])
+def kernels(request, monkeypatch):
+    """Both ways of stepping: torch's fused CPU kernels (the CPU default) and the foreach passes
+    (CUDA, or tensors the fused kernels do not take)."""
+    if request.param == "foreach":
+        monkeypatch.setattr(optimizers, "_fused_cpu_kernel_applies", lambda params, steps: False)
+    return request.param
+
+
 @pytest.mark.parametrize("ours,theirs,options", CASES)
-def test_same_steps_as_torch_optim(ours, theirs, options):
+def test_same_steps_as_torch_optim(ours, theirs, options, kernels):
     a, b = _params(0), _params(0)
     opt_a, opt_b = ours(a, **options), theirs(b, **options)
     # a parameter without a gradient at one step falls behind in its step count (Adam's bias correction)
@@ -47,7 +57,7 @@ def test_same_steps_as_torch_optim(ours, theirs, options):
 
 
 @pytest.mark.parametrize("ours,theirs,options", CASES)
-def test_torch_optim_checkpoints_resume_in_ours(ours, theirs, options):
+def test_torch_optim_checkpoints_resume_in_ours(ours, theirs, options, kernels):
     """Runs checkpointed by earlier versions (torch.optim) resume with the same steps."""
     a, b = _params(0), _params(0)
     opt_a, opt_b = ours(a, **options), theirs(b, **options)
@@ -104,3 +114,11 @@ def test_closure_runs_with_gradients_and_its_loss_is_returned(ours):
     with torch.no_grad():  # a caller under no_grad still gets gradients inside the closure
         loss = opt.step(closure)
     assert loss.item() == pytest.approx(5.0) and w.abs().sum().item() < 3.0
+
+
+def test_fused_kernels_run_on_cpu_float_parameters():
+    params = _params(0)
+    steps = [torch.tensor(0.0) for _ in params]
+    assert optimizers._fused_cpu_kernel_applies(params, steps)
+    assert not optimizers._fused_cpu_kernel_applies(params, [s.double() for s in steps])  # torch.optim under float64 default
+    assert not optimizers._fused_cpu_kernel_applies([params[0], params[1].double()], steps)
