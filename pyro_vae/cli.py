@@ -110,13 +110,18 @@ def _print_result(result: dict) -> None:
     if result["estimator"] == "gaps":
         gaps = ", ".join(f"{k} {v:.3f} +- {result['summary_stderr'][k]:.3f}" for k, v in result["summary"].items())
         print(f"gaps on {result['split']} (n={result['n']}; log p(x) from {result['settings']['log_px_from']}): {gaps} nats -> {result['path']}")
+        _print_active_units(result["estimates"]["iwae"])
         return
     settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items())
     print(
         f"{result['estimator']} on {result['split']} (n={result['n']}, binarize={result['data'].get('binarize')}): "
         f"log p(x) = {result['value']:.3f} +- {result['stderr']:.3f} nats [{settings}] -> {result['path']}"
     )
-    units = result.get("diagnostics", {}).get("active_units")
+    _print_active_units(result)
+
+
+def _print_active_units(estimate: dict) -> None:
+    units = estimate.get("diagnostics", {}).get("active_units")
     if units:
         print(f"active units: {units['active_units']} of {units['num_latents']} (Cov_x E_q[z_u] > {units['threshold']:g}, "
               f"Burda et al. 2015)")

@@ -90,8 +90,9 @@ def evaluate_run(
     info = trainer.dist
     n_points = x.shape[0]
     units = None
-    if estimator == "iwae" and n_points > 1 and info.is_main:
-        # Burda et al. report active units beside IWAE: over all the points, before any sharding
+    if estimator in ("iwae", "gaps") and n_points > 1 and info.is_main:
+        # Burda et al. report active units beside IWAE (also the gap report's): over all the points,
+        # before any sharding
         torch.manual_seed(seed)
         units = estimators.active_units(trainer.vae, x)
     if info.enabled:
@@ -112,7 +113,7 @@ def evaluate_run(
         est = _exact(vae, x)
     else:
         ais_options = {"num_chains": ais_chains, "schedule": ais_schedule, "start": ais_start}
-        return _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, split, seed, start, out)
+        return _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, split, seed, start, out, units)
     if info.enabled:
         est.per_datapoint = _gathered(est.per_datapoint, n_points, trainer)
         est.settings["world_size"] = info.world_size
@@ -159,9 +160,9 @@ def _exact(vae: VAE, x: torch.Tensor) -> estimators.Estimate:
     return estimators.Estimate("exact", estimators.exact_log_px(vae, x).double(), settings={"model": "linear-Gaussian, closed form"})
 
 
-def _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, split, seed, start, out) -> Dict[str, Any]:
+def _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, split, seed, start, out, units) -> Dict[str, Any]:
     """ELBO, IWAE-k and AIS side by side per datapoint, with the approximation and amortization gaps
-    (``x``: this rank's shard of the ``n_points``)."""
+    (``x``: this rank's shard of the ``n_points``; ``units``: the active units of all of them, or None)."""
     report = estimators.gap_report(trainer.vae, x, k=k, ais_steps=ais_steps, memory_gb=memory_gb, **ais_options)
     if trainer.dist.enabled:
         for name in GAP_REPORT_ESTIMATES:
@@ -173,6 +174,8 @@ def _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, s
     per_point = {name: report[name].per_datapoint.tolist() for name in estimates}
     per_point.update({name: v.tolist() for name, v in report["per_datapoint"].items()})
     first = estimates["iwae"]
+    if units is not None:
+        first["diagnostics"]["active_units"] = units
     # the standard error of each mean gap over datapoints (the value is the amortization gap)
     stderr = {name: standard_error(v) for name, v in report["per_datapoint"].items()}
     settings = {"k": k, "ais_steps": ais_steps, **{f"ais_{key}": v for key, v in ais_options.items()}, "log_px_from": report["log_px_from"]}

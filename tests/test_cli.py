@@ -46,7 +46,9 @@ def test_cli_end_to_end(tmp_path, capsys):
     mean = sum(amortization) / 4
     spread = (sum((a - mean) ** 2 for a in amortization) / 3) ** 0.5
     assert abs(gaps["stderr"] - spread / 2) < 1e-9 and set(gaps["summary_stderr"]) == set(s)  # every gap with its error bar
-    capsys.readouterr()
+    units = gaps["estimates"]["iwae"]["diagnostics"]["active_units"]  # beside its IWAE, as above
+    assert units["n"] == 4 and units["num_latents"] == 2
+    assert f"active units: {units['active_units']} of 2 (Cov_x E_q[z_u] > 0.01" in capsys.readouterr().out
     assert main(["evaluate", str(run), "--estimator", "bdmc", "--n", "6", "--ais-steps", "20", "--ais-chains", "2", "--no-progress"]) == 0
     bdmc = json.loads((run / "eval_bdmc_simulated.json").read_text())
     assert bdmc["n"] == 6 and bdmc["split"] == "simulated" and bdmc["settings"]["num_steps"] == 20
