@@ -12,6 +12,7 @@ and ``.md`` into ``--out``; the train bound is the ELBO on the first 1000 traini
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import matplotlib
@@ -57,6 +58,10 @@ def main(args: argparse.Namespace) -> None:
             pts = [r for r in rows if r["z_dim"] == z and r["method"] == method]
             ax.plot([r["samples_seen"] for r in pts], [r["train_elbo"] for r in pts], "--", color=colour, label=f"{method} train")
             ax.plot([r["samples_seen"] for r in pts], [r["test_elbo"] for r in pts], "-", color=colour, label=f"{method} test")
+            # +- 2 standard errors of the test ELBO over the test points (one draw of z each)
+            banded = [r for r in pts if math.isfinite(r["test_elbo_stderr"])]
+            ax.fill_between([r["samples_seen"] for r in banded], [r["test_elbo"] - 2 * r["test_elbo_stderr"] for r in banded],
+                            [r["test_elbo"] + 2 * r["test_elbo_stderr"] for r in banded], color=colour, alpha=0.2, linewidth=0)
         ax.set_xscale("log")
         ax.set_title(f"{args.dataset}, Nz = {z}")
         ax.set_xlabel("training samples evaluated")

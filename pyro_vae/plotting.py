@@ -68,6 +68,13 @@ def plot_curves(metrics_csv: Path, path: Path) -> Path:
         points = [(s, float(r[key])) for s, r in zip(samples, rows) if r.get(key) not in (None, "", "nan")]
         if points:
             ax.plot(*zip(*points), style, label=label)
+    # the test ELBO's +- 2 standard errors over the test points, where metrics.csv has them
+    band = [(s, float(r["test_elbo"]), float(r["test_elbo_stderr"])) for s, r in zip(samples, rows)
+            if r.get("test_elbo") not in (None, "", "nan") and r.get("test_elbo_stderr") not in (None, "", "nan")]
+    if band:
+        seen, means, errors = zip(*band)
+        ax.fill_between(seen, [m - 2 * e for m, e in zip(means, errors)], [m + 2 * e for m, e in zip(means, errors)], color="C1", alpha=0.2,
+                        linewidth=0, label="test ELBO +- 2 s.e.")
     ax.set_xscale("log")
     ax.set_xlabel("training samples evaluated")
     ax.set_ylabel("ELBO per datapoint (nats)")

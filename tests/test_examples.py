@@ -35,13 +35,21 @@ def _rows(path: Path):
         return list(csv.DictReader(f))
 
 
-def test_fig2(tmp_path, tiny_images):
+def test_fig2(tmp_path, tiny_images, monkeypatch):
+    import matplotlib.axes
+
+    bands = []  # each test-ELBO curve is shaded by +- 2 standard errors
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda self, x, low, high, **kw: bands.append((list(x), low, high)))
     _load("fig2_lower_bound").main(argparse.Namespace(dataset="mnist", budget=100, z_dims=[2, 3], methods=["aevb", "wake_sleep"],
                                                       out=str(tmp_path), seed=0, data=tiny_images, set=SMALL))
     rows = _rows(tmp_path / "fig2_mnist.csv")
     assert {r["method"] for r in rows} == {"aevb", "wake_sleep"} and {r["z_dim"] for r in rows} == {"2", "3"}
     assert all(r["train_elbo"] != "nan" and r["test_elbo"] != "nan" and float(r["test_elbo_stderr"]) > 0 for r in rows)
     assert (tmp_path / "fig2_mnist.png").exists() and "| aevb | 2 |" in (tmp_path / "fig2_mnist.md").read_text()
+    assert len(bands) == 4  # 2 methods x 2 latent sizes
+    aevb_2 = [r for r in rows if r["method"] == "aevb" and r["z_dim"] == "2"]
+    assert ([int(r["samples_seen"]) for r in aevb_2], [float(r["test_elbo"]) - 2 * float(r["test_elbo_stderr"]) for r in aevb_2]) \
+        == pytest.approx((bands[0][0], bands[0][1]))
 
 
 def test_fig3(tmp_path, tiny_images):

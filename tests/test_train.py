@@ -514,3 +514,20 @@ def test_the_test_elbo_comes_with_its_standard_error_and_older_metrics_files_res
     rows, unreadable = read_metrics(run / "metrics.csv")
     assert unreadable == 0 and [r["test_elbo_stderr"] for r in rows][:2] == ["nan", "nan"]
     assert 0 < float(rows[2]["test_elbo_stderr"]) < math.inf
+
+
+def test_the_curves_plot_shades_the_test_elbo_by_its_standard_error(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from pyro_vae.plotting import plot_curves
+    from pyro_vae.train import read_metrics
+
+    run = tmp_path / "r"
+    Trainer(tiny_config(training={"epochs": 2}), run, progress=False).train()
+    bands = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda self, x, low, high, **kw: bands.append((list(x), low, high)))
+    plot_curves(run / "metrics.csv", tmp_path / "curves.png")
+    rows, _ = read_metrics(run / "metrics.csv")
+    expected_low = [float(r["test_elbo"]) - 2 * float(r["test_elbo_stderr"]) for r in rows]
+    assert len(bands) == 1 and bands[0][0] == [float(r["samples_seen"]) for r in rows]
+    assert bands[0][1] == pytest.approx(expected_low) and all(h > lo for lo, h in zip(bands[0][1], bands[0][2]))
