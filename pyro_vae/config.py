@@ -246,9 +246,10 @@ def _read_file(path: Path) -> Dict[str, Any]:
             )
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: {syntax_error_text(e)}") from e
-    if data is None:  # an empty file, or one holding only comments: most likely not the file meant
+    if data is None or (data == {} and path.suffix == ".toml"):  # an empty file, or only comments: likely not the file meant
+        defaults_alone = "one setting such as `name = \"my_run\"`" if path.suffix == ".toml" else "`{}`"
         raise ConfigError(f"config file {str(path)!r} holds no settings; give at least the sections that differ from the "
-                          "defaults (configs/aevb_mnist.yaml is the paper's run), or `{}` for the defaults alone.")
+                          f"defaults (configs/aevb_mnist.yaml is the paper's run), or {defaults_alone} for the defaults alone.")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level.")
     return data

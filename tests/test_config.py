@@ -111,6 +111,11 @@ def test_overrides_and_files(tmp_path):
     (tmp_path / "empty.yaml").write_text("# the settings will go here\n")
     with pytest.raises(ConfigError, match="empty.yaml' holds no settings; .* or `{}` for the defaults alone"):
         C.load(tmp_path / "empty.yaml")
+    (tmp_path / "empty.toml").write_text("# the settings will go here\n")  # TOML has no `{}`: name the way it says "defaults"
+    with pytest.raises(ConfigError, match="empty.toml' holds no settings; .* or one setting such as `name = \"my_run\"` for the defaults alone"):
+        C.load(tmp_path / "empty.toml")
+    (tmp_path / "named.toml").write_text('name = "my_run"\n')
+    assert C.load(tmp_path / "named.toml").model == C.from_dict({}).model
     with pytest.raises(ConfigError, match="does not exist"):
         C.load(tmp_path / "missing.yaml")
     (tmp_path / "c.ini").write_text("[model]\n")
