@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae import allocator, config as C
-from pyro_vae.estimators.iwae import bytes_per_particle, chunk_target_bytes, log_weight_stats, plan_chunks
+from pyro_vae.estimators.iwae import CPU_CHUNK_BYTES, bytes_per_particle, log_weight_stats, plan_chunks
 from pyro_vae.model import build_vae
 from pyro_vae.fused_linear import available as fused_linear_available
 from pyro_vae.train import describe_device, resolve_device, set_validation, synchronize
@@ -176,7 +176,8 @@ def main(args: argparse.Namespace) -> None:
     x, vae = x.to(device), vae.to(device)
     vae.register_params = False  # as inside `iwae` (`without_param_store`)
     # the chunk plan of `iwae` on this device
-    kc, nc = plan_chunks(args.k, x.shape[0], bytes_per_particle(vae), args.memory_gb, chunk_target_bytes(device))
+    target = CPU_CHUNK_BYTES if device.type == "cpu" else None
+    kc, nc = plan_chunks(args.k, x.shape[0], bytes_per_particle(vae), args.memory_gb, target)
 
     def timed(fn, *fn_args):
         start = time.perf_counter()

@@ -78,29 +78,6 @@ def test_memory_plan_respects_the_cap(problem):
     assert est.settings["chunk_particles"] * est.settings["chunk_datapoints"] * per_pair <= 1e-4 * 2**30
 
 
-def test_chunks_on_cpu_grow_where_freed_memory_is_kept(problem, monkeypatch):
-    """512 MiB chunks where the process keeps freed memory (the CLI), 128 MiB where the kernel would
-    page-fault each chunk's tensors in again (a library user's default process); the cap still rules."""
-    import importlib
-
-    from pyro_vae import allocator
-
-    iwae_module = importlib.import_module("pyro_vae.estimators.iwae")  # the module (the package exports its function)
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(allocator, "_state", None)
-    assert iwae_module.chunk_target_bytes(cpu) == 128 * 2**20
-    assert iwae_module.chunk_target_bytes(torch.device("meta")) is None  # off the CPU: the memory cap alone
-    monkeypatch.setattr(allocator, "_state", "kept")
-    assert iwae_module.chunk_target_bytes(cpu) == 512 * 2**20
-    _, x, vae = problem
-    per_pair = iwae_module.bytes_per_particle(vae)
-    monkeypatch.setattr(iwae_module, "CPU_CHUNK_BYTES_MEMORY_KEPT", 30 * per_pair)  # what the estimator plans with
-    assert E.iwae(vae, x, k=10).settings["chunk_datapoints"] == 3
-    monkeypatch.setattr(allocator, "_state", "off")
-    monkeypatch.setattr(iwae_module, "CPU_CHUNK_BYTES", 20 * per_pair)
-    assert E.iwae(vae, x, k=10).settings["chunk_datapoints"] == 2
-
-
 def test_minibatch_scaling_does_not_leak_into_weights(problem):
     _, x, vae = problem
     torch.manual_seed(3)

@@ -19,7 +19,6 @@ from typing import Callable, Optional, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from .. import allocator
 from ..fused_linear import plain_layers
 from ..model import VAE, without_param_store
 from ..traces import log_importance_weights
@@ -41,28 +40,16 @@ def bytes_per_particle(vae: VAE) -> int:
     return 4 * (sum(sizes) + 4 * vae.x_dim + 4 * vae.z_dim)
 
 
-# On CPU, chunks with a working set near 128 MiB ran fastest in a process that hands freed memory
-# back to the kernel (glibc's default): big enough for all k = 5000 particles of one datapoint in
-# one chunk with the paper's decoder (each chunk costs Pyro's traces, about 1 ms, and a short last
-# chunk runs its products less efficiently), small enough to stay clear of the page faults of
-# larger ones. Measured with the fused layers, IWAE-5000, 2 cores, per image: trained MNIST model
-# 28.9 ms at 128 MiB (5000 x 1), 31.2 ms at 96 MiB, 31.3 ms at 64 MiB; untrained tanh/ReLU models
-# 31.5/33.9 ms at 128 MiB, 32.6/33.7 ms at 64 MiB, 38.5/40.3 ms at 256 MiB (5000 x 2); and, in
-# session 14, 512 MiB (5000 x 4) 1.29x the time of 128 MiB.
+# On CPU, chunks with a working set near 128 MiB ran fastest: big enough for all k = 5000 particles
+# of one datapoint in one chunk with the paper's decoder (each chunk costs Pyro's traces, about
+# 1 ms, and a short last chunk runs its products less efficiently), small enough to stay clear of
+# the slowdown of larger ones. Measured with the fused layers, IWAE-5000, 2 cores, per image:
+# trained MNIST model 28.9 ms at 128 MiB (5000 x 1), 31.2 ms at 96 MiB, 31.3 ms at 64 MiB;
+# untrained tanh/ReLU models 31.5/33.9 ms at 128 MiB, 32.6/33.7 ms at 64 MiB, 38.5/40.3 ms at
+# 256 MiB (5000 x 2). The memory cap stays the upper bound. Session 14 tried 512 MiB chunks where
+# freed memory is kept: 0.94x the time per image in one process, but another `evaluate --n 2000`
+# peaked at 9.5 GB resident with 2.3M page faults (73 s against 64 s at 128 MiB), so not adopted.
 CPU_CHUNK_BYTES = 128 * 2**20
-# Where freed memory is kept in the process (``allocator.keep_freed_memory``, as the pyro-vae
-# command does), larger chunks stop paying those page faults and share the per-chunk costs among
-# several datapoints: the trained MNIST model, interleaved, 0.94x the time per image at 512 MiB
-# (5000 x 4) against 128 MiB, 0.96x at 256 MiB; `pyro-vae evaluate --n 2000` 57 s against 63 s,
-# its peak memory 1.16 GB against 1.03 GB. Beyond 512 MiB nothing more was gained.
-CPU_CHUNK_BYTES_MEMORY_KEPT = 512 * 2**20
-
-
-def chunk_target_bytes(device: torch.device) -> Optional[int]:
-    """The working set IWAE aims its chunks at on ``device`` (None: the memory cap alone)."""
-    if device.type != "cpu":
-        return None
-    return CPU_CHUNK_BYTES_MEMORY_KEPT if allocator.state() == "kept" else CPU_CHUNK_BYTES
 
 
 def _check_memory(memory_gb: float) -> None:
@@ -118,7 +105,8 @@ def iwae(
     _check_memory(memory_gb)
     vae.check_points(x)
     n = x.shape[0]
-    kc, nc = chunks or plan_chunks(k, n, bytes_per_particle(vae), memory_gb, chunk_target_bytes(x.device))
+    target = CPU_CHUNK_BYTES if x.device.type == "cpu" else None
+    kc, nc = chunks or plan_chunks(k, n, bytes_per_particle(vae), memory_gb, target)
     values, ess = [], []
     for xb in tqdm(x.split(nc), desc=f"IWAE-{k}", disable=not progress):
         lse, lse2 = log_weight_stats(vae.model, vae.guide, xb, k, kc)
@@ -141,7 +129,7 @@ def elbo(vae: VAE, x: torch.Tensor, num_samples: int = 1, memory_gb: float = 2.0
         raise ValueError("num_samples must be >= 1")
     _check_memory(memory_gb)
     vae.check_points(x)
-    kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae), memory_gb, chunk_target_bytes(x.device))
+    kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae), memory_gb, CPU_CHUNK_BYTES if x.device.type == "cpu" else None)
     out = []
     with torch.no_grad():
         for xb in x.split(nc):
