@@ -26,6 +26,7 @@ They remain ``torch.optim.Optimizer`` subclasses, so learning-rate schedulers wo
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -43,12 +44,27 @@ def _sqrt_into(out: List[torch.Tensor], tensors: List[torch.Tensor]) -> None:
         torch.sqrt(t, out=o)
 
 
+@functools.lru_cache(maxsize=None)
+def _fused_cpu_kernels_available() -> bool:
+    """Whether this torch runs its fused Adagrad and Adam kernels on CPU tensors (torch >= 2.4;
+    earlier versions have CUDA kernels only), probed once on one-element tensors."""
+    p, g, a, b, step = (torch.zeros(1) for _ in range(5))
+    try:
+        torch._fused_adagrad_([p], [g], [a], [step], lr=0.1, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False)
+        torch._fused_adam_([p], [g], [a], [b], [], [step + 1], amsgrad=False, lr=0.1, beta1=0.9, beta2=0.999,
+                           weight_decay=0.0, eps=1e-8, maximize=False)
+    except (AttributeError, RuntimeError, NotImplementedError, TypeError):
+        return False
+    return True
+
+
 def _fused_cpu_kernel_applies(params: List[torch.Tensor], steps: List[torch.Tensor]) -> bool:
     """Whether torch's fused CPU kernels take these tensors: all on the CPU, one floating dtype,
     and float32 step counts (what those kernels read; ``torch.optim`` keeps the default dtype)."""
     dtype = params[0].dtype
     return (
-        all(p.device.type == "cpu" and p.dtype == dtype for p in params)
+        _fused_cpu_kernels_available()
+        and all(p.device.type == "cpu" and p.dtype == dtype for p in params)
         and dtype in (torch.float32, torch.float64)
         and all(s.dtype == torch.float32 for s in steps)
     )

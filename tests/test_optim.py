@@ -117,6 +117,7 @@ def test_closure_runs_with_gradients_and_its_loss_is_returned(ours):
 
 
 def test_fused_kernels_run_on_cpu_float_parameters():
+    assert optimizers._fused_cpu_kernels_available() == (tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4))
     params = _params(0)
     steps = [torch.tensor(0.0) for _ in params]
     assert optimizers._fused_cpu_kernel_applies(params, steps)
