@@ -60,17 +60,23 @@ def _save_image(grid: torch.Tensor, path: Path, title: str) -> Path:
     return path
 
 
+def _measured(row: dict, *keys: str) -> bool:
+    """Whether a metrics.csv row holds a value for each of ``keys`` (an epoch without a test
+    evaluation, or an older file without the column, reads as "nan" or is missing)."""
+    return all(row.get(key) not in (None, "", "nan") for key in keys)
+
+
 def plot_curves(metrics_csv: Path, path: Path) -> Path:
     rows, _ = read_metrics(metrics_csv)
     samples = [float(r["samples_seen"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label, style in (("train_elbo", "train ELBO", "-"), ("test_elbo", "test ELBO", "o-")):
-        points = [(s, float(r[key])) for s, r in zip(samples, rows) if r.get(key) not in (None, "", "nan")]
+        points = [(s, float(r[key])) for s, r in zip(samples, rows) if _measured(r, key)]
         if points:
             ax.plot(*zip(*points), style, label=label)
     # the test ELBO's +- 2 standard errors over the test points, where metrics.csv has them
     band = [(s, float(r["test_elbo"]), float(r["test_elbo_stderr"])) for s, r in zip(samples, rows)
-            if r.get("test_elbo") not in (None, "", "nan") and r.get("test_elbo_stderr") not in (None, "", "nan")]
+            if _measured(r, "test_elbo", "test_elbo_stderr")]
     if band:
         seen, means, errors = zip(*band)
         ax.fill_between(seen, [m - 2 * e for m, e in zip(means, errors)], [m + 2 * e for m, e in zip(means, errors)], color="C1", alpha=0.2,
