@@ -110,11 +110,13 @@ class MonteCarloEM(Objective):
         self.chains: Optional[torch.Tensor] = None  # (N, D): the current latent of every datapoint
         self.log_step: Optional[torch.Tensor] = None  # (N,): each chain's log step size
 
-    def _init_chains(self, vae: VAE, num_data: int) -> None:
+    def _init_chains(self, vae: VAE, num_data: int, device: torch.device) -> None:
         if self.chains is None or self.chains.shape[0] != num_data:
             with torch.no_grad():
                 self.chains = vae.prior_dist().sample((num_data,))
             self.log_step = torch.full((num_data,), float(torch.tensor(self.initial_step_size).log()), device=self.chains.device)
+        elif self.chains.device != device:  # read from a checkpoint (on the CPU), or the run moved device
+            self.chains, self.log_step = self.chains.to(device), self.log_step.to(device)
 
     def e_step(self, vae: VAE, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """HMC on the minibatch's chains (one chain per datapoint); returns their new latents."""
@@ -138,7 +140,7 @@ class MonteCarloEM(Objective):
     def step_losses(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> Iterator[torch.Tensor]:
         if idx is None:
             idx = torch.arange(x.shape[0], device=x.device)
-        self._init_chains(vae, num_data)
+        self._init_chains(vae, num_data, x.device)
         z = self.e_step(vae, x, idx)
         for _ in range(self.m_steps):
             log_prior, log_lik = log_densities(vae.model, {"z": z}, x)

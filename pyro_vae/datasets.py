@@ -397,9 +397,12 @@ def npz(*, root: Path, download: bool, path: str, test_fraction: float = 0.1) ->
 
 # --- assembling a run's data --------------------------------------------------------------------
 def binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
-    """One Bernoulli draw per pixel with the grey level as probability (seeded)."""
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    return torch.bernoulli(x, generator=g)
+    """One Bernoulli draw per pixel with the grey level as probability (seeded), returned on x's
+    device. Drawn on the CPU whatever that device is: a CUDA generator with the same seed gives
+    other pixels, and a run's static test set, or the seeded draw of a dynamically binarized
+    training set that ``evaluate --split train`` scores, must be the same data on every device."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(x.detach().cpu(), generator=g).to(x.device)
 
 
 def binarize_dynamic(x: torch.Tensor) -> torch.Tensor:
