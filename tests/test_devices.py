@@ -21,6 +21,7 @@ from pyro_vae.datasets import binarize
 from pyro_vae.linear_gaussian import LinearGaussian
 from pyro_vae.model import build_vae
 from pyro_vae.optimizers import Adagrad, Adam, SGD
+from pyro_vae.plotting import plot_run
 from pyro_vae.train import Trainer, load_run
 
 from .conftest import tiny_config
@@ -112,6 +113,10 @@ def test_every_prior_likelihood_and_guide_trains_on_the_device(tmp_path, device)
             assert est.per_datapoint.shape == (3,) and torch.isfinite(est.per_datapoint).all(), model
         samples = trainer.vae.sample_means(4)
         assert samples.device.type == device and torch.isfinite(samples).all(), model
+    # the last case has 8 x 8 images and two latents: every picture applies
+    written, skipped = plot_run(trainer.run_dir, trainer.vae, trainer.x_test, trainer.data.y_test)
+    names = {p.name for p in written}
+    assert {"elbo_curves.png", "samples.png", "reconstructions.png", "manifold.png", "latents.png"} <= names and not skipped
 
 
 @pytest.fixture
