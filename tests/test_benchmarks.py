@@ -96,3 +96,17 @@ def test_hmc_benchmark_runs_on_tiny_data(capsys, monkeypatch, device):
     assert "ratio batched HMC / plain loop" in out and "ratio batched HMC, eager traces / plain loop" in out
     if device == "cpu":  # potentials are compiled on the CPU only
         assert "estimators' potential (compiled per shape)" in out  # 5 chains: below the fused layers' threshold
+
+
+def test_device_scripts_parse_and_name_files_that_exist():
+    """benchmarks/device/*.sh run on a GPU machine only when one is lent: here, at least, bash
+    parses them and every test or benchmark file they name is in the tree."""
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    for script in ("prepare.sh", "check.sh"):
+        path = root / "benchmarks" / "device" / script
+        assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0, script
+        for named in re.findall(r"\b((?:tests|benchmarks)/[\w/]+\.(?:py|sh))", path.read_text()):
+            assert (root / named).exists(), f"{script} names {named}, which does not exist"
