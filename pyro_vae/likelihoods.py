@@ -105,6 +105,10 @@ class Bernoulli(Likelihood):
 
     def support_violation(self, x: torch.Tensor) -> Optional[str]:
         bad = super().support_violation(x)
+        if bad is None and ((x < 0) | (x > 1)).any():
+            # binarizing would not help: Bernoulli draws need probabilities in [0, 1]
+            return (f"values lie outside [0, 1] (min {x.min().item():.3g}, max {x.max().item():.3g}); rescale the data to "
+                    "[0, 1] grey levels, then set data.binarize to 'dynamic' or 'static'")
         if bad is None and not ((x == 0) | (x == 1)).all():
             return "it is not binary (grey levels found); set data.binarize to 'dynamic' or 'static', or use likelihood continuous_bernoulli"
         return bad

@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -170,8 +171,13 @@ def test_npz_of_8_bit_images_becomes_grey_levels_and_says_so(tmp_path):
     assert data.x_train.min() == 0 and data.x_train.max() == 1
     wide = pixels.astype(np.int64)  # other integer types keep their values (counts, 0/1 data)
     np.savez(tmp_path / "i64.npz", x=wide)
-    kept = D.npz(root=tmp_path, download=False, path=str(tmp_path / "i64.npz"), test_fraction=0.2)
+    with pytest.warns(UserWarning, match="whole numbers from 0 to 255 as int64, used as they are.*save them as uint8"):
+        kept = D.npz(root=tmp_path, download=False, path=str(tmp_path / "i64.npz"), test_fraction=0.2)
     assert kept.x_train.max() > 1 and "scaled" not in kept.info
+    np.savez(tmp_path / "binary.npz", x=(wide > 127).astype(np.int64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0/1 data in an integer type: nothing to warn about
+        D.npz(root=tmp_path, download=False, path=str(tmp_path / "binary.npz"), test_fraction=0.2)
     np.savez(tmp_path / "mixed.npz", x_train=pixels[:8], x_test=pixels[8:] / 255.0)
     with pytest.raises(DataError, match="x_train is uint8 and x_test float64; save both"):
         D.npz(root=tmp_path, download=False, path=str(tmp_path / "mixed.npz"))
@@ -209,6 +215,8 @@ def test_support_errors_name_the_fix(tmp_path):
     bad = D.Dataset("big", x[:10] * 3, x[10:], (9,))
     with pytest.raises(DataError, match="outside \\[0, 1\\]"):
         D.check_support(bad, ContinuousBernoulli(9), "none")
+    with pytest.raises(DataError, match=r"outside \[0, 1\] \(min 0.*, max 2.*\); rescale the data to \[0, 1\] grey levels, then set data.binarize"):
+        D.check_support(bad, Bernoulli(9), "none")  # binarizing alone would not do
     with pytest.raises(DataError, match="support of likelihood 'continuous_bernoulli'"):  # the name the config uses
         D.check_support(bad, ContinuousBernoulli(9), "none", "continuous_bernoulli")
     with pytest.raises(DataError, match="features"):
