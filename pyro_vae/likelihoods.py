@@ -95,6 +95,13 @@ class IndependentLogitBernoulli(TypeKeepingExpand, dist.Independent):
         return neg_log_p.sum(-1).neg_()
 
 
+def _outside_unit_interval(x: torch.Tensor) -> Optional[str]:
+    """How ``x`` leaves [0, 1] (its range), or None where it stays inside."""
+    if ((x < 0) | (x > 1)).any():
+        return f"values lie outside [0, 1] (min {x.min().item():.3g}, max {x.max().item():.3g})"
+    return None
+
+
 class Bernoulli(Likelihood):
     """p(x|z) = prod_i Bernoulli(x_i; sigmoid(y_i)): the paper's MNIST decoder (AEVB App. C.1)."""
 
@@ -105,10 +112,9 @@ class Bernoulli(Likelihood):
 
     def support_violation(self, x: torch.Tensor) -> Optional[str]:
         bad = super().support_violation(x)
-        if bad is None and ((x < 0) | (x > 1)).any():
-            # binarizing would not help: Bernoulli draws need probabilities in [0, 1]
-            return (f"values lie outside [0, 1] (min {x.min().item():.3g}, max {x.max().item():.3g}); rescale the data to "
-                    "[0, 1] grey levels, then set data.binarize to 'dynamic' or 'static'")
+        if bad is None and (outside := _outside_unit_interval(x)):
+            # binarizing alone would not help: Bernoulli draws need probabilities in [0, 1]
+            return outside + "; rescale the data to [0, 1] grey levels, then set data.binarize to 'dynamic' or 'static'"
         if bad is None and not ((x == 0) | (x == 1)).all():
             return "it is not binary (grey levels found); set data.binarize to 'dynamic' or 'static', or use likelihood continuous_bernoulli"
         return bad
@@ -127,8 +133,8 @@ class ContinuousBernoulli(Likelihood):
 
     def support_violation(self, x: torch.Tensor) -> Optional[str]:
         bad = super().support_violation(x)
-        if bad is None and ((x < 0) | (x > 1)).any():
-            return f"values lie outside [0, 1] (min {x.min().item():.3g}, max {x.max().item():.3g}); rescale the data to [0, 1]"
+        if bad is None and (outside := _outside_unit_interval(x)):
+            return outside + "; rescale the data to [0, 1]"
         return bad
 
 
@@ -205,8 +211,8 @@ class Beta(Likelihood):
 
     def support_violation(self, x: torch.Tensor) -> Optional[str]:
         bad = super().support_violation(x)
-        if bad is None and ((x < 0) | (x > 1)).any():
-            return "values lie outside [0, 1]; rescale the data to [0, 1]"
+        if bad is None and (outside := _outside_unit_interval(x)):
+            return outside + "; rescale the data to [0, 1]"
         return bad
 
 

@@ -11,7 +11,7 @@ import torch
 from pyro_vae import datasets as D
 from pyro_vae.config import DataConfig
 from pyro_vae.errors import DataError
-from pyro_vae.likelihoods import Bernoulli, ContinuousBernoulli
+from pyro_vae.likelihoods import Bernoulli, Beta, ContinuousBernoulli
 from pyro_vae.safe_pickle import load_arrays
 
 
@@ -217,6 +217,8 @@ def test_support_errors_name_the_fix(tmp_path):
         D.check_support(bad, ContinuousBernoulli(9), "none")
     with pytest.raises(DataError, match=r"outside \[0, 1\] \(min 0.*, max 2.*\); rescale the data to \[0, 1\] grey levels, then set data.binarize"):
         D.check_support(bad, Bernoulli(9), "none")  # binarizing alone would not do
+    with pytest.raises(DataError, match=r"outside \[0, 1\] \(min 0.*, max 2.*\); rescale the data to \[0, 1\]"):
+        D.check_support(bad, Beta(9, eps=1e-4), "none")
     with pytest.raises(DataError, match="support of likelihood 'continuous_bernoulli'"):  # the name the config uses
         D.check_support(bad, ContinuousBernoulli(9), "none", "continuous_bernoulli")
     with pytest.raises(DataError, match="features"):
