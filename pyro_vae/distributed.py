@@ -75,6 +75,11 @@ def init(info: DistInfo, device: torch.device, timeout_s: float | None = None) -
     if not info.enabled or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        # NCCL's object collectives (all_gather_object, used for the checkpoint's RNG states) and
+        # its barrier run on the *current* CUDA device: unless each rank makes its own GPU
+        # current, every rank would use cuda:0 and NCCL refuses (or hangs on) two ranks per GPU.
+        torch.cuda.set_device(device)
     timeout = datetime.timedelta(seconds=timeout_s or _env_number(
         "PYRO_VAE_DIST_TIMEOUT", "120", float, 1, "It is the seconds every rank may take to join the job (default 120)."
     ))

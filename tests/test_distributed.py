@@ -165,6 +165,20 @@ def test_a_bad_join_timeout_is_named(monkeypatch):
         distributed.init(distributed.DistInfo(1, 2, 1), torch.device("cpu"))
 
 
+def test_each_nccl_rank_makes_its_own_gpu_current_before_joining(monkeypatch):
+    """NCCL's object collectives and barrier use the current CUDA device; without set_device every
+    rank of a several-GPU job would use cuda:0. (Recorded, not run: no GPU is needed here.)"""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", torch.device(device))))
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kw: calls.append(("join", backend, kw["rank"])))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    distributed.init(distributed.DistInfo(1, 2, 1), torch.device("cuda", 1))
+    assert calls == [("set_device", torch.device("cuda", 1)), ("join", "nccl", 1)]
+    calls.clear()
+    distributed.init(distributed.DistInfo(1, 2, 1), torch.device("cpu"))
+    assert calls == [("join", "gloo", 1)]
+
+
 def test_fewer_points_than_processes_is_a_clear_error():
     four = distributed.DistInfo(rank=3, world_size=4)
     with pytest.raises(ConfigError, match="3 point\\(s\\) cannot be shared by 4 processes .* evaluate at least 4 points \\(--n\\)"):
