@@ -64,8 +64,8 @@ def test_every_objective_trains_on_the_device_and_its_checkpoint_reads_on_the_cp
 @pytest.mark.parametrize("first,then", DEVICE_PAIRS)
 @pytest.mark.parametrize("objective", ["trace_meanfield", "jit_trace", "mcem"])
 def test_a_run_resumes_on_another_device(tmp_path, first, then, objective):
-    """The README lets a resume change the device: the optimizer's state, MCEM's chains and the
-    random streams follow the parameters."""
+    """The README lets a resume change the device: the optimizer's state and MCEM's chains follow
+    the parameters there, and training goes on from the checkpoint's epoch."""
     run = tmp_path / "run"
     cfg = tiny_config(device=first, objective={"name": objective}, training={"epochs": 1, "batch_size": 20, "log_every": 1})
     Trainer(cfg, run, progress=False).train()
