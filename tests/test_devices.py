@@ -25,7 +25,7 @@ from pyro_vae.plotting import plot_run
 from pyro_vae.train import Trainer, load_run
 
 from .conftest import tiny_config
-from .test_registry import GUIDE_CASES, LIKELIHOOD_CASES, OBJECTIVE_NAMES, PRIOR_CASES, _image_data
+from .test_registry import GUIDE_CASES, LIKELIHOOD_CASES, OBJECTIVE_NAMES, PRIOR_CASES, _image_data, _train_one_step
 
 NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
 DEVICES = ["cpu", pytest.param("cuda", marks=NO_GPU)]
@@ -101,18 +101,13 @@ def test_every_prior_likelihood_and_guide_trains_on_the_device(tmp_path, device)
                "likelihood": {"name": "bernoulli"}}]
     for i, model in enumerate(cases):
         binary = model["likelihood"]["name"] == "bernoulli"
-        model_cfg = {"z_dim": 2, "encoder": {"name": "mlp", "hidden": [8]}, "decoder": {"name": "mlp", "hidden": [8]}, **model}
-        cfg = tiny_config(device=device, model=model_cfg, objective={"name": "trace_meanfield"},
-                          training={"epochs": 1, "batch_size": 30, "log_every": 1})
-        trainer = Trainer(cfg, tmp_path / f"run{i}", data=_image_data(binary), progress=False)
-        row = trainer.train()[-1]
-        assert torch.isfinite(torch.tensor([row["train_objective"], row["test_elbo"]])).all(), model
+        # trains one step (finite ELBOs, parameters moved, finite samples), as for every objective on CPU
+        trainer = _train_one_step(tmp_path / f"run{i}", "trace_meanfield", _image_data(binary), device=device, **model)
         _assert_on(device, list(trainer.vae.parameters()) + list(trainer.vae.buffers()), str(model))
         x = trainer.x_test[:3]
         for est in (E.iwae(trainer.vae, x, k=20), E.ais(trainer.vae, x, num_steps=3, num_chains=2, num_leapfrog=2)):
             assert est.per_datapoint.shape == (3,) and torch.isfinite(est.per_datapoint).all(), model
-        samples = trainer.vae.sample_means(4)
-        assert samples.device.type == device and torch.isfinite(samples).all(), model
+        assert trainer.vae.sample_means(4).device.type == device, model
     # the last case has 8 x 8 images and two latents: every picture applies
     written, skipped = plot_run(trainer.run_dir, trainer.vae, trainer.x_test, trainer.data.y_test)
     names = {p.name for p in written}

@@ -59,10 +59,11 @@ def _image_data(binary: bool) -> Dataset:
     return Dataset("images", x[:30], x[30:], (1, 8, 8))
 
 
-def _train_one_step(tmp_path, objective: str, data: Dataset, **model):
+def _train_one_step(tmp_path, objective: str, data: Dataset, device: str = "cpu", **model):
     model_cfg = {"z_dim": 2, "encoder": {"name": "mlp", "hidden": [8]}, "decoder": {"name": "mlp", "hidden": [8]}}
     model_cfg.update(model)
-    cfg = tiny_config(model=model_cfg, objective={"name": objective}, training={"epochs": 1, "batch_size": 30, "log_every": 1})
+    cfg = tiny_config(device=device, model=model_cfg, objective={"name": objective},
+                      training={"epochs": 1, "batch_size": 30, "log_every": 1})
     trainer = Trainer(cfg, tmp_path / "run", data=data, progress=False)
     before = [p.detach().clone() for p in trainer.vae.parameters()]
     rows = trainer.train()
