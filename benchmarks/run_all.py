@@ -11,7 +11,7 @@ interleaved within its own run):
 * IWAE-5000 against the matrix-product bound and a hand-written PyTorch IWAE;
 * HMC against a plain-torch leapfrog loop, at 100 chains (an MCEM minibatch) and 1000 (AIS).
 
-    python benchmarks/run_all.py            # about 4 minutes on 2 CPU threads (with --run too)
+    python benchmarks/run_all.py            # about 4 minutes on 2 CPU threads (5 with --run)
     python benchmarks/run_all.py --quick    # smaller sizes, for a smoke test
     python benchmarks/run_all.py --device cuda
     python benchmarks/run_all.py --run runs/aevb_mnist   # adds IWAE-5000 on a trained model
