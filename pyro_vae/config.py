@@ -367,6 +367,12 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
     return data
 
 
+def _short_value(value: Any) -> bool:
+    """Whether a rejected value is worth quoting in its error: a scalar or a short list, not a
+    whole section."""
+    return value is None or isinstance(value, (bool, int, float, str, list, tuple)) and len(repr(value)) <= 60
+
+
 def _format_validation_error(source: str, e: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
     for err in e.errors():
@@ -374,6 +380,8 @@ def _format_validation_error(source: str, e: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see README 'Config reference')"
+        elif err["type"] != "missing" and _short_value(err.get("input")):
+            msg += f", got {err['input']!r}"  # the value as it arrived, so the bad entry is found at once
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 

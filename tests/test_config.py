@@ -185,6 +185,29 @@ def test_infinite_or_nan_numbers_are_rejected_at_load(override, message):
         C.load("configs/tiny.yaml", [override])
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.z_dim=0", "model.z_dim: Input should be greater than 0, got 0"),
+        ("training.epochs=abc", "training.epochs: Input should be a valid integer, unable to parse string as an integer, got 'abc'"),
+        ("data.binarize=sometimes", "data.binarize: Input should be 'none', 'dynamic' or 'static', got 'sometimes'"),
+    ],
+)
+def test_a_rejected_value_is_quoted_in_its_message(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        C.load("configs/tiny.yaml", [override])
+
+
+def test_a_rejected_section_is_not_quoted_whole():
+    """A whole mapping in the wrong place is named by its key; quoting it would bury the message."""
+    data = tiny_config_dict()
+    data["training"]["batch_size"] = {"value": list(range(40))}
+    with pytest.raises(ConfigError) as info:
+        C.from_dict(data)
+    assert "training.batch_size: Input should be a valid integer" in str(info.value)
+    assert "got" not in str(info.value)
+
+
 def test_optimizers_reject_non_finite_settings_from_python_too():
     import torch
 
