@@ -83,7 +83,8 @@ def _anneal(
     kernel = BatchedHMC(potential, step_size=step_size, num_leapfrog=num_leapfrog, target_accept=target_accept, fixed_potential=False)
     log_w = torch.zeros(z.shape[:-1], dtype=torch.float64, device=z.device)
     accept_sum = torch.zeros(z.shape[:-1], device=z.device)
-    used = []
+    # written in place, not collected step by step: see `iwae` on small tensors kept between big ones
+    used = torch.empty(len(betas) - 1, *z.shape[1:-1], dtype=z.dtype, device=z.device) if step_schedule is None else None
     for t in tqdm(range(1, len(betas)), desc="AIS" if step_schedule is not None else "AIS pilot", disable=not progress):
         with torch.no_grad():
             joint, p0 = log_target_and_p0(z)
@@ -93,10 +94,10 @@ def _anneal(
             kernel.step_size = step_schedule[t - 1].expand(z.shape[:-1])
         else:
             kernel._init_step(z)
-            used.append(kernel.step_size.log().mean(0).exp())  # the step this transition uses
+            used[t - 1] = kernel.step_size.log().mean(0).exp()  # the step this transition uses
         z, a = kernel.step(z, adapt=step_schedule is None)
         accept_sum += a
-    schedule = step_schedule if step_schedule is not None else torch.stack(used)
+    schedule = step_schedule if step_schedule is not None else used
     return log_w, accept_sum / (len(betas) - 1), schedule
 
 
