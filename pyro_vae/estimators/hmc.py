@@ -160,14 +160,17 @@ class BatchedHMC:
         for _ in range(num_warmup):
             z, _ = self.step(z, adapt=True)
         self.end_adaptation()
-        draws, accept = [], torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+        # draws written into one buffer made before the loop, not kept step by step between the
+        # leapfrog's temporaries (small blocks kept among big ones fragment the heap; see `iwae`)
+        draws = torch.empty((num_samples,) + z.shape, dtype=z.dtype, device=z.device)
+        accept = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
         for i in range(num_samples * thin):
             z, a = self.step(z)
             accept += a
             if (i + 1) % thin == 0:
-                draws.append(z)
+                draws[i // thin] = z
         self._init_step(z)
-        return torch.stack(draws), HMCStats(accept / max(1, num_samples * thin), self.step_size.clone())  # type: ignore[union-attr]
+        return draws, HMCStats(accept / max(1, num_samples * thin), self.step_size.clone())  # type: ignore[union-attr]
 
 
 def to_inference_data(draws: torch.Tensor, name: str = "z") -> "arviz.InferenceData":
