@@ -1,7 +1,8 @@
 """HMC speed: the batched kernel against a plain-torch leapfrog loop on the same potential written
-by hand, measured interleaved in the same run. The kernel runs twice: with the potential the
-estimators use (Pyro traces of the model, compiled per shape where that is faster:
-``pyro_vae.estimators.potentials``) and with Pyro's traces run eagerly at every evaluation.
+by hand, measured interleaved in the same run (one trajectory a side in turn; the ratio comes
+with the quartiles of the trajectories' paired ratios, ``paired.py``). The kernel runs twice: with
+the potential the estimators use (Pyro traces of the model, compiled per shape where that is
+faster: ``pyro_vae.estimators.potentials``) and with Pyro's traces run eagerly at every evaluation.
 
 Model: the paper's MNIST decoder (Nz-H-784, tanh, Bernoulli) with a N(0, I) prior; one chain per
 datapoint for ``--points`` binary images; ``--leapfrog`` steps per trajectory.
@@ -12,7 +13,9 @@ datapoint for ``--points`` binary images; ``--leapfrog`` steps per trajectory.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +26,9 @@ from pyro_vae.estimators.potentials import compiles, model_log_densities
 from pyro_vae.model import build_vae
 from pyro_vae.traces import log_densities
 from pyro_vae.train import describe_device, resolve_device, set_validation, synchronize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helper, also when loaded by path
+from paired import paired_ratios_line  # noqa: E402
 
 
 def plain_potential(vae, x):
@@ -86,7 +92,7 @@ def main(args: argparse.Namespace) -> None:
         assert torch.allclose(plain(z + 0.1), potential(z + 0.1), rtol=1e-4, atol=1e-3), "the potentials differ"
     # One trajectory of each side in turn (A B C A B C ...), so that the machine's drift hits all alike.
     sides = {"ours": pyro_potential, "eager": eager_potential, "plain": plain}
-    seconds = dict.fromkeys(sides, 0.0)
+    rounds = {k: [] for k in sides}  # seconds per trajectory, each side
     for _ in range(args.repeats):
         kernels = {k: BatchedHMC(sides[k], step_size=step, num_leapfrog=args.leapfrog) for k in ("ours", "eager")}
         state = dict.fromkeys(sides, z)
@@ -98,8 +104,8 @@ def main(args: argparse.Namespace) -> None:
                 else:
                     state[k], _ = kernels[k].step(state[k])
                 synchronize(device)
-                seconds[k] += time.perf_counter() - s
-    mean = {k: v / args.repeats for k, v in seconds.items()}
+                rounds[k].append(time.perf_counter() - s)
+    mean = {k: sum(v) / args.repeats for k, v in rounds.items()}
     how = "compiled per shape" if compiles(z) else "eager at this size"
     print(f"device {describe_device(device, args.threads)}, {args.points} chains, Nz={args.z}, decoder {args.z}-{args.hidden}-784, {args.leapfrog} leapfrog steps")
     # Same sampling work on all sides: trajectories of all chains (the batched kernel reuses the
@@ -109,6 +115,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"plain torch leapfrog loop               {args.trajectories / mean['plain']:8.2f} trajectories/s  ({mean['plain']:.3f} s)")
     print(f"ratio batched HMC / plain loop (time): {mean['ours'] / mean['plain']:.3f}")
     print(f"ratio batched HMC, eager traces / plain loop (time): {mean['eager'] / mean['plain']:.3f}")
+    print(paired_ratios_line("batched HMC / plain loop (time)", rounds["ours"], rounds["plain"], "trajectories"))
 
 
 if __name__ == "__main__":

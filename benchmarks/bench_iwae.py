@@ -2,7 +2,8 @@
 
 Three things are timed on the first ``--n`` MNIST test images (or random binary images with
 ``--random``), one datapoint chunk at a time and interleaved (A B C A B C ...), so that the
-machine's drift hits all three alike:
+machine's drift hits all three alike (the main ratios also come with the quartiles of the chunks'
+paired ratios, ``paired.py``):
 
 * pyro-vae: the estimator's inner loop (``log_weight_stats``: Pyro traces of model and guide);
 * plain torch: the same IWAE-k written by hand for the paper's model (Gaussian encoder, standard
@@ -22,9 +23,10 @@ machine's drift hits all three alike:
 from __future__ import annotations
 
 import argparse
-import time
-
 import math
+import sys
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,9 @@ from pyro_vae.estimators.iwae import CPU_CHUNK_BYTES, bytes_per_particle, log_we
 from pyro_vae.model import build_vae
 from pyro_vae.fused_linear import available as fused_linear_available
 from pyro_vae.train import describe_device, resolve_device, set_validation, synchronize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helper, also when loaded by path
+from paired import paired_ratios_line  # noqa: E402
 
 
 def matmul_bound(vae, x: torch.Tensor, k: int, kc: int, nc: int, z: torch.Tensor, product) -> None:
@@ -189,26 +194,28 @@ def main(args: argparse.Namespace) -> None:
     products = {"blas": blas_product}
     if device.type == "cpu" and fused_linear_available():
         products["onednn"] = onednn_product
-    bounds = dict.fromkeys(products, 0.0)
     z = torch.randn(kc, nc, vae.z_dim, device=device)
-    ours = plain = tuned = model_math = 0.0
+    # seconds per datapoint chunk, for each side (the rounds of the paired ratios)
+    rounds = {side: [] for side in ("ours", "plain", "tuned", "model_math", *products)}
     # per-image results written in place, as `iwae` does: a list of small tensors kept between the
     # chunks' big blocks fragments the heap and would slow all sides by page faults
     values, plain_values, tuned_values = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(3))
     for _ in range(args.repeats):
         for xb in x.split(nc):
             (lse, _), seconds = timed(log_weight_stats, vae.model, vae.guide, xb, args.k, kc)
-            ours += seconds
+            rounds["ours"].append(seconds)
             (plain_lse, _), seconds = timed(plain_log_weight_stats, vae, xb, args.k, kc, networks)
-            plain += seconds
+            rounds["plain"].append(seconds)
             (tuned_lse, _), seconds = timed(tuned_log_weight_stats, vae, xb, args.k, kc)
-            tuned += seconds
+            rounds["tuned"].append(seconds)
             for name, product in products.items():
-                bounds[name] += timed(matmul_bound, vae, xb, args.k, kc, nc, z, product)[1]
-            model_math += timed(networks_and_softplus, vae, xb, args.k, kc, nc, z)[1]
+                rounds[name].append(timed(matmul_bound, vae, xb, args.k, kc, nc, z, product)[1])
+            rounds["model_math"].append(timed(networks_and_softplus, vae, xb, args.k, kc, nc, z)[1])
             values += lse.sum()
             plain_values += plain_lse.sum()
             tuned_values += tuned_lse.sum()
+    ours, plain, tuned, model_math = (sum(rounds[side]) for side in ("ours", "plain", "tuned", "model_math"))
+    bounds = {name: sum(rounds[name]) for name in products}
     points = args.repeats * x.shape[0]
     value, plain_value, tuned_value = (float(v) / points - math.log(args.k) for v in (values, plain_values, tuned_values))
     print(f"device {describe_device(device, args.threads)}, IWAE-{args.k} on {x.shape[0]} points x {args.repeats}, "
@@ -218,7 +225,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"tuned torch     {tuned:8.3f} s  (mean log p(x) {tuned_value:.2f}; pyro-vae's fused layers, no Pyro)")
     for name, seconds in bounds.items():
         print(f"matmul {name:<8s} {seconds:8.3f} s")
-    bound = min(bounds.values())
+    bound_library = min(bounds, key=bounds.get)
+    bound = bounds[bound_library]
     print(f"matmul bound    {bound:8.3f} s  (the faster product library)")
     print(f"networks + softplus {model_math:8.3f} s  (the model's arithmetic alone: no sampling, no Pyro)")
     print(f"ratio pyro-vae / matmul bound: {ours / bound:.3f}")
@@ -228,6 +236,10 @@ def main(args: argparse.Namespace) -> None:
     print(f"ratio pyro-vae / tuned torch: {ours / tuned:.3f}")
     print(f"ratio networks + softplus / matmul bound: {model_math / bound:.3f}")
     print(f"ratio pyro-vae / networks + softplus: {ours / model_math:.3f}")
+    chunks = "datapoint chunks"
+    print(paired_ratios_line("pyro-vae / matmul bound", rounds["ours"], rounds[bound_library], chunks))
+    print(paired_ratios_line("tuned torch / matmul bound", rounds["tuned"], rounds[bound_library], chunks))
+    print(paired_ratios_line("pyro-vae / tuned torch", rounds["ours"], rounds["tuned"], chunks))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ on the same binarized data, one epoch at a time, interleaved (A B C A B C ...):
 * plain torch + pyro-vae's Adagrad: the same, with our optimizer, which isolates what Pyro's
   traces cost from what the optimizer saves.
 
-Prints median seconds per epoch, steps/s, the ratios, the time of the first step and the training
-ELBO curve of each: all sides start from the same weights and see the same minibatches, and
+Prints median seconds per epoch, steps/s, the ratios (with the quartiles of the epochs' paired
+ratios: the run's own noise, ``paired.py``), the time of the first step and the training ELBO curve
+of each: all sides start from the same weights and see the same minibatches, and
 pyro-vae and plain torch also draw the same z (two copies of one random stream), so their curves
 may differ only by float rounding; the twin draws its own z, which shows the Monte Carlo noise.
 
@@ -21,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -34,6 +37,9 @@ from pyro_vae import allocator, config as C
 from pyro_vae.datasets import Dataset
 from pyro_vae.optimizers import Adagrad
 from pyro_vae.train import Trainer, describe_device, resolve_device, synchronize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helper, also when loaded by path
+from paired import paired_ratios_line  # noqa: E402
 
 
 class PlainVAE(nn.Module):
@@ -237,6 +243,8 @@ def main(args: argparse.Namespace) -> None:
               f"plain torch vs plain + our Adagrad (same math, other z draws) {gap('plain', 'twin'):.2f}")
     print(f"ratio pyro-vae / plain torch: {med['ours'] / med['plain']:.3f}")
     print(f"ratio pyro-vae / plain torch with the same optimizer: {med['ours'] / med['twin']:.3f}")
+    print(paired_ratios_line("pyro-vae / plain torch", times["ours"], times["plain"], "epochs"))
+    print(paired_ratios_line("pyro-vae / plain torch with the same optimizer", times["ours"], times["twin"], "epochs"))
     print("first step: " + ("each in a fresh process, from after `import torch` (pyro-vae's includes importing pyro)"
                             if args.fresh_first_step else "in this process (plain torch ran second)"))
 

@@ -45,9 +45,11 @@ def training_runs(quick: bool) -> List[Tuple[str, List[str]]]:
 
 
 def summarize(label: str, output: str, with_first_step: bool) -> str:
-    """One markdown row from a benchmark's printed output: its ratio lines (and first step)."""
+    """One markdown row from a benchmark's printed output: its ratio lines, each with the quartiles
+    of its rounds' paired ratios where the benchmark prints them (and the first step)."""
     ratios = re.findall(r"^ratio (.+?): ([0-9.]+)$", output, flags=re.M)
-    cells = "; ".join(f"{name} {value}" for name, value in ratios)
+    quartiles = dict(re.findall(r"^paired (.+?): median [0-9.]+, quartiles ([0-9.]+-[0-9.]+) over", output, flags=re.M))
+    cells = "; ".join(f"{name} {value}" + (f" (rounds {quartiles[name]})" if name in quartiles else "") for name, value in ratios)
     first = re.search(r"^pyro-vae\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)", output, flags=re.M)
     if with_first_step and first:
         cells += f"; first step {first.group(1)} s (fresh process)"

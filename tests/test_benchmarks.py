@@ -3,6 +3,7 @@
 import argparse
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,9 @@ def test_training_benchmark_runs_on_tiny_data(capsys, device):
     spec.loader.exec_module(run_all)
     row = run_all.summarize("tiny", out, with_first_step=True)
     assert row.startswith("| tiny | pyro-vae / plain torch ") and "same optimizer" in row and "first step" in row
+    # each ratio carries the quartiles of its 2 paired epochs
+    assert "paired pyro-vae / plain torch: median " in out and "over 2 epochs" in out
+    assert re.search(r"pyro-vae / plain torch [0-9.]+ \(rounds [0-9.]+-[0-9.]+\);", row)
     runs = [cmd for _, cmd in run_all.training_runs(quick=True)]
     # 2 shapes x (4 objectives at batch 100 + the 2 eager ones at batch 1000)
     assert len(runs) == 12 and sum("jit_trace" in cmd for cmd in runs) == 2
@@ -48,6 +52,7 @@ def test_iwae_benchmark_runs_on_tiny_data(capsys, device):
     out = capsys.readouterr().out
     assert "ratio pyro-vae / matmul bound" in out and "ratio pyro-vae / plain torch" in out
     assert "ratio pyro-vae / networks + softplus" in out and "ratio pyro-vae / tuned torch" in out
+    assert "paired pyro-vae / matmul bound: median " in out and "over 1 datapoint chunks" in out  # 4 points, one chunk
     # the hand-written IWAEs and the estimator are the same estimator: their means agree
     ours, plain, tuned = _mean_log_px(out)
     assert abs(ours - plain) < 5.0 and abs(ours - tuned) < 5.0
@@ -94,6 +99,7 @@ def test_hmc_benchmark_runs_on_tiny_data(capsys, monkeypatch, device):
     mod.main(argparse.Namespace(points=5, z=2, hidden=8, leapfrog=2, trajectories=2, repeats=1, threads=1, device=device))
     out = capsys.readouterr().out
     assert "ratio batched HMC / plain loop" in out and "ratio batched HMC, eager traces / plain loop" in out
+    assert "paired batched HMC / plain loop (time): median " in out and "over 2 trajectories" in out
     if device == "cpu":  # potentials are compiled on the CPU only
         assert "estimators' potential (compiled per shape)" in out  # 5 chains: below the fused layers' threshold
 
@@ -110,3 +116,16 @@ def test_device_scripts_parse_and_name_files_that_exist():
         assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0, script
         for named in re.findall(r"\b((?:tests|benchmarks)/[\w/]+\.(?:py|sh))", path.read_text()):
             assert (root / named).exists(), f"{script} names {named}, which does not exist"
+
+
+def test_paired_ratios_are_per_round_and_their_quartiles():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paired.py"
+    spec = importlib.util.spec_from_file_location("paired", path)
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    # rounds' ratios 1.0, 2.0, 3.0, 4.0, 5.0 (in another order): median 3, inclusive quartiles 2 and 4
+    line = paired.paired_ratios_line("a / b", [4.0, 1.0, 10.0, 9.0, 10.0], [1.0, 1.0, 5.0, 3.0, 2.0], "rounds")
+    assert line == "paired a / b: median 3.000, quartiles 2.000-4.000 over 5 rounds"
+    assert paired.paired_ratios_line("a / b", [3.0], [2.0], "epochs") == "paired a / b: median 1.500, quartiles 1.500-1.500 over 1 epochs"
+    with pytest.raises(ValueError, match="one time per round on each side"):
+        paired.paired_ratios_line("a / b", [1.0, 2.0], [1.0], "rounds")
