@@ -212,10 +212,28 @@ class RunConfig(BaseModel):
         data = self.to_dict()
         for path in _COMPONENT_SECTIONS:
             section = _section_at(data, path)
-            for key, default in _registry_of(path).options(section["name"]).items():
-                if key not in section and default is not inspect.Parameter.empty:
-                    section[key] = json.loads(json.dumps(default, default=str))  # as a config file holds it
+            registry = _registry_of(path)
+            for key, default in registry.options(section["name"]).items():
+                value = _as_config_value(default)
+                # only a default the config would accept back: the saved file must load again
+                if key not in section and value is not _NO_DEFAULT and registry.value_problem(section["name"], key, value) is None:
+                    section[key] = value
         return data
+
+
+_NO_DEFAULT = object()  # an option the component does not have, or has without a default
+
+
+def _as_config_value(default: Any) -> Any:
+    """A builder's default as a config file holds it (a tuple as a list); ``_NO_DEFAULT`` for none,
+    and for a default no config file can hold (an object of a user's component: its builder keeps
+    applying it)."""
+    if default is _NO_DEFAULT or default is inspect.Parameter.empty:
+        return _NO_DEFAULT
+    try:
+        return json.loads(json.dumps(default, allow_nan=False))
+    except (TypeError, ValueError):
+        return _NO_DEFAULT
 
 
 def is_device_name(name: str) -> bool:
@@ -308,9 +326,18 @@ def _swap_component(section: Dict[str, Any], path: Tuple[str, ...], new_name: st
     if new_name not in entries:
         return []  # validation names the unknown component, with the valid ones
     own_fields = set(_COMPONENT_SECTIONS[path][1].model_fields)
+    old_name = section.get("name")
+    old_defaults = entries.options(old_name) if isinstance(old_name, str) and old_name in entries else {}
+    new_defaults = entries.options(new_name)
     dropped = []
     for key in list(section):
         if key in own_fields or path + (key,) in set_here:
+            continue
+        if _as_config_value(old_defaults.get(key, _NO_DEFAULT)) == section[key]:
+            # The old component's default, as a saved config.yaml spells out every default: no
+            # choice of the user's, so the new component's own default applies (nothing to warn of).
+            if _as_config_value(new_defaults.get(key, _NO_DEFAULT)) != section[key]:
+                section.pop(key)
             continue
         if not entries.takes(new_name, key, section[key]):
             dropped.append(f"{key}={_yaml_text(section.pop(key))}")
@@ -406,8 +433,10 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
 
 
 def save(config: RunConfig, path: str | Path) -> None:
-    """Write the resolved config (every default filled in) as YAML."""
-    write_text_atomically(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML, every default filled in: the config's own and each
+    component's options that its builder defaults (a VampPrior's ``components``, Adam's ``betas``),
+    so the file describes the run in full even if a later version changes a default."""
+    write_text_atomically(path, yaml.safe_dump(config.to_dict_with_option_defaults(), sort_keys=False))
 
 
 def dumps(config: RunConfig) -> str:

@@ -186,7 +186,7 @@ class Registry(Generic[T]):
             if k not in self.context_args and p.kind is p.KEYWORD_ONLY
         }
 
-    def _value_problem(self, name: str, key: str, value: Any) -> Optional[str]:
+    def value_problem(self, name: str, key: str, value: Any) -> Optional[str]:
         """What is wrong with ``value`` for option ``key`` of entry ``name`` (its type, its
         finiteness), or None."""
         hint = _type_hints(self.get(name)).get(key)
@@ -199,7 +199,7 @@ class Registry(Generic[T]):
 
     def takes(self, name: str, key: str, value: Any) -> bool:
         """Whether entry ``name`` takes option ``key`` with this value (its name, type and finiteness)."""
-        return key in self.options(name) and self._value_problem(name, key, value) is None
+        return key in self.options(name) and self.value_problem(name, key, value) is None
 
     def check_options(self, name: str, options: Dict[str, Any]) -> None:
         """Raise a :class:`ConfigError` if ``options`` are not valid keywords of entry ``name``."""
@@ -214,7 +214,7 @@ class Registry(Generic[T]):
         if missing:
             raise ConfigError(f"{self.kind} {name!r} needs option(s): {', '.join(missing)}.")
         for key, value in options.items():
-            problem = self._value_problem(name, key, value)
+            problem = self.value_problem(name, key, value)
             if problem:
                 raise ConfigError(problem)
 

@@ -1,10 +1,12 @@
 import re
+import warnings
 
 import pytest
+import yaml
 
 from pyro_vae import config as C
 from pyro_vae.errors import ConfigError
-from pyro_vae.registry import PRIORS
+from pyro_vae.registry import LIKELIHOODS, OPTIMIZERS, PRIORS
 
 from .conftest import tiny_config, tiny_config_dict
 
@@ -72,6 +74,26 @@ def test_a_builder_whose_annotations_cannot_be_resolved_still_loads():
         PRIORS._entries.pop("test_unresolved")
 
 
+def test_a_default_no_config_file_can_hold_is_left_to_the_builder(tmp_path):
+    """A user's component may default an option to an object (here a torch dtype): config.yaml
+    leaves it out rather than writing a string the config would refuse on reload."""
+    import torch
+
+    from pyro_vae.priors import StandardNormal
+
+    def builder(*, z_dim: int, x_dim: int, dtype: object = torch.float64, spread: float = 2.0):
+        return StandardNormal(z_dim)
+
+    PRIORS.register("test_object_default")(builder)
+    try:
+        C.save(tiny_config(model={"z_dim": 2, "prior": {"name": "test_object_default"}}), tmp_path / "r.yaml")
+        saved = yaml.safe_load((tmp_path / "r.yaml").read_text())["model"]["prior"]
+        assert saved == {"name": "test_object_default", "spread": 2.0}
+        assert C.load(tmp_path / "r.yaml").model.prior.options == {"spread": 2.0}
+    finally:
+        PRIORS._entries.pop("test_object_default")
+
+
 def test_options_of_the_right_types_pass_as_written():
     cfg = tiny_config(optimizer={"name": "adam", "lr": 1, "betas": [0.5, 0.9]},  # an int for a float; a list for a tuple
                       objective={"name": "rws", "dream_batch_size": None})
@@ -130,7 +152,8 @@ def test_swapping_a_component_with_set_drops_the_options_the_new_one_does_not_ta
         cfg = C.load(p, ["model.likelihood.name=bernoulli"])  # was: "likelihood 'bernoulli' has no option(s) 'variance'"
     assert cfg.model.likelihood.name == "bernoulli" and cfg.model.likelihood.options == {}
     # options the new component takes (by name and type) stay; a list where conv takes a number does not
-    assert C.load(p, ["model.likelihood.name=laplace"]).model.likelihood.options == {"variance": "learned"}
+    laplace = C.load(p, ["model.likelihood.name=laplace"]).model.likelihood.options
+    assert laplace["variance"] == "learned" and laplace == {**LIKELIHOODS.options("laplace"), "variance": "learned"}
     with pytest.warns(UserWarning, match=r"dropped hidden=\[8\]"):
         conv = C.load(p, ["model.encoder.name=conv"]).model.encoder
     assert conv.name == "conv" and "hidden" not in conv.options
@@ -138,9 +161,9 @@ def test_swapping_a_component_with_set_drops_the_options_the_new_one_does_not_ta
     with pytest.raises(ConfigError, match="likelihood 'bernoulli' has no option.*'variance'"):
         C.load(p, ["model.likelihood.variance=fixed", "model.likelihood.name=bernoulli"])
     both = C.load(p, ["optimizer.lr=0.5", "optimizer.name=sgd"])
-    assert both.optimizer.name == "sgd" and both.optimizer.options == {"lr": 0.5}
-    # a section's own settings are not the component's options
-    with pytest.warns(UserWarning, match="dropped x_dim=6, z_dim=2, option"):
+    assert both.optimizer.name == "sgd" and both.optimizer.options == {"lr": 0.5, "weight_decay": 0.0}  # adam's default, sgd's too
+    # a section's own settings are not the component's options; z_dim=2, synthetic's own default, goes without a word
+    with pytest.warns(UserWarning, match="dropped x_dim=6, option"):
         data = C.load(p, ["data.binarize=static", "data.name=npz", "data.path=x.npz"]).data
     assert data.binarize == "static" and data.n_train == 60 and data.options == {"path": "x.npz"}
 
@@ -159,7 +182,41 @@ def test_saved_config_round_trips(tmp_path):
     cfg = tiny_config(model={"z_dim": 2, "prior": {"name": "mixture_of_gaussians", "components": 3}})
     C.save(cfg, tmp_path / "r.yaml")
     again = C.load(tmp_path / "r.yaml")
-    assert again.to_dict() == cfg.to_dict()
+    assert again.to_dict_with_option_defaults() == cfg.to_dict_with_option_defaults()
+    assert again.model.prior.options == {"components": 3, "init_spread": 1.0}  # the default spelled out
+
+
+def test_saved_config_spells_out_every_component_default(tmp_path):
+    """config.yaml describes the run in full: a builder default that a later version changes would
+    otherwise change the run's meaning silently."""
+    cfg = C.from_dict({"name": "t", "model": {"prior": {"name": "vamp"}}, "optimizer": {"name": "adam"},
+                       "objective": {"name": "iwae"}, "data": {"name": "synthetic"}})
+    C.save(cfg, tmp_path / "r.yaml")
+    saved = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    assert saved["model"]["prior"] == {"name": "vamp", "components": 500}
+    assert saved["optimizer"]["betas"] == [0.9, 0.999] and saved["optimizer"]["lr"] == 0.001
+    assert saved["objective"]["num_particles"] == 5
+    for path in [("model", "likelihood"), ("model", "guide"), ("model", "encoder"), ("model", "decoder"), ("data",)]:
+        section = saved
+        for part in path:
+            section = section[part]
+        registry = C._registry_of(path)
+        assert set(registry.options(section["name"])) <= set(section), path
+
+
+def test_swapping_a_component_in_a_saved_config_gives_the_new_one_its_own_defaults(tmp_path):
+    """A saved config.yaml holds the old component's defaults; they are no choice of the user's, so a
+    swap does not carry them over (Adam's lr 0.001 would otherwise become Adagrad's), nor warns of them."""
+    C.save(C.from_dict({"name": "t", "optimizer": {"name": "adam"}, "model": {"prior": {"name": "vamp"}}}), tmp_path / "r.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing the user chose is dropped
+        cfg = C.load(tmp_path / "r.yaml", ["optimizer.name=adagrad", "model.prior.name=mixture_of_gaussians"])
+    assert cfg.optimizer.options == {"weight_decay": 0.0}  # the same default in both: kept, harmless
+    assert cfg.to_dict_with_option_defaults()["optimizer"]["lr"] == OPTIMIZERS.options("adagrad")["lr"]
+    assert cfg.model.prior.options == {}  # vamp's 500 components are not the mixture's 10
+    # a value the user set is theirs: kept where the new component takes it
+    C.save(C.from_dict({"name": "t", "optimizer": {"name": "adam", "lr": 0.02}}), tmp_path / "s.yaml")
+    assert C.load(tmp_path / "s.yaml", ["optimizer.name=adagrad"]).optimizer.options["lr"] == 0.02
 
 
 def test_registry_options_exclude_context():
