@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ais-start", default="prior", choices=AIS_STARTS, help="AIS from the prior or from q(z|x) (\"AIS + encoder\")")
     e.add_argument("--ais-schedule", default="sigmoid", choices=AIS_SCHEDULES, help="how AIS's temperatures rise from 0 to 1 (default sigmoid)")
     e.add_argument("--hmc-samples", type=positive_int, default=50, help="posterior draws per chain for --estimator hmc (AEVB App. D)")
-    e.add_argument("--out", help="JSON output path (default RUN/eval_<estimator>_<split>.json; bdmc: RUN/eval_bdmc_simulated.json)")
+    e.add_argument("--out", help="JSON output path (default: in RUN, named by the estimator, its settings, the split and any "
+                   "--n or --seed: eval_iwae_k5000_test.json, eval_ais_steps1000_chains16_test_n100.json)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_evaluate)
 

@@ -27,6 +27,38 @@ BDMC_POINTS = 100  # points bdmc simulates when n is not given (each costs two A
 GAP_REPORT_ESTIMATES = ("elbo", "iwae", "ais", "elbo_local_gaussian")  # the estimates a gap report may hold
 
 
+def default_output_name(
+    estimator: str,
+    split: str,
+    *,
+    k: int = 5000,
+    ais_steps: int = 1000,
+    ais_chains: int = 16,
+    ais_start: str = "prior",
+    ais_schedule: str = "sigmoid",
+    hmc_samples: int = 50,
+    subset: Optional[int] = None,
+    seed: int = 0,
+) -> str:
+    """The file an evaluation writes in its run folder when no ``out`` is given, named by what sets
+    its number apart: ``eval_iwae_k5000_test.json``, ``eval_ais_steps1000_chains16_test_n100.json``
+    (the first 100 points), ``..._seed1.json``. A quick ``--k 10`` check therefore never replaces the
+    k = 5000 estimate beside it; only the same evaluation run again does. ``subset`` is the number
+    of points when they are fewer than the split holds (for ``bdmc``: the points it simulates)."""
+    ais = [f"steps{ais_steps}", f"chains{ais_chains}"]
+    if ais_start != "prior":
+        ais.append(ais_start)
+    if ais_schedule != "sigmoid":
+        ais.append(ais_schedule)
+    settings = {"iwae": [f"k{k}"], "ais": ais, "hmc": [f"samples{hmc_samples}"], "gaps": [f"k{k}", *ais], "bdmc": ais}
+    parts = ["eval", estimator, *settings.get(estimator, []), split]
+    if subset is not None:
+        parts.append(f"n{subset}")
+    if seed != 0:
+        parts.append(f"seed{seed}")
+    return "_".join(parts) + ".json"
+
+
 def evaluate_run(
     run_dir: Path | str,
     estimator: str = "iwae",
@@ -44,8 +76,8 @@ def evaluate_run(
     progress: bool = True,
     out: Optional[Path | str] = None,
 ) -> Dict[str, Any]:
-    """Estimate log p(x) of the run in ``run_dir`` and write it as JSON (``out``, else
-    ``RUN/eval_<estimator>_<split>.json``); returns what was written, with its ``path``.
+    """Estimate log p(x) of the run in ``run_dir`` and write it as JSON (``out``, else in the run
+    folder under :func:`default_output_name`); returns what was written, with its ``path``.
 
     :param estimator: one of :data:`pyro_vae.config.ESTIMATORS`; ``bdmc`` scores ``n`` points
         simulated from the model (100 by default) instead of a split, ``exact`` needs a
@@ -73,12 +105,17 @@ def evaluate_run(
     if out is not None:
         out = prepared_output(out, "--out")
     trainer = load_run(run_dir, device=device)
+    settings = {"k": k, "ais_steps": ais_steps, "ais_chains": ais_chains, "ais_start": ais_start, "ais_schedule": ais_schedule,
+                "hmc_samples": hmc_samples, "seed": seed}
     if estimator == "bdmc":
-        return _bdmc(trainer, n or BDMC_POINTS, ais_steps, ais_chains, ais_schedule, run_dir, seed, progress, out)
+        n = n or BDMC_POINTS
+        out = out or Path(run_dir) / default_output_name("bdmc", "simulated", subset=n, **settings)
+        return _bdmc(trainer, n, ais_steps, ais_chains, ais_schedule, run_dir, seed, progress, out)
     x = trainer.x_test if split == "test" else trainer.x_train
     if split == "train" and trainer.config.data.binarize == "dynamic":
         # Dynamic binarization has no fixed training set: score one seeded draw of it.
         x = binarize(x, trainer.config.data.binarize_seed)
+    split_size = x.shape[0]
     if n is not None:
         if n > x.shape[0] and trainer.dist.is_main:
             warnings.warn(
@@ -87,6 +124,8 @@ def evaluate_run(
                 stacklevel=2,
             )
         x = x[:n]
+    subset = x.shape[0] if x.shape[0] < split_size else None
+    out = out or Path(run_dir) / default_output_name(estimator, split, subset=subset, **settings)
     info = trainer.dist
     n_points = x.shape[0]
     units = None
@@ -130,7 +169,7 @@ def evaluate_run(
         trained_epochs=trainer.epoch,
         trained_samples=trainer.samples_seen,
     )
-    path = Path(out) if out else Path(run_dir) / f"eval_{estimator}_{split}.json"
+    path = Path(out)
     if info.is_main:
         write_text_atomically(path, json.dumps(result, indent=2, default=str))
     result["path"] = str(path)
@@ -160,7 +199,7 @@ def _exact(vae: VAE, x: torch.Tensor) -> estimators.Estimate:
     return estimators.Estimate("exact", estimators.exact_log_px(vae, x).double(), settings={"model": "linear-Gaussian, closed form"})
 
 
-def _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, split, seed, start, out, units) -> Dict[str, Any]:
+def _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, split, seed, start, out: Path, units) -> Dict[str, Any]:
     """ELBO, IWAE-k and AIS side by side per datapoint, with the approximation and amortization gaps
     (``x``: this rank's shard of the ``n_points``; ``units``: the active units of all of them, or None)."""
     report = estimators.gap_report(trainer.vae, x, k=k, ais_steps=ais_steps, memory_gb=memory_gb, **ais_options)
@@ -187,7 +226,7 @@ def _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, s
         "run": str(run_dir), "split": split, "seed": seed, "seconds": round(time.perf_counter() - start, 3),
         "data": trainer.data.info, "device": str(trainer.device), "trained_epochs": trainer.epoch,
     }
-    path = Path(out) if out else Path(run_dir) / f"eval_gaps_{split}.json"
+    path = Path(out)
     if trainer.dist.is_main:  # every rank holds the same gathered report
         write_text_atomically(path, json.dumps(result, indent=2, default=str))
     result["path"] = str(path)
@@ -195,7 +234,7 @@ def _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, s
 
 
 def _bdmc(trainer: Trainer, n: int, ais_steps: int, ais_chains: int, ais_schedule: str, run_dir: Path | str, seed: int,
-          progress: bool, out: Optional[Path | str]) -> Dict[str, Any]:
+          progress: bool, out: Path | str) -> Dict[str, Any]:
     """BDMC (Grosse et al. 2015) on ``n`` points simulated from the trained model: forward AIS from
     the prior bounds each log p(x) from below, reverse AIS from the exact posterior sample from
     above (both stochastically). Their gap bounds the error of AIS with these settings on data like
@@ -226,7 +265,7 @@ def _bdmc(trainer: Trainer, n: int, ais_steps: int, ais_chains: int, ais_schedul
     }
     if info.enabled:
         result["settings"]["world_size"] = info.world_size
-    path = Path(out) if out else Path(run_dir) / "eval_bdmc_simulated.json"
+    path = Path(out)
     if info.is_main:
         write_text_atomically(path, json.dumps(result, indent=2, default=str))
     result["path"] = str(path)

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,9 @@ def test_cli_end_to_end(tmp_path, capsys):
         args = ["evaluate", str(run), "--estimator", est, "--n", "5", "--k", "20", "--ais-steps", "5", "--ais-chains", "2",
                 "--hmc-samples", "5", "--no-progress"]
         assert main(args) == 0
-        result = json.loads((run / f"eval_{est}_test.json").read_text())
+        written = {"elbo": "eval_elbo_test_n5", "iwae": "eval_iwae_k20_test_n5", "ais": "eval_ais_steps5_chains2_test_n5",
+                   "hmc": "eval_hmc_samples5_test_n5"}[est]  # named by what sets the number apart
+        result = json.loads((run / f"{written}.json").read_text())
         assert result["n"] == 5 and result["split"] == "test" and "stderr" in result and result["settings"]
         assert result["data"]["binarize"] == "none" and result["trained_epochs"] == 3
         if est == "iwae":  # Burda et al.'s active units beside it, over the same points
@@ -37,7 +40,7 @@ def test_cli_end_to_end(tmp_path, capsys):
             assert units["n"] == 5 and units["num_latents"] == 2 and units["threshold"] == 0.01
             assert f"active units: {units['active_units']} of 2 (Cov_x E_q[z_u] > 0.01" in capsys.readouterr().out
     assert main(["evaluate", str(run), "--estimator", "gaps", "--n", "4", "--k", "20", "--ais-steps", "5", "--ais-chains", "3", "--no-progress"]) == 0
-    gaps = json.loads((run / "eval_gaps_test.json").read_text())
+    gaps = json.loads((run / "eval_gaps_k20_steps5_chains3_test_n4.json").read_text())
     s = gaps["summary"]
     assert abs(s["inference_gap"] - s["approximation_gap"] - s["amortization_gap"]) < 1e-6
     assert len(gaps["per_datapoint"]["ais"]) == 4 and gaps["settings"]["log_px_from"] == "ais"
@@ -50,7 +53,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert units["n"] == 4 and units["num_latents"] == 2
     assert f"active units: {units['active_units']} of 2 (Cov_x E_q[z_u] > 0.01" in capsys.readouterr().out
     assert main(["evaluate", str(run), "--estimator", "bdmc", "--n", "6", "--ais-steps", "20", "--ais-chains", "2", "--no-progress"]) == 0
-    bdmc = json.loads((run / "eval_bdmc_simulated.json").read_text())
+    bdmc = json.loads((run / "eval_bdmc_steps20_chains2_simulated_n6.json").read_text())
     assert bdmc["n"] == 6 and bdmc["split"] == "simulated" and bdmc["settings"]["num_steps"] == 20
     assert len(bdmc["per_datapoint"]["upper"]) == 6 and bdmc["value"] == bdmc["lower"]["value"]
     gap = [u - lo for u, lo in zip(bdmc["per_datapoint"]["upper"], bdmc["per_datapoint"]["lower"])]
@@ -60,7 +63,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "bdmc on 6 points simulated from the model: AIS (lower)" in capsys.readouterr().out
     assert main(["evaluate", str(run), "--estimator", "ais", "--ais-schedule", "linear", "--n", "3", "--ais-steps", "5",
                  "--ais-chains", "2", "--no-progress"]) == 0
-    assert json.loads((run / "eval_ais_test.json").read_text())["settings"]["schedule"] == "linear"
+    assert json.loads((run / "eval_ais_steps5_chains2_linear_test_n3.json").read_text())["settings"]["schedule"] == "linear"
     assert main(["evaluate", str(run), "--estimator", "bdmc", "--ais-start", "encoder"]) == 2
     assert "bdmc runs AIS from the prior" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--estimator", "exact"]) == 2  # an MLP decoder: no closed form
@@ -159,7 +162,30 @@ def test_evaluating_more_points_than_the_split_holds_says_so(tmp_path):
     assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
     with pytest.warns(UserWarning, match=r"n = 500 \(--n\) is more than the 100 points of the test split"):
         result = evaluate_run(run, estimator="elbo", n=500, progress=False)
-    assert result["n"] == 100
+    assert result["n"] == 100 and Path(result["path"]).name == "eval_elbo_test.json"  # all of it: no n in the name
+
+
+def test_an_evaluation_with_other_settings_is_written_beside_the_others_not_over_them(tmp_path):
+    """A quick `--k 10` check must not replace the k = 5000 estimate a paper reports: each file is
+    named by the estimator's settings, the split, the subset and the seed; the same evaluation run
+    again replaces its own file."""
+    from pyro_vae.evaluate import default_output_name, evaluate_run
+
+    run = tmp_path / "run"
+    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
+    first = evaluate_run(run, estimator="iwae", k=20, progress=False)
+    quick = evaluate_run(run, estimator="iwae", k=3, n=10, progress=False)
+    reseeded = evaluate_run(run, estimator="iwae", k=20, seed=1, progress=False)
+    assert [Path(r["path"]).name for r in (first, quick, reseeded)] == [
+        "eval_iwae_k20_test.json", "eval_iwae_k3_test_n10.json", "eval_iwae_k20_test_seed1.json"]
+    assert json.loads((run / "eval_iwae_k20_test.json").read_text())["settings"]["k"] == 20  # still there, untouched
+    assert json.loads((run / "eval_iwae_k20_test.json").read_text())["value"] == first["value"]
+    assert evaluate_run(run, estimator="iwae", k=20, progress=False)["value"] == first["value"]  # the same run again: its own file
+    assert default_output_name("ais", "test", ais_steps=200, ais_chains=4, ais_start="encoder", subset=50) == \
+        "eval_ais_steps200_chains4_encoder_test_n50.json"
+    assert default_output_name("gaps", "train", k=100, ais_steps=10, ais_chains=2, ais_schedule="linear") == \
+        "eval_gaps_k100_steps10_chains2_linear_train.json"
+    assert default_output_name("exact", "test") == "eval_exact_test.json"
 
 
 def test_output_paths_are_checked_before_the_work_and_folders_created(tmp_path, capsys):
@@ -267,8 +293,8 @@ def test_evaluate_exact_on_a_linear_gaussian_run(tmp_path, capsys):
                  "--set", "model.decoder.hidden=[]", "--set", "model.likelihood={name: gaussian, variance: fixed, fixed_std: 0.5}"]) == 0
     assert main(["evaluate", str(run), "--estimator", "exact", "--n", "20", "--no-progress"]) == 0
     assert main(["evaluate", str(run), "--estimator", "iwae", "--k", "2000", "--n", "20", "--no-progress"]) == 0
-    exact = json.loads((run / "eval_exact_test.json").read_text())
-    iwae = json.loads((run / "eval_iwae_test.json").read_text())
+    exact = json.loads((run / "eval_exact_test_n20.json").read_text())
+    iwae = json.loads((run / "eval_iwae_k2000_test_n20.json").read_text())
     trained = load_run(run)
     assert exact["n"] == 20 and exact["settings"] == {"model": "linear-Gaussian, closed form"}
     assert abs(exact["value"] - exact_log_px(trained.vae, trained.x_test[:20]).mean().item()) < 1e-9
@@ -289,5 +315,5 @@ def test_evaluating_the_train_split_of_a_dynamically_binarized_run_scores_one_se
     values = []
     for _ in range(2):
         assert main(["evaluate", str(run), "--split", "train", "--k", "5", "--no-progress"]) == 0
-        values.append(json.loads((run / "eval_iwae_train.json").read_text())["value"])
+        values.append(json.loads((run / "eval_iwae_k5_train.json").read_text())["value"])
     assert values[0] == values[1] and math.isfinite(values[0])

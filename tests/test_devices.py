@@ -190,6 +190,6 @@ def test_the_command_line_on_the_device(tmp_path, device, capsys):
     assert main(["plot", str(run), "--device", device]) == 0
     out = capsys.readouterr().out
     assert "iwae on test (n=10" in out and "ais on test (n=5" in out
-    for name in ("eval_iwae_test.json", "eval_ais_test.json"):
+    for name in ("eval_iwae_k50_test_n10.json", "eval_ais_steps20_chains2_test_n5.json"):
         result = json.loads((run / name).read_text())
         assert result["n"] in (5, 10) and result["stderr"] > 0

@@ -116,14 +116,14 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
     import json
 
     bdmc = [torch.load(tmp_path / f"bdmc_{rank}.pt") for rank in (0, 1)]
-    written = json.loads((tmp_path / "run" / "eval_bdmc_simulated.json").read_text())
+    written = json.loads((tmp_path / "run" / "eval_bdmc_steps5_chains2_simulated_n5.json").read_text())
     assert bdmc[0] == bdmc[1] == written["per_datapoint"] and len(written["per_datapoint"]["lower"]) == 5
     assert written["n"] == 5 and written["settings"]["world_size"] == 2
     lower = written["per_datapoint"]["lower"]
     assert lower[:2] != lower[3:]  # rank 1's two points are not rank 0's first two again (seeded per rank)
     # the gap report: each rank scores its shard, all gather the whole
     gaps = [torch.load(tmp_path / f"gaps_{rank}.pt") for rank in (0, 1)]
-    written = json.loads((tmp_path / "run" / "eval_gaps_test.json").read_text())
+    written = json.loads((tmp_path / "run" / "eval_gaps_k10_steps5_chains16_test_n5.json").read_text())
     assert gaps[0] == gaps[1] == written["per_datapoint"] and written["n"] == 5 and written["settings"]["world_size"] == 2
     assert all(len(v) == 5 for v in written["per_datapoint"].values())
     amortization = written["per_datapoint"]["amortization_gap"]

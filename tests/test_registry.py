@@ -211,7 +211,7 @@ def test_a_component_of_ones_own_works_from_the_command_line_through_imports(tmp
         _forget("my_priors")
         assert main(["evaluate", "run", "--n", "3", "--k", "5", "--no-progress"]) == 0
         assert "my_priors" in sys.modules and "logistic" in PRIORS
-        assert json.loads((tmp_path / "run" / "eval_iwae_test.json").read_text())["n"] == 3
+        assert json.loads((tmp_path / "run" / "eval_iwae_k5_test_n3.json").read_text())["n"] == 3
         _forget("my_priors")
         (tmp_path / "elsewhere").mkdir()
         monkeypatch.chdir(tmp_path / "elsewhere")
