@@ -100,6 +100,7 @@ class ReweightedWakeSleep(_WakeSleepFamily):
 class MonteCarloEM(Objective):
     name = "mcem"
     supports_distributed = False  # each rank would update its own copy of the chains
+    trains_guide = False
 
     def __init__(self, num_leapfrog: int, target_accept: float, initial_step_size: float, m_steps: int, hmc_steps: int) -> None:
         self.num_leapfrog = num_leapfrog

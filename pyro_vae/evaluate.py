@@ -105,6 +105,15 @@ def evaluate_run(
     if out is not None:
         out = prepared_output(out, "--out")
     trainer = load_run(run_dir, device=device)
+    if not trainer.objective.trains_guide and trainer.dist.is_main and (
+            estimator in ("elbo", "iwae", "gaps") or (estimator == "ais" and ais_start == "encoder")):
+        warnings.warn(
+            f"pyro-vae: objective {trainer.objective.name!r} trains no encoder, so q(z|x) is as initialised: "
+            f"--estimator {estimator}{' --ais-start encoder' if estimator == 'ais' else ''} draws from it and gives a valid "
+            "but very loose lower bound. Estimate this run's log p(x) with --estimator hmc or ais (from the prior).",
+            UserWarning,
+            stacklevel=2,
+        )
     settings = {"k": k, "ais_steps": ais_steps, "ais_chains": ais_chains, "ais_start": ais_start, "ais_schedule": ais_schedule,
                 "hmc_samples": hmc_samples, "seed": seed}
     if estimator == "bdmc":

@@ -36,6 +36,7 @@ class Objective:
     loss_is_elbo: bool = False  # True when -loss/N is itself an ELBO estimate (then logged as one)
     supports_distributed: bool = True  # False for objectives with per-datapoint state
     needs_param_store: bool = False  # True if parameters must appear as Pyro param sites (JIT)
+    trains_guide: bool = True  # False where q(z|x) is left as initialised (MCEM): estimators drawing from it are loose
 
     def loss(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> torch.Tensor:
         raise NotImplementedError

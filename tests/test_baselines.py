@@ -70,6 +70,28 @@ def test_mcem_chains_persist_through_resume(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_evaluating_an_mcem_run_with_an_estimator_that_draws_from_its_untrained_encoder_warns(tmp_path):
+    """MCEM trains no encoder: ELBO and IWAE of its run are valid but loose bounds, and the warning
+    says which estimators to use instead; those draw nothing from q(z|x) and stay silent."""
+    import warnings
+
+    from pyro_vae.evaluate import evaluate_run
+
+    cfg = {"name": "m", "device": "cpu", "data": {"name": "synthetic", "n_train": 20, "n_test": 6},
+           "model": {"z_dim": 2, "encoder": {"name": "mlp", "hidden": [4]}, "decoder": {"name": "mlp", "hidden": [4]},
+                     "likelihood": {"name": "gaussian"}},
+           "objective": {"name": "mcem", "m_steps": 1}, "training": {"batch_size": 10, "epochs": 1}}
+    Trainer(C.from_dict(cfg), tmp_path / "run", progress=False).train()
+    for estimator, options in (("iwae", {"k": 5}), ("elbo", {}), ("ais", {"ais_start": "encoder", "ais_steps": 3, "ais_chains": 2})):
+        with pytest.warns(UserWarning, match=rf"objective 'mcem' trains no encoder.* --estimator {estimator}[ ,].*"
+                                             r"with --estimator hmc or ais \(from the prior\)"):
+            evaluate_run(tmp_path / "run", estimator, progress=False, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_run(tmp_path / "run", "ais", ais_steps=3, ais_chains=2, progress=False)
+        evaluate_run(tmp_path / "run", "hmc", hmc_samples=3, progress=False)
+
+
 def test_mcem_takes_m_steps_per_batch():
     objective = OBJECTIVES.build("mcem", {"m_steps": 5})
     assert objective.m_steps == 5 and objective.num_leapfrog == 10 and objective.target_accept == 0.9
