@@ -11,6 +11,25 @@ import pytest
 from .test_devices import DEVICES
 
 
+def test_first_step_is_timed_in_fresh_processes_with_a_bytecode_cache_outside_the_source_tree(tmp_path, monkeypatch):
+    """Each side's first step runs in fresh processes sharing a bytecode cache (as an installed
+    package has one), written under the given folder, not beside the sources."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "FIRST_STEP_PROCESSES", 1)  # one warm-up and one timed process
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # as on the machine this was found on
+    sources = path.parents[1] / "pyro_vae"
+    had_cache = (sources / "__pycache__").exists()
+    args = argparse.Namespace(hidden=8, z=2, batch=4, device="cpu")
+    seconds = mod.first_step_seconds("pyro-vae", args, str(tmp_path))
+    assert 0 < seconds < 60
+    cached = {p.name.split(".")[0] for p in tmp_path.rglob("*.pyc") if "pyro_vae" in p.parts}
+    assert {"config", "train", "model"} <= cached  # pyro-vae's modules, compiled once and kept
+    assert (sources / "__pycache__").exists() == had_cache
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_training_benchmark_runs_on_tiny_data(capsys, device):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
