@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae import allocator, config as C
-from pyro_vae.estimators.iwae import CPU_CHUNK_BYTES, bytes_per_particle, log_weight_stats, plan_chunks
+from pyro_vae.estimators.iwae import CPU_CHUNK_BYTES, log_weight_stats, plan_chunks
+from pyro_vae.estimators.memory import bytes_per_particle
 from pyro_vae.model import build_vae
 from pyro_vae.fused_linear import available as fused_linear_available
 from pyro_vae.train import describe_device, resolve_device, set_validation, synchronize
@@ -182,7 +183,7 @@ def main(args: argparse.Namespace) -> None:
     vae.register_params = False  # as inside `iwae` (`without_param_store`)
     # the chunk plan of `iwae` on this device
     target = CPU_CHUNK_BYTES if device.type == "cpu" else None
-    kc, nc = plan_chunks(args.k, x.shape[0], bytes_per_particle(vae), args.memory_gb, target)
+    kc, nc = plan_chunks(args.k, x.shape[0], bytes_per_particle(vae, x), args.memory_gb, target)
 
     def timed(fn, *fn_args):
         start = time.perf_counter()

@@ -19,37 +19,24 @@ from typing import Callable, Optional, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from ..fused_linear import plain_layers
 from ..model import VAE, without_param_store
 from ..traces import log_importance_weights
+from .memory import bytes_per_particle
 from .result import Estimate
 
 
-def bytes_per_particle(vae: VAE) -> int:
-    """Working memory of one (particle, datapoint) pair: the decoder's activations for one z plus
-    a few x-sized temporaries of the likelihood (float32), measured with forward hooks."""
-    sizes = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if torch.is_tensor(out) else 0)) for m in vae.decoder.modules()]
-    try:
-        with torch.no_grad(), plain_layers():  # layer by layer: a hook sees every activation
-            p0 = next(vae.parameters())
-            vae.decoder(torch.zeros(1, vae.z_dim, device=p0.device, dtype=p0.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-    return 4 * (sum(sizes) + 4 * vae.x_dim + 4 * vae.z_dim)
-
-
-# On CPU, chunks with a working set near 512 MiB ran fastest: all k = 5000 particles of four
-# datapoints at once with the paper's decoder, so that Pyro's traces (about 1 ms of Python a chunk)
-# and the products' start-up are paid once per four images. Measured interleaved in one process
-# (IWAE-5000, 2 cores, 48-200 images a block), time per image against 128 MiB chunks (5000 x 1):
-# trained MNIST model 0.91-0.93, untrained tanh model 0.90, untrained 784-400-20 ReLU model 0.85;
-# `pyro-vae evaluate` over the 10k test images 278 s against 291 s, resident memory 1.33 GB
-# against 1.03 GB. Larger chunks used to be slower, and to grow the process to 6-9.5 GB, only
-# because the estimator kept one small tensor per chunk between the big blocks (see `iwae`). The
-# memory cap (`memory_gb`) stays the upper bound.
-CPU_CHUNK_BYTES = 512 * 2**20
+# On CPU, all k = 5000 particles of four datapoints at once ran fastest with the paper's decoder,
+# so that Pyro's traces (about 1 ms of Python a chunk) and the products' start-up are paid once per
+# four images. Measured interleaved in one process (IWAE-5000, 2 cores, 48-200 images a block), time
+# per image against chunks of 5000 x 1: trained MNIST model 0.91-0.93, untrained tanh model 0.90,
+# untrained 784-400-20 ReLU model 0.85; `pyro-vae evaluate` over the 10k test images 278 s against
+# 291 s, resident memory 1.33 GB against 1.03 GB. Larger chunks used to be slower, and to grow the
+# process to 6-9.5 GB, only because the estimator kept one small tensor per chunk between the big
+# blocks (see `iwae`). Such a chunk's measured working set (``memory.bytes_per_particle``: 6.4 kB a
+# particle for the paper's model) is 127 MB, hence the target; a model whose particles take more (a
+# VampPrior: 83 kB with K = 500) gets fewer per chunk rather than page faults (IWAE-5000 with 5000 x 4
+# chunks took 4x as long as with 5000 x 1). The memory cap (`memory_gb`) stays the upper bound.
+CPU_CHUNK_BYTES = 128 * 2**20
 
 
 def _check_memory(memory_gb: float) -> None:
@@ -111,7 +98,7 @@ def iwae(
     vae.check_points(x)
     n = x.shape[0]
     target = CPU_CHUNK_BYTES if x.device.type == "cpu" else None
-    kc, nc = chunks or plan_chunks(k, n, bytes_per_particle(vae), memory_gb, target)
+    kc, nc = chunks or plan_chunks(k, n, bytes_per_particle(vae, x), memory_gb, target)
     # The results are written into buffers made before the loop rather than collected chunk by
     # chunk: a small tensor kept from each chunk lands between the chunks' big blocks on the heap,
     # so the freed blocks cannot merge and the heap grows on (measured, IWAE-5000 with one test
@@ -138,7 +125,7 @@ def elbo(vae: VAE, x: torch.Tensor, num_samples: int = 1, memory_gb: float = 2.0
         raise ValueError("num_samples must be >= 1")
     _check_memory(memory_gb)
     vae.check_points(x)
-    kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae), memory_gb, CPU_CHUNK_BYTES if x.device.type == "cpu" else None)
+    kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae, x), memory_gb, CPU_CHUNK_BYTES if x.device.type == "cpu" else None)
     per_point = _result_buffer(x.shape[0], x.device)  # as in `iwae`: no list of results
     with torch.no_grad():
         for start in range(0, x.shape[0], nc):
