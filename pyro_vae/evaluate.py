@@ -154,7 +154,8 @@ def evaluate_run(
     elif estimator == "iwae":
         est = estimators.iwae(vae, x, k=k, memory_gb=memory_gb, progress=progress)
     elif estimator == "ais":
-        est = estimators.ais(vae, x, num_steps=ais_steps, num_chains=ais_chains, schedule=ais_schedule, start=ais_start, progress=progress)
+        est = estimators.ais(vae, x, num_steps=ais_steps, num_chains=ais_chains, schedule=ais_schedule, start=ais_start, progress=progress,
+                             memory_gb=memory_gb)
     elif estimator == "hmc":
         est = estimators.hmc_marginal_likelihood(vae, x, num_samples=hmc_samples)
     elif estimator == "exact":

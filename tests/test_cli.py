@@ -35,6 +35,8 @@ def test_cli_end_to_end(tmp_path, capsys):
         result = json.loads((run / f"{written}.json").read_text())
         assert result["n"] == 5 and result["split"] == "test" and "stderr" in result and result["settings"]
         assert result["data"]["binarize"] == "none" and result["trained_epochs"] == 3
+        if est == "ais":  # its datapoints in chunks under --memory-gb (here, all 5 in one)
+            assert result["settings"]["memory_gb"] == 2.0 and result["settings"]["chunk_datapoints"] == 5
         if est == "iwae":  # Burda et al.'s active units beside it, over the same points
             units = result["diagnostics"]["active_units"]
             assert units["n"] == 5 and units["num_latents"] == 2 and units["threshold"] == 0.01

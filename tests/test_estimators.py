@@ -151,6 +151,31 @@ def test_ais_close_to_exact(problem):
     assert abs(enc.mean - truth.log_marginal(x).mean().item()) < 0.1
 
 
+def test_ais_runs_its_datapoints_in_chunks_under_the_memory_cap(problem):
+    """Chains of different datapoints never interact, so AIS runs its datapoints in chunks sized to
+    ``memory_gb``: each chunk is exactly AIS run on its points alone, one after the other (the same
+    draws in the same order), and a step-size schedule handed in (BDMC's) is split with them."""
+    from pyro_vae.estimators.memory import bytes_per_chain
+
+    _, x, vae = problem
+    x = x[:6]
+    options = dict(num_steps=20, num_chains=4, num_leapfrog=2)
+    per_point = 4 * bytes_per_chain(vae, x)  # 4 chains a datapoint
+    torch.manual_seed(0)
+    chunked = E.ais(vae, x, memory_gb=2.5 * per_point / 2**30, **options)
+    torch.manual_seed(0)
+    alone = [E.ais(vae, x[lo : lo + 2], **options) for lo in (0, 2, 4)]
+    assert chunked.settings["chunk_datapoints"] == 2 and alone[0].settings["chunk_datapoints"] == 2
+    assert torch.equal(chunked.per_datapoint, torch.cat([a.per_datapoint for a in alone]))
+    assert chunked.diagnostics["accept_mean"] == pytest.approx(sum(a.diagnostics["accept_mean"] for a in alone) / 3)
+    assert chunked.diagnostics["accept_min_chain"] == min(a.diagnostics["accept_min_chain"] for a in alone)
+    assert E.ais(vae, x, **options).settings["chunk_datapoints"] == 6  # the default cap holds them all
+    steps = torch.full((20, 6), 0.3, dtype=x.dtype)
+    steps[:, 3:] = 0.1  # a schedule per datapoint, as BDMC's pilot hands it in
+    fixed = E.ais(vae, x, step_schedule=steps, memory_gb=4.5 * per_point / 2**30, **options)
+    assert fixed.settings["chunk_datapoints"] == 4 and abs(fixed.diagnostics["step_size_mean"] - 0.2) < 1e-6
+
+
 def test_bdmc_brackets_exact(problem):
     truth, _, vae = problem
     torch.manual_seed(0)
@@ -286,6 +311,7 @@ def test_estimators_reject_counts_and_memory_caps_below_one(problem):
         (lambda: E.ais(vae, x, num_steps=0), "num_steps must be >= 1"),
         (lambda: E.ais(vae, x, num_steps=3, num_chains=0), "num_chains"),
         (lambda: E.ais(vae, x, num_steps=3, pilot_chains=0), "pilot_chains"),
+        (lambda: E.ais(vae, x, num_steps=3, memory_gb=0.0), "memory_gb"),
         (lambda: E.hmc_marginal_likelihood(vae, x, num_samples=0), "num_samples"),
         (lambda: E.hmc_marginal_likelihood(vae, x, num_chains=0), "num_chains"),
         (lambda: BatchedHMC(lambda z: (z**2).sum(-1) / 2).run(torch.zeros(2, 3), 0, 5, thin=0), "thin >= 1"),

@@ -33,6 +33,7 @@ from ..config import AIS_SCHEDULES, AIS_STARTS, AisSchedule as Schedule, AisStar
 from ..model import VAE, without_param_store
 from ..traces import sample_latents
 from .hmc import BatchedHMC
+from .memory import bytes_per_chain
 from .potentials import guide_log_density, model_log_densities
 from .result import Estimate, standard_error
 
@@ -126,28 +127,47 @@ def ais(
     pilot_chains: int = 2,
     progress: bool = False,
     step_schedule: Optional[torch.Tensor] = None,
+    memory_gb: float = 2.0,
 ) -> Estimate:
     """AIS estimate of log p(x) per datapoint (rows of ``x``), ``num_chains`` chains each.
 
     Defaults of Wu et al. (2017) are 16 chains and 10,000 steps; 1000 keeps CPU runs short.
     ``adapt``: tune step sizes in a pilot run first (else ``step_size`` is used throughout).
+    ``memory_gb``: the datapoints run in chunks whose chains' working memory (measured on the model,
+    :func:`~pyro_vae.estimators.memory.bytes_per_chain`) stays under it. Chains of different
+    datapoints never interact, so chunking changes only which random draws are used.
     """
     if start not in AIS_STARTS:
         raise ValueError(f"start must be one of {AIS_STARTS}, not {start!r}")
     if num_chains < 1 or (adapt and step_schedule is None and pilot_chains < 1):
         raise ValueError(f"num_chains and pilot_chains must be >= 1 (got {num_chains}, {pilot_chains})")
+    if not 0 < memory_gb < math.inf:
+        raise ValueError(f"memory_gb (the memory cap of one chunk of datapoints, in GiB) must be a finite number > 0, not {memory_gb!r}")
     vae.check_points(x)
     betas = beta_schedule(num_steps, schedule)
-    if step_schedule is None:
-        if adapt:
-            step_schedule = pilot_step_sizes(vae, x, betas, start, num_leapfrog, step_size, target_accept, pilot_chains, progress)
+    n = x.shape[0]
+    chunk = max(1, min(n, int(memory_gb * 2**30) // (max(num_chains, pilot_chains) * bytes_per_chain(vae, x))))
+    # per datapoint, written chunk by chunk into tensors made before the loop (see `iwae`)
+    per_point = torch.empty(n, dtype=torch.float64)
+    accept = torch.empty(num_chains, n)
+    steps = torch.empty(num_steps, n)
+    log_w_std = torch.empty(n, dtype=torch.float64)
+    for lo in range(0, n, chunk):
+        part = slice(lo, min(n, lo + chunk))
+        xs = x[part]
+        if step_schedule is not None:
+            schedule_part = step_schedule[:, part]
+        elif adapt:
+            schedule_part = pilot_step_sizes(vae, xs, betas, start, num_leapfrog, step_size, target_accept, pilot_chains, progress)
         else:
-            step_schedule = torch.full((num_steps, x.shape[0]), step_size, dtype=x.dtype, device=x.device)
-    with torch.no_grad():
-        program = vae.model if start == "prior" else vae.guide
-        z = sample_latents(program, num_chains, x)["z"]
-    log_w, accept, steps = _anneal(vae, x, z, betas, start, num_leapfrog, step_size, target_accept, step_schedule, progress)
-    per_point = _log_mean_exp(log_w, 0).cpu()
+            schedule_part = torch.full((num_steps, xs.shape[0]), step_size, dtype=x.dtype, device=x.device)
+        with torch.no_grad():
+            program = vae.model if start == "prior" else vae.guide
+            z = sample_latents(program, num_chains, xs)["z"]
+        log_w, chunk_accept, chunk_steps = _anneal(vae, xs, z, betas, start, num_leapfrog, step_size, target_accept, schedule_part, progress)
+        per_point[part] = _log_mean_exp(log_w, 0).cpu()
+        accept[:, part], steps[:, part] = chunk_accept.cpu(), chunk_steps.cpu()
+        log_w_std[part] = log_w.std(0).cpu() if num_chains > 1 else math.nan
     return Estimate(
         "ais",
         per_point,
@@ -155,12 +175,13 @@ def ais(
             "num_steps": num_steps, "num_chains": num_chains, "schedule": schedule, "num_leapfrog": num_leapfrog,
             "initial_step_size": step_size, "target_accept": target_accept, "start": start,
             "step_size_tuning": f"pilot run, {pilot_chains} chains" if adapt else "fixed",
+            "memory_gb": memory_gb, "chunk_datapoints": chunk,
         },
         diagnostics={
             "accept_mean": float(accept.mean()),
             "accept_min_chain": float(accept.min()),
             "step_size_mean": float(steps.mean()),
-            "log_weight_std_mean": float(log_w.std(0).mean()) if num_chains > 1 else float("nan"),
+            "log_weight_std_mean": float(log_w_std.mean()),
         },
     )
 

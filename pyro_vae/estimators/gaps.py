@@ -74,7 +74,7 @@ def gap_report(
     best = iw
     out: Dict[str, object] = {"elbo": elbo_q, "iwae": iw, "elbo_local_gaussian": local}
     if ais_steps:
-        best = ais(vae, x, num_steps=ais_steps, **ais_options)  # type: ignore[arg-type]
+        best = ais(vae, x, num_steps=ais_steps, memory_gb=memory_gb, **ais_options)  # type: ignore[arg-type]
         out["ais"] = best
     log_px = best.per_datapoint
     out["log_px_from"] = best.estimator
