@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "differ from the checkpoint's (recorded in run.json)")
     t.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (overrides the config)")
     t.add_argument("--evaluate", action="store_true", help="after training, estimate log p(x) as the config's evaluation section says")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars (per-epoch lines are still printed)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="estimate log p(x) of a trained run")
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=positive_int, default=5000, help="IWAE particles (default 5000)")
     e.add_argument("--split", default="test", choices=["test", "train"], help="the data split to score (default test; bdmc scores simulated points instead)")
     e.add_argument("--n", type=positive_int, help="evaluate the first n points only (bdmc: how many to simulate, default 100)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0, help="seeds the estimator's draws (default 0; another seed is written to its own file)")
     e.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
     e.add_argument("--memory-gb", type=positive_float, default=2.0, help="memory cap (GiB) of one chunk: IWAE and ELBO particles, AIS datapoints")
     e.add_argument("--ais-steps", type=positive_int, default=1000, help="AIS transitions (default 1000)")
@@ -227,14 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--hmc-samples", type=positive_int, default=50, help="posterior draws per chain for --estimator hmc (AEVB App. D)")
     e.add_argument("--out", help="JSON output path (default: in RUN, named by the estimator, its settings, the split and any "
                    "--n or --seed: eval_iwae_k5000_test.json, eval_ais_steps1000_chains16_test_n100.json)")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("sample", help="draw samples from a trained model (PNG grid)")
     s.add_argument("run")
     s.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64; a picture shows at most 2500, a .npy any number)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out")
+    s.add_argument("--seed", type=int, default=0, help="seeds the draws (default 0)")
+    s.add_argument("--out", help="a picture (.png, default RUN/samples.png) or a .npy array of the sample means")
     s.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
     s.set_defaults(fn=cmd_sample)
 
