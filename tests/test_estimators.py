@@ -107,6 +107,18 @@ def test_the_memory_measure_counts_what_is_live_at_once_views_and_in_place_resul
 
     assert live_bytes_peak(work) == 6412
 
+    x = torch.ones(1000, requires_grad=True)
+
+    def forward_and_backward():
+        a = x.exp()  # 4000 bytes, saved by autograd for the backward pass
+        total = a.sum()
+        del a  # dropped here, but held until backward: 4004
+        c = torch.ones(1000)  # 8004
+        (grad,) = torch.autograd.grad(total, x)  # the gradient, 4000 more: 12004
+        return grad, c
+
+    assert live_bytes_peak(forward_and_backward) >= 12004
+
 
 def test_the_memory_plan_counts_what_the_prior_takes_per_particle():
     """A VampPrior scores each particle against its K pseudo-inputs' Gaussians: a (particles, points,

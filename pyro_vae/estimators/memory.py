@@ -53,7 +53,7 @@ class _LiveBytes(TorchDispatchMode):
             if not isinstance(t, torch.Tensor):
                 continue
             address = _address(t)
-            if address == 0:  # an empty tensor
+            if address == 0:  # an empty tensor, or one without a plain storage
                 continue
             if address not in self._holders:
                 if address in inputs:  # a view of, or in-place result on, memory made before (a weight's .t())
@@ -67,11 +67,20 @@ class _LiveBytes(TorchDispatchMode):
 
 
 def _address(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
+    """Where the tensor's memory starts; 0 (not counted) for an empty one or one without a plain
+    storage (a sparse tensor, say: it is not among what the estimators make)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return 0
 
 
 def live_bytes_peak(fn: Callable[[], Any]) -> int:
-    """The most bytes that tensors made inside ``fn()`` held at one time (its result included)."""
+    """The most bytes that tensors made inside ``fn()`` held at one time (its result included).
+
+    A tensor counts until its object is freed, and torch keeps a tensor's Python object alive while
+    its C++ side is referenced, so an activation that autograd saves for the backward pass counts
+    until that pass has used it, though the forward code dropped it long before (tested)."""
     with _LiveBytes() as counter:
         result = fn()
         del result
