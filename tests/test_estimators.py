@@ -188,6 +188,25 @@ def test_ais_runs_its_datapoints_in_chunks_under_the_memory_cap(problem):
     assert fixed.settings["chunk_datapoints"] == 4 and abs(fixed.diagnostics["step_size_mean"] - 0.2) < 1e-6
 
 
+def test_local_gaussians_are_fitted_in_chunks_of_datapoints_under_the_memory_cap(problem):
+    """Each datapoint's q* is fitted on its own, so the gap report's q* runs in chunks sized to
+    ``memory_gb``: each chunk is exactly the fit of its points alone, one after the other."""
+    from pyro_vae.estimators.gaps import FINAL_SAMPLES
+    from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle
+
+    _, x, vae = problem
+    x = x[:6]
+    per_point = max(8 * bytes_per_chain(vae, x), FINAL_SAMPLES * bytes_per_particle(vae, x))
+    torch.manual_seed(0)
+    chunked = E.optimise_local_gaussians(vae, x, steps=3, memory_gb=3.5 * per_point / 2**30)
+    torch.manual_seed(0)
+    alone = [E.optimise_local_gaussians(vae, x[lo : lo + 3], steps=3) for lo in (0, 3)]
+    assert chunked.settings["chunk_datapoints"] == 3 and alone[0].settings["chunk_datapoints"] == 3
+    assert torch.equal(chunked.per_datapoint, torch.cat([a.per_datapoint for a in alone]))
+    with pytest.raises(ValueError, match="memory_gb"):
+        E.optimise_local_gaussians(vae, x, steps=1, memory_gb=float("inf"))
+
+
 def test_bdmc_brackets_exact(problem):
     truth, _, vae = problem
     torch.manual_seed(0)

@@ -10,6 +10,7 @@ best estimate available (AIS if asked for, else IWAE-k).
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 import pyro
@@ -23,14 +24,36 @@ from ..optimizers import Adam
 from ..traces import DATA_PLATE, log_importance_weights
 from .ais import ais
 from .iwae import elbo, iwae
+from .memory import bytes_per_chain, bytes_per_particle
 from .result import Estimate
 
 
+FINAL_SAMPLES = 100  # fresh samples per datapoint for q*'s final ELBO
+
+
 @without_param_store
-def optimise_local_gaussians(vae: VAE, x: torch.Tensor, steps: int = 300, lr: float = 0.05, num_samples: int = 8) -> Estimate:
+def optimise_local_gaussians(
+    vae: VAE, x: torch.Tensor, steps: int = 300, lr: float = 0.05, num_samples: int = 8, memory_gb: float = 2.0
+) -> Estimate:
     """ELBO of q*(z) = N(m_n, diag s_n^2), fitted to each datapoint by Adam on a reparameterized
-    ELBO estimate; the final ELBO uses 100 fresh samples per point."""
+    ELBO estimate; the final ELBO uses 100 fresh samples per point.
+
+    Each datapoint's q* is fitted on its own (Adam's update is elementwise), so the datapoints run
+    in chunks whose working memory, measured on the model, stays under ``memory_gb``: the fit's
+    ``num_samples`` particles with their gradient pass, or the final ELBO's 100."""
     vae.check_points(x)
+    if not 0 < memory_gb < math.inf:
+        raise ValueError(f"memory_gb (the memory cap of one chunk of datapoints, in GiB) must be a finite number > 0, not {memory_gb!r}")
+    per_point = max(num_samples * bytes_per_chain(vae, x), FINAL_SAMPLES * bytes_per_particle(vae, x))
+    chunk = max(1, min(x.shape[0], int(memory_gb * 2**30) // per_point))
+    values = torch.empty(x.shape[0], dtype=torch.float64)
+    for lo in range(0, x.shape[0], chunk):
+        values[lo : lo + chunk] = _local_gaussian_elbo(vae, x[lo : lo + chunk], steps, lr, num_samples).cpu()
+    return Estimate("elbo_local_gaussian", values, settings={"steps": steps, "lr": lr, "num_samples": num_samples, "chunk_datapoints": chunk})
+
+
+def _local_gaussian_elbo(vae: VAE, x: torch.Tensor, steps: int, lr: float, num_samples: int) -> torch.Tensor:
+    """q*'s final ELBO per row of ``x`` (float64), after fitting it."""
     n, d = x.shape[0], vae.z_dim
     with torch.no_grad():
         if isinstance(vae.guide_head, DiagonalNormal):
@@ -54,8 +77,7 @@ def optimise_local_gaussians(vae: VAE, x: torch.Tensor, steps: int = 300, lr: fl
             loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
             opt.step()
     with torch.no_grad():
-        values = log_importance_weights(vae.model, local_guide, x, num_particles=100).double().mean(0)
-    return Estimate("elbo_local_gaussian", values.cpu(), settings={"steps": steps, "lr": lr, "num_samples": num_samples})
+        return log_importance_weights(vae.model, local_guide, x, num_particles=FINAL_SAMPLES).double().mean(0)
 
 
 @without_param_store
@@ -70,7 +92,7 @@ def gap_report(
     """
     elbo_q = elbo(vae, x, num_samples=100, memory_gb=memory_gb)
     iw = iwae(vae, x, k=k, memory_gb=memory_gb)
-    local = optimise_local_gaussians(vae, x)
+    local = optimise_local_gaussians(vae, x, memory_gb=memory_gb)
     best = iw
     out: Dict[str, object] = {"elbo": elbo_q, "iwae": iw, "elbo_local_gaussian": local}
     if ais_steps:
