@@ -157,7 +157,7 @@ def evaluate_run(
         est = estimators.ais(vae, x, num_steps=ais_steps, num_chains=ais_chains, schedule=ais_schedule, start=ais_start, progress=progress,
                              memory_gb=memory_gb)
     elif estimator == "hmc":
-        est = estimators.hmc_marginal_likelihood(vae, x, num_samples=hmc_samples)
+        est = estimators.hmc_marginal_likelihood(vae, x, num_samples=hmc_samples, memory_gb=memory_gb)
     elif estimator == "exact":
         est = _exact(vae, x)
     else:

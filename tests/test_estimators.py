@@ -207,6 +207,27 @@ def test_local_gaussians_are_fitted_in_chunks_of_datapoints_under_the_memory_cap
         E.optimise_local_gaussians(vae, x, steps=1, memory_gb=float("inf"))
 
 
+def test_the_appendix_d_estimator_runs_in_chunks_of_datapoints_under_the_memory_cap(problem):
+    """Each datapoint's chains, Gaussian fit and estimate are its own: in chunks sized to
+    ``memory_gb``, each chunk is exactly the estimator on its points alone, one after the other,
+    and the chains' diagnostics cover all of them."""
+    from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle
+
+    _, x, vae = problem
+    x = x[:6]
+    options = dict(num_samples=5, num_warmup=5, num_chains=2)
+    per_point = max(2 * bytes_per_chain(vae, x), 10 * bytes_per_particle(vae, x))
+    torch.manual_seed(0)
+    chunked = E.hmc_marginal_likelihood(vae, x, memory_gb=2.5 * per_point / 2**30, **options)
+    torch.manual_seed(0)
+    alone = [E.hmc_marginal_likelihood(vae, x[lo : lo + 2], **options) for lo in (0, 2, 4)]
+    assert chunked.settings["chunk_datapoints"] == 2 and alone[0].settings["chunk_datapoints"] == 2
+    assert torch.equal(chunked.per_datapoint, torch.cat([a.per_datapoint for a in alone]))
+    assert chunked.diagnostics["accept_mean"] == pytest.approx(sum(a.diagnostics["accept_mean"] for a in alone) / 3)
+    assert chunked.diagnostics["ess_bulk_min"] == pytest.approx(min(a.diagnostics["ess_bulk_min"] for a in alone))
+    assert chunked.diagnostics["rhat_max"] == pytest.approx(max(a.diagnostics["rhat_max"] for a in alone))
+
+
 def test_bdmc_brackets_exact(problem):
     truth, _, vae = problem
     torch.manual_seed(0)
@@ -345,6 +366,7 @@ def test_estimators_reject_counts_and_memory_caps_below_one(problem):
         (lambda: E.ais(vae, x, num_steps=3, memory_gb=0.0), "memory_gb"),
         (lambda: E.hmc_marginal_likelihood(vae, x, num_samples=0), "num_samples"),
         (lambda: E.hmc_marginal_likelihood(vae, x, num_chains=0), "num_chains"),
+        (lambda: E.hmc_marginal_likelihood(vae, x, memory_gb=-2.0), "memory_gb"),
         (lambda: BatchedHMC(lambda z: (z**2).sum(-1) / 2).run(torch.zeros(2, 3), 0, 5, thin=0), "thin >= 1"),
     ]
     for call, message in bad:

@@ -15,12 +15,14 @@ usually is for small z. The paper evaluated with 4 leapfrog steps.
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 
 from ..model import VAE, without_param_store
 from ..traces import log_densities, sample_latents
-from .hmc import BatchedHMC, chain_diagnostics
+from .hmc import BatchedHMC, HMCStats, chain_diagnostics
+from .memory import bytes_per_chain, bytes_per_particle
 from .potentials import model_log_densities
 from .result import Estimate
 
@@ -37,13 +39,50 @@ def hmc_marginal_likelihood(
     target_accept: float = 0.9,
     thin: int = 1,
     jitter: float = 1e-6,
+    memory_gb: float = 2.0,
 ) -> Estimate:
     """AEVB App. D estimate of log p(x) per row of ``x``; ``num_samples`` per chain for the fit and
-    as many again for the estimate (chains start from q(z|x) to shorten warmup)."""
+    as many again for the estimate (chains start from q(z|x) to shorten warmup).
+
+    Each datapoint's chains, fit and estimate are its own, so the datapoints run in chunks whose
+    working memory, measured on the model, stays under ``memory_gb``: the chains with their
+    gradient pass, or the estimate's ``num_samples x num_chains`` draws scored at once."""
     if num_chains < 1 or num_samples < 1:
         raise ValueError(f"num_chains and num_samples must be >= 1 (got {num_chains}, {num_samples})")
+    if not 0 < memory_gb < math.inf:
+        raise ValueError(f"memory_gb (the memory cap of one chunk of datapoints, in GiB) must be a finite number > 0, not {memory_gb!r}")
     vae.check_points(x)
+    n = x.shape[0]
+    per_point = max(num_chains * bytes_per_chain(vae, x), num_samples * num_chains * bytes_per_particle(vae, x))
+    chunk = max(1, min(n, int(memory_gb * 2**30) // per_point))
+    per_point_log_px = torch.empty(n, dtype=torch.float64)
+    accept, steps = torch.empty(num_chains, n), torch.empty(num_chains, n)
+    eval_draws = torch.empty(num_samples, num_chains, n, vae.z_dim)  # for the chains' ESS and R-hat
+    for lo in range(0, n, chunk):
+        part = slice(lo, min(n, lo + chunk))
+        log_px, draws, stats = _estimate(vae, x[part], num_samples, num_warmup, num_chains, num_leapfrog, step_size,
+                                         target_accept, thin, jitter)
+        per_point_log_px[part], eval_draws[:, :, part] = log_px.cpu(), draws.cpu()
+        accept[:, part], steps[:, part] = stats.accept_prob.cpu(), stats.step_size.cpu()
+    diagnostics = {"accept_mean": float(accept.mean()), "step_size_mean": float(steps.mean())}
+    diagnostics.update(chain_diagnostics(eval_draws))
+    return Estimate(
+        "hmc_appendix_d",
+        per_point_log_px,
+        settings={
+            "num_samples": num_samples, "num_warmup": num_warmup, "num_chains": num_chains, "num_leapfrog": num_leapfrog,
+            "target_accept": target_accept, "thin": thin, "density_estimator": "full-covariance Gaussian",
+            "memory_gb": memory_gb, "chunk_datapoints": chunk,
+        },
+        diagnostics=diagnostics,
+    )
 
+
+def _estimate(
+    vae: VAE, x: torch.Tensor, num_samples: int, num_warmup: int, num_chains: int, num_leapfrog: int, step_size: float,
+    target_accept: float, thin: int, jitter: float,
+) -> Tuple[torch.Tensor, torch.Tensor, HMCStats]:
+    """log p(x) per row of ``x`` (float64), the estimate's draws ``(S, C, B, D)`` and their HMC statistics."""
     densities = model_log_densities(vae, x)
 
     def potential(z: torch.Tensor) -> torch.Tensor:
@@ -68,15 +107,5 @@ def hmc_marginal_likelihood(
     with torch.no_grad():
         prior, lik = log_densities(vae.model, {"z": zs}, x)
     log_ratio = q.log_prob(zs.double()) - (prior + lik).double()  # (S*C, B)
-    per_point = -(torch.logsumexp(log_ratio, 0) - math.log(log_ratio.shape[0]))
-    diagnostics = {"accept_mean": float(stats.accept_prob.mean()), "step_size_mean": float(stats.step_size.mean())}
-    diagnostics.update(chain_diagnostics(eval_draws))
-    return Estimate(
-        "hmc_appendix_d",
-        per_point.cpu(),
-        settings={
-            "num_samples": num_samples, "num_warmup": num_warmup, "num_chains": num_chains, "num_leapfrog": num_leapfrog,
-            "target_accept": target_accept, "thin": thin, "density_estimator": "full-covariance Gaussian",
-        },
-        diagnostics=diagnostics,
-    )
+    log_px = -(torch.logsumexp(log_ratio, 0) - math.log(log_ratio.shape[0]))
+    return log_px, eval_draws, stats
