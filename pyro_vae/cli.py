@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=positive_int, help="evaluate the first n points only (bdmc: how many to simulate, default 100)")
     e.add_argument("--seed", type=int, default=0, help="seeds the estimator's draws (default 0; another seed is written to its own file)")
     e.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
-    e.add_argument("--memory-gb", type=positive_float, default=2.0, help="memory cap (GiB) of one chunk: IWAE and ELBO particles; AIS, hmc and gap-report datapoints")
+    e.add_argument("--memory-gb", type=positive_float, default=2.0, help="memory cap (GiB) of one chunk: IWAE and ELBO particles; AIS, bdmc, hmc and gap-report datapoints")
     e.add_argument("--ais-steps", type=positive_int, default=1000, help="AIS transitions (default 1000)")
     e.add_argument("--ais-chains", type=positive_int, default=16, help="AIS chains per datapoint (default 16)")
     e.add_argument("--ais-start", default="prior", choices=AIS_STARTS, help="AIS from the prior or from q(z|x) (\"AIS + encoder\")")

@@ -119,7 +119,7 @@ def evaluate_run(
     if estimator == "bdmc":
         n = n or BDMC_POINTS
         out = out or Path(run_dir) / default_output_name("bdmc", "simulated", subset=n, **settings)
-        return _bdmc(trainer, n, ais_steps, ais_chains, ais_schedule, run_dir, seed, progress, out)
+        return _bdmc(trainer, n, ais_steps, ais_chains, ais_schedule, run_dir, seed, progress, out, memory_gb)
     x = trainer.x_test if split == "test" else trainer.x_train
     if split == "train" and trainer.config.data.binarize == "dynamic":
         # Dynamic binarization has no fixed training set: score one seeded draw of it.
@@ -244,7 +244,7 @@ def _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, s
 
 
 def _bdmc(trainer: Trainer, n: int, ais_steps: int, ais_chains: int, ais_schedule: str, run_dir: Path | str, seed: int,
-          progress: bool, out: Path | str) -> Dict[str, Any]:
+          progress: bool, out: Path | str, memory_gb: float = 2.0) -> Dict[str, Any]:
     """BDMC (Grosse et al. 2015) on ``n`` points simulated from the trained model: forward AIS from
     the prior bounds each log p(x) from below, reverse AIS from the exact posterior sample from
     above (both stochastically). Their gap bounds the error of AIS with these settings on data like
@@ -256,7 +256,7 @@ def _bdmc(trainer: Trainer, n: int, ais_steps: int, ais_chains: int, ais_schedul
     torch.manual_seed(seed + 7919 * info.rank)
     start = time.perf_counter()
     report = estimators.bdmc(trainer.vae, num_points=local.stop - local.start, num_steps=ais_steps, num_chains=ais_chains,
-                             schedule=ais_schedule, progress=progress)
+                             schedule=ais_schedule, progress=progress, memory_gb=memory_gb)
     lower, upper = report["lower"], report["upper"]
     for est in (lower, upper):
         est.per_datapoint = _gathered(est.per_datapoint, n, trainer)
