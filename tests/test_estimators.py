@@ -163,6 +163,18 @@ def test_ais_close_to_exact(problem):
     assert abs(enc.mean - truth.log_marginal(x).mean().item()) < 0.1
 
 
+def _chunked_and_alone(estimate, x, bytes_per_point, chunk):
+    """``estimate(x, memory_gb=...)`` with room for ``chunk`` datapoints a chunk, and ``estimate`` on
+    each chunk's points alone, from the same seed; checks the plan and that the two agree to the bit."""
+    torch.manual_seed(0)
+    chunked = estimate(x, memory_gb=(chunk + 0.5) * bytes_per_point / 2**30)
+    torch.manual_seed(0)
+    alone = [estimate(x[lo : lo + chunk]) for lo in range(0, x.shape[0], chunk)]
+    assert chunked.settings["chunk_datapoints"] == chunk and alone[0].settings["chunk_datapoints"] == min(chunk, x.shape[0])
+    assert torch.equal(chunked.per_datapoint, torch.cat([a.per_datapoint for a in alone]))
+    return chunked, alone
+
+
 def test_ais_runs_its_datapoints_in_chunks_under_the_memory_cap(problem):
     """Chains of different datapoints never interact, so AIS runs its datapoints in chunks sized to
     ``memory_gb``: each chunk is exactly AIS run on its points alone, one after the other (the same
@@ -173,12 +185,7 @@ def test_ais_runs_its_datapoints_in_chunks_under_the_memory_cap(problem):
     x = x[:6]
     options = dict(num_steps=20, num_chains=4, num_leapfrog=2)
     per_point = 4 * bytes_per_chain(vae, x)  # 4 chains a datapoint
-    torch.manual_seed(0)
-    chunked = E.ais(vae, x, memory_gb=2.5 * per_point / 2**30, **options)
-    torch.manual_seed(0)
-    alone = [E.ais(vae, x[lo : lo + 2], **options) for lo in (0, 2, 4)]
-    assert chunked.settings["chunk_datapoints"] == 2 and alone[0].settings["chunk_datapoints"] == 2
-    assert torch.equal(chunked.per_datapoint, torch.cat([a.per_datapoint for a in alone]))
+    chunked, alone = _chunked_and_alone(lambda xs, **kw: E.ais(vae, xs, **options, **kw), x, per_point, 2)
     assert chunked.diagnostics["accept_mean"] == pytest.approx(sum(a.diagnostics["accept_mean"] for a in alone) / 3)
     assert chunked.diagnostics["accept_min_chain"] == min(a.diagnostics["accept_min_chain"] for a in alone)
     assert E.ais(vae, x, **options).settings["chunk_datapoints"] == 6  # the default cap holds them all
@@ -197,12 +204,7 @@ def test_local_gaussians_are_fitted_in_chunks_of_datapoints_under_the_memory_cap
     _, x, vae = problem
     x = x[:6]
     per_point = max(8 * bytes_per_chain(vae, x), FINAL_SAMPLES * bytes_per_particle(vae, x))
-    torch.manual_seed(0)
-    chunked = E.optimise_local_gaussians(vae, x, steps=3, memory_gb=3.5 * per_point / 2**30)
-    torch.manual_seed(0)
-    alone = [E.optimise_local_gaussians(vae, x[lo : lo + 3], steps=3) for lo in (0, 3)]
-    assert chunked.settings["chunk_datapoints"] == 3 and alone[0].settings["chunk_datapoints"] == 3
-    assert torch.equal(chunked.per_datapoint, torch.cat([a.per_datapoint for a in alone]))
+    _chunked_and_alone(lambda xs, **kw: E.optimise_local_gaussians(vae, xs, steps=3, **kw), x, per_point, 3)
     with pytest.raises(ValueError, match="memory_gb"):
         E.optimise_local_gaussians(vae, x, steps=1, memory_gb=float("inf"))
 
@@ -217,12 +219,7 @@ def test_the_appendix_d_estimator_runs_in_chunks_of_datapoints_under_the_memory_
     x = x[:6]
     options = dict(num_samples=5, num_warmup=5, num_chains=2)
     per_point = max(2 * bytes_per_chain(vae, x), 10 * bytes_per_particle(vae, x))
-    torch.manual_seed(0)
-    chunked = E.hmc_marginal_likelihood(vae, x, memory_gb=2.5 * per_point / 2**30, **options)
-    torch.manual_seed(0)
-    alone = [E.hmc_marginal_likelihood(vae, x[lo : lo + 2], **options) for lo in (0, 2, 4)]
-    assert chunked.settings["chunk_datapoints"] == 2 and alone[0].settings["chunk_datapoints"] == 2
-    assert torch.equal(chunked.per_datapoint, torch.cat([a.per_datapoint for a in alone]))
+    chunked, alone = _chunked_and_alone(lambda xs, **kw: E.hmc_marginal_likelihood(vae, xs, **options, **kw), x, per_point, 2)
     assert chunked.diagnostics["accept_mean"] == pytest.approx(sum(a.diagnostics["accept_mean"] for a in alone) / 3)
     assert chunked.diagnostics["ess_bulk_min"] == pytest.approx(min(a.diagnostics["ess_bulk_min"] for a in alone))
     assert chunked.diagnostics["rhat_max"] == pytest.approx(max(a.diagnostics["rhat_max"] for a in alone))

@@ -33,7 +33,7 @@ from ..config import AIS_SCHEDULES, AIS_STARTS, AisSchedule as Schedule, AisStar
 from ..model import VAE, without_param_store
 from ..traces import sample_latents
 from .hmc import BatchedHMC
-from .memory import bytes_per_chain
+from .memory import bytes_per_chain, datapoints_per_chunk
 from .potentials import guide_log_density, model_log_densities
 from .result import Estimate, standard_error
 
@@ -141,12 +141,10 @@ def ais(
         raise ValueError(f"start must be one of {AIS_STARTS}, not {start!r}")
     if num_chains < 1 or (adapt and step_schedule is None and pilot_chains < 1):
         raise ValueError(f"num_chains and pilot_chains must be >= 1 (got {num_chains}, {pilot_chains})")
-    if not 0 < memory_gb < math.inf:
-        raise ValueError(f"memory_gb (the memory cap of one chunk of datapoints, in GiB) must be a finite number > 0, not {memory_gb!r}")
     vae.check_points(x)
     betas = beta_schedule(num_steps, schedule)
     n = x.shape[0]
-    chunk = max(1, min(n, int(memory_gb * 2**30) // (max(num_chains, pilot_chains) * bytes_per_chain(vae, x))))
+    chunk = datapoints_per_chunk(n, max(num_chains, pilot_chains) * bytes_per_chain(vae, x), memory_gb)
     # per datapoint, written chunk by chunk into tensors made before the loop (see `iwae`)
     per_point = torch.empty(n, dtype=torch.float64)
     accept = torch.empty(num_chains, n)
@@ -210,13 +208,11 @@ def bdmc(
     sample (upper bound). Returns both estimates and the gap (upper - lower): its mean over points,
     the mean's standard error and its largest value, with the simulated points ``x``. The points
     run in chunks under ``memory_gb``, as in :func:`ais`."""
-    if not 0 < memory_gb < math.inf:
-        raise ValueError(f"memory_gb (the memory cap of one chunk of datapoints, in GiB) must be a finite number > 0, not {memory_gb!r}")
     if x is None or z is None:
         x, z = vae.simulate(num_points)
     betas = beta_schedule(num_steps, schedule)
     n = x.shape[0]
-    chunk = max(1, min(n, int(memory_gb * 2**30) // (num_chains * bytes_per_chain(vae, x))))
+    chunk = datapoints_per_chunk(n, num_chains * bytes_per_chain(vae, x), memory_gb)
     parts = [slice(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
     steps = torch.cat([pilot_step_sizes(vae, x[p], betas, "prior", num_leapfrog, step_size, target_accept, 2, progress) for p in parts], 1)
     lower = ais(vae, x, num_steps, num_chains, schedule, num_leapfrog, step_size, target_accept, "prior", progress=progress,

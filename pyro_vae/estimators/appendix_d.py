@@ -22,7 +22,7 @@ import torch
 from ..model import VAE, without_param_store
 from ..traces import log_densities, sample_latents
 from .hmc import BatchedHMC, HMCStats, chain_diagnostics
-from .memory import bytes_per_chain, bytes_per_particle
+from .memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
 from .potentials import model_log_densities
 from .result import Estimate
 
@@ -49,12 +49,10 @@ def hmc_marginal_likelihood(
     gradient pass, or the estimate's ``num_samples x num_chains`` draws scored at once."""
     if num_chains < 1 or num_samples < 1:
         raise ValueError(f"num_chains and num_samples must be >= 1 (got {num_chains}, {num_samples})")
-    if not 0 < memory_gb < math.inf:
-        raise ValueError(f"memory_gb (the memory cap of one chunk of datapoints, in GiB) must be a finite number > 0, not {memory_gb!r}")
     vae.check_points(x)
     n = x.shape[0]
     per_point = max(num_chains * bytes_per_chain(vae, x), num_samples * num_chains * bytes_per_particle(vae, x))
-    chunk = max(1, min(n, int(memory_gb * 2**30) // per_point))
+    chunk = datapoints_per_chunk(n, per_point, memory_gb)
     per_point_log_px = torch.empty(n, dtype=torch.float64)
     accept, steps = torch.empty(num_chains, n), torch.empty(num_chains, n)
     eval_draws = torch.empty(num_samples, num_chains, n, vae.z_dim)  # for the chains' ESS and R-hat

@@ -10,7 +10,6 @@ best estimate available (AIS if asked for, else IWAE-k).
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional
 
 import pyro
@@ -24,7 +23,7 @@ from ..optimizers import Adam
 from ..traces import DATA_PLATE, log_importance_weights
 from .ais import ais
 from .iwae import elbo, iwae
-from .memory import bytes_per_chain, bytes_per_particle
+from .memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
 from .result import Estimate
 
 
@@ -42,10 +41,8 @@ def optimise_local_gaussians(
     in chunks whose working memory, measured on the model, stays under ``memory_gb``: the fit's
     ``num_samples`` particles with their gradient pass, or the final ELBO's 100."""
     vae.check_points(x)
-    if not 0 < memory_gb < math.inf:
-        raise ValueError(f"memory_gb (the memory cap of one chunk of datapoints, in GiB) must be a finite number > 0, not {memory_gb!r}")
     per_point = max(num_samples * bytes_per_chain(vae, x), FINAL_SAMPLES * bytes_per_particle(vae, x))
-    chunk = max(1, min(x.shape[0], int(memory_gb * 2**30) // per_point))
+    chunk = datapoints_per_chunk(x.shape[0], per_point, memory_gb)
     values = torch.empty(x.shape[0], dtype=torch.float64)
     for lo in range(0, x.shape[0], chunk):
         values[lo : lo + chunk] = _local_gaussian_elbo(vae, x[lo : lo + chunk], steps, lr, num_samples).cpu()

@@ -14,6 +14,7 @@ which keeps the forward pass's activations for the backward one (1.8-2.5x a part
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any, Callable, Dict
 
@@ -130,3 +131,12 @@ def bytes_per_chain(vae: VAE, x: torch.Tensor) -> int:
             z = torch.zeros(chains, 1, vae.z_dim, device=x.device, dtype=x.dtype)
             peaks.append(live_bytes_peak(lambda: potential_and_grad(potential, z)))
     return max(4 * vae.x_dim, -(-(peaks[1] - peaks[0]) // (_MORE - _FEW)))
+
+
+def datapoints_per_chunk(n: int, bytes_per_point: int, memory_gb: float) -> int:
+    """How many of ``n`` datapoints, each taking ``bytes_per_point``, one chunk under ``memory_gb``
+    holds (at least one): for the estimators whose datapoints never interact (AIS, BDMC, App. D,
+    the gap report's local Gaussians)."""
+    if not 0 < memory_gb < math.inf:
+        raise ValueError(f"memory_gb (the memory cap of one chunk of datapoints, in GiB) must be a finite number > 0, not {memory_gb!r}")
+    return max(1, min(n, int(memory_gb * 2**30) // max(1, bytes_per_point)))
