@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command line: train, evaluate, sample, plot, data fetch."""
+"""The ``pyro-vae`` command line: train, evaluate, sample, plot, show, data fetch."""
 
 from __future__ import annotations
 
@@ -180,6 +180,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from .summary import run_summary
+
+    print(run_summary(args.run))
+    return 0
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from .config import DataConfig
     from .datasets import load_dataset
@@ -242,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run")
     pl.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
     pl.set_defaults(fn=cmd_plot)
+
+    sh = sub.add_parser("show", help="what a run folder holds: model, training so far, every log p(x) estimate beside it")
+    sh.add_argument("run")
+    sh.set_defaults(fn=cmd_show)
 
     d = sub.add_parser("data", help="data sets")
     dsub = d.add_subparsers(dest="data_command", required=True)

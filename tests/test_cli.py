@@ -319,3 +319,30 @@ def test_evaluating_the_train_split_of_a_dynamically_binarized_run_scores_one_se
         assert main(["evaluate", str(run), "--split", "train", "--k", "5", "--no-progress"]) == 0
         values.append(json.loads((run / "eval_iwae_k5_train.json").read_text())["value"])
     assert values[0] == values[1] and math.isfinite(values[0])
+
+
+def test_show_lists_a_runs_model_training_and_every_estimate_beside_it(tmp_path, capsys):
+    """`pyro-vae show` reads config.yaml, metrics.csv and the eval_*.json files alone: every
+    estimate with its settings and error, flagged when it scored an earlier epoch than the run has
+    reached; a file it cannot read is named, not fatal."""
+    run = tmp_path / "run"
+    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
+    for args in (["--k", "5", "--n", "3"], ["--estimator", "elbo"]):
+        assert main(["evaluate", str(run), "--no-progress", *args]) == 0
+    assert main(["train", str(run), "--resume", "--set", "training.epochs=2", "--no-progress"]) == 0
+    assert main(["evaluate", str(run), "--k", "7", "--no-progress"]) == 0
+    (run / "eval_mine.json").write_text("{not json")
+    capsys.readouterr()
+    assert main(["show", str(run)]) == 0
+    out = capsys.readouterr().out
+    iwae_k5 = json.loads((run / "eval_iwae_k5_test_n3.json").read_text())
+    assert "model: prior standard_normal, likelihood gaussian(variance=learned" in out
+    assert "objective trace_meanfield(num_particles=1" in out and "optimizer adam(lr=0.01" in out
+    assert "trained: to epoch 2, 1000 samples, test ELBO " in out
+    assert (f"iwae on test, n=3, binarize none, seed 0: log p(x) = {iwae_k5['value']:.3f} +- {iwae_k5['stderr']:.3f} [k=5]  "
+            "(eval_iwae_k5_test_n3.json, of the model at epoch 1)") in out
+    assert "elbo on test, n=100" in out and "(eval_elbo_test.json, of the model at epoch 1)" in out
+    assert "[k=7]  (eval_iwae_k7_test.json)\n" in out  # the current model: no flag
+    assert "not read (not an evaluation pyro-vae wrote, or damaged): eval_mine.json" in out
+    assert main(["show", str(tmp_path / "nothing")]) == 2
+    assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
