@@ -57,8 +57,10 @@ def _optimizer(section: Dict[str, Any]) -> str:
 def _estimate_line(name: str, result: Dict[str, Any], epoch: Optional[int]) -> str:
     settings = {k: v for k, v in (result.get("settings") or {}).items() if k not in _HOW}
     described = ", ".join(f"{k}={v}" for k, v in settings.items())
-    binarize = (result.get("data") or result.get("trained_on") or {}).get("binarize", "?")
-    where = f"{result.get('split', '?')}, n={result.get('n', '?')}, binarize {binarize}, seed {result.get('seed', '?')}"
+    where = f"{result.get('split', '?')}, n={result.get('n', '?')}"
+    if result.get("split") != "simulated":  # points drawn from the model have no binarization of their own
+        where += f", binarize {(result.get('data') or {}).get('binarize', '?')}"
+    where += f", seed {result.get('seed', '?')}"
     estimator = result.get("estimator", "?")
     if estimator == "gaps":
         summary = result.get("summary") or {}
