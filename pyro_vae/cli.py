@@ -183,8 +183,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from .summary import run_summary
 
-    print(run_summary(args.run))
-    return 0
+    code = 0
+    for i, run in enumerate(args.runs):  # `pyro-vae show runs/*`: each run, a blank line between
+        try:
+            print(("\n" if i else "") + run_summary(run))
+        except PyroVAEError as e:
+            print(f"pyro-vae: error: {e}", file=sys.stderr)
+            code = 2
+    return code
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
@@ -250,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
     pl.set_defaults(fn=cmd_plot)
 
-    sh = sub.add_parser("show", help="what a run folder holds: model, training so far, every log p(x) estimate beside it")
-    sh.add_argument("run")
+    sh = sub.add_parser("show", help="what run folders hold: model, training so far, every log p(x) estimate beside it")
+    sh.add_argument("runs", nargs="+", metavar="run", help="one or more run folders (runs/* for all)")
     sh.set_defaults(fn=cmd_show)
 
     d = sub.add_parser("data", help="data sets")

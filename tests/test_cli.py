@@ -346,3 +346,8 @@ def test_show_lists_a_runs_model_training_and_every_estimate_beside_it(tmp_path,
     assert "not read (not an evaluation pyro-vae wrote, or damaged): eval_mine.json" in out
     assert main(["show", str(tmp_path / "nothing")]) == 2
     assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
+    # several at once (`runs/*`): each summarized, a folder that holds no run named, exit status 2
+    assert main(["show", str(run), str(tmp_path / "nothing"), str(run)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count(f"run {run} (tiny)") == 2 and "\n\nrun " in captured.out
+    assert captured.err.count("is not a run folder") == 1
