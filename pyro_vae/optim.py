@@ -14,6 +14,7 @@ import torch
 from pyro.optim.clipped_adam import ClippedAdam
 
 from .config import ScheduleConfig
+from .errors import ConfigError
 from .optimizers import SGD, Adagrad, Adam
 from .registry import OPTIMIZERS
 
@@ -55,10 +56,20 @@ def clipped_adam(
 def build_optimizer(
     name: str, options: dict, params: List[torch.nn.Parameter], weight_prior_std: Optional[float]
 ) -> torch.optim.Optimizer:
-    options = dict(options)
-    if weight_prior_std is not None:
-        options["weight_decay"] = options.get("weight_decay", 0.0) + 1.0 / weight_prior_std**2
-    return OPTIMIZERS.build(name, options, params=params)
+    if weight_prior_std is None:
+        return OPTIMIZERS.build(name, options, params=params)
+    prior_decay = 1.0 / weight_prior_std**2
+    with_prior = dict(options, weight_decay=options.get("weight_decay", 0.0) + prior_decay)
+    try:
+        return OPTIMIZERS.build(name, with_prior, params=params)
+    except ConfigError as e:
+        if e.__cause__ is None:  # not the builder's own complaint: nothing to restate
+            raise
+        # Say it in the config's terms: the weight prior's decay is no option the user wrote.
+        raise ConfigError(
+            f"optimizer {name!r} with options {dict(options)} (plus weight_decay {prior_decay:g} from "
+            f"objective.weight_prior_std {weight_prior_std:g}): {e.__cause__}"
+        ) from e.__cause__
 
 
 def iwae_lr_factor(epoch: int) -> float:

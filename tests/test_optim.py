@@ -77,6 +77,21 @@ def test_bad_hyperparameters_are_rejected():
         Adam(_params(0), betas=(0.9, 1.0))
 
 
+def test_a_bad_optimizer_option_is_reported_in_the_configs_terms_beside_a_weight_prior():
+    """The weight prior reaches the optimizer as extra weight decay; an error names the options the
+    config gave and says where the rest came from, not a weight_decay nobody wrote."""
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.optim import build_optimizer
+
+    with pytest.raises(ConfigError, match=r"optimizer 'adagrad' with options \{'lr': -1\} \(plus weight_decay 4 from "
+                                          r"objective.weight_prior_std 0.5\): Adagrad: lr"):
+        build_optimizer("adagrad", {"lr": -1}, _params(0), weight_prior_std=0.5)
+    with pytest.raises(ConfigError, match=r"optimizer 'adagrad' with options \{'lr': -1\}: Adagrad: lr"):
+        build_optimizer("adagrad", {"lr": -1}, _params(0), weight_prior_std=None)
+    opt = build_optimizer("adagrad", {"lr": 0.1, "weight_decay": 0.5}, _params(0), weight_prior_std=0.5)
+    assert opt.param_groups[0]["weight_decay"] == 4.5  # the config's own decay and the prior's, added
+
+
 def test_schedulers_drive_the_learning_rate():
     opt = Adagrad(_params(0), lr=0.1)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)
