@@ -10,7 +10,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
@@ -27,31 +27,27 @@ BDMC_POINTS = 100  # points bdmc simulates when n is not given (each costs two A
 GAP_REPORT_ESTIMATES = ("elbo", "iwae", "ais", "elbo_local_gaussian")  # the estimates a gap report may hold
 
 
-def default_output_name(
-    estimator: str,
-    split: str,
-    *,
-    k: int = 5000,
-    ais_steps: int = 1000,
-    ais_chains: int = 16,
-    ais_start: str = "prior",
-    ais_schedule: str = "sigmoid",
-    hmc_samples: int = 50,
-    subset: Optional[int] = None,
-    seed: int = 0,
-) -> str:
+def default_output_name(estimator: str, split: str, settings: Mapping[str, Any], subset: Optional[int] = None) -> str:
     """The file an evaluation writes in its run folder when no ``out`` is given, named by what sets
     its number apart: ``eval_iwae_k5000_test.json``, ``eval_ais_steps1000_chains16_test_n100.json``
     (the first 100 points), ``..._seed1.json``. A quick ``--k 10`` check therefore never replaces the
-    k = 5000 estimate beside it; only the same evaluation run again does. ``subset`` is the number
-    of points when they are fewer than the split holds (for ``bdmc``: the points it simulates)."""
+    k = 5000 estimate beside it; only the same evaluation run again does.
+
+    :param settings: ``evaluate_run``'s arguments ``k``, ``ais_steps``, ``ais_chains``, ``ais_start``,
+        ``ais_schedule``, ``hmc_samples`` and ``seed`` (its defaults stay in one place, its signature).
+    :param subset: the number of points when they are fewer than the split holds (for ``bdmc``: the
+        points it simulates).
+    """
+    ais_steps, ais_chains = settings["ais_steps"], settings["ais_chains"]
+    ais_start, ais_schedule = settings["ais_start"], settings["ais_schedule"]
+    k, hmc_samples, seed = settings["k"], settings["hmc_samples"], settings["seed"]
     ais = [f"steps{ais_steps}", f"chains{ais_chains}"]
     if ais_start != "prior":
         ais.append(ais_start)
     if ais_schedule != "sigmoid":
         ais.append(ais_schedule)
-    settings = {"iwae": [f"k{k}"], "ais": ais, "hmc": [f"samples{hmc_samples}"], "gaps": [f"k{k}", *ais], "bdmc": ais}
-    parts = ["eval", estimator, *settings.get(estimator, []), split]
+    tags = {"iwae": [f"k{k}"], "ais": ais, "hmc": [f"samples{hmc_samples}"], "gaps": [f"k{k}", *ais], "bdmc": ais}
+    parts = ["eval", estimator, *tags.get(estimator, []), split]
     if subset is not None:
         parts.append(f"n{subset}")
     if seed != 0:
@@ -118,7 +114,7 @@ def evaluate_run(
                 "hmc_samples": hmc_samples, "seed": seed}
     if estimator == "bdmc":
         n = n or BDMC_POINTS
-        out = out or Path(run_dir) / default_output_name("bdmc", "simulated", subset=n, **settings)
+        out = out or Path(run_dir) / default_output_name("bdmc", "simulated", settings, subset=n)
         return _bdmc(trainer, n, ais_steps, ais_chains, ais_schedule, run_dir, seed, progress, out, memory_gb)
     x = trainer.x_test if split == "test" else trainer.x_train
     if split == "train" and trainer.config.data.binarize == "dynamic":
@@ -134,7 +130,7 @@ def evaluate_run(
             )
         x = x[:n]
     subset = x.shape[0] if x.shape[0] < split_size else None
-    out = out or Path(run_dir) / default_output_name(estimator, split, subset=subset, **settings)
+    out = out or Path(run_dir) / default_output_name(estimator, split, settings, subset=subset)
     info = trainer.dist
     n_points = x.shape[0]
     units = None

@@ -183,11 +183,12 @@ def test_an_evaluation_with_other_settings_is_written_beside_the_others_not_over
     assert json.loads((run / "eval_iwae_k20_test.json").read_text())["settings"]["k"] == 20  # still there, untouched
     assert json.loads((run / "eval_iwae_k20_test.json").read_text())["value"] == first["value"]
     assert evaluate_run(run, estimator="iwae", k=20, progress=False)["value"] == first["value"]  # the same run again: its own file
-    assert default_output_name("ais", "test", ais_steps=200, ais_chains=4, ais_start="encoder", subset=50) == \
+    settings = dict(k=100, ais_steps=200, ais_chains=4, ais_start="prior", ais_schedule="sigmoid", hmc_samples=50, seed=0)
+    assert default_output_name("ais", "test", dict(settings, ais_start="encoder"), subset=50) == \
         "eval_ais_steps200_chains4_encoder_test_n50.json"
-    assert default_output_name("gaps", "train", k=100, ais_steps=10, ais_chains=2, ais_schedule="linear") == \
-        "eval_gaps_k100_steps10_chains2_linear_train.json"
-    assert default_output_name("exact", "test") == "eval_exact_test.json"
+    assert default_output_name("gaps", "train", dict(settings, ais_schedule="linear")) == \
+        "eval_gaps_k100_steps200_chains4_linear_train.json"
+    assert default_output_name("exact", "test", dict(settings, seed=2)) == "eval_exact_test_seed2.json"
 
 
 def test_output_paths_are_checked_before_the_work_and_folders_created(tmp_path, capsys):
