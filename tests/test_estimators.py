@@ -295,6 +295,23 @@ def test_arviz_export_and_diagnostics():
     assert diag["ess_bulk_mean"] > 50 and diag["rhat_max"] < 1.1
 
 
+def test_arviz_daily_notice_stays_out_of_reports(tmp_path):
+    """ArviZ warns once a day on import (stamped in the user's cache); an evaluation's diagnostics
+    must not print it. A fresh process and cache, so that the import really happens and warns."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch; from pyro_vae.estimators.hmc import chain_diagnostics; "
+            "chain_diagnostics(torch.randn(20, 2, 1, 1)); import arviz")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONWARNINGS": "always"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "ArviZ is undergoing" not in done.stderr
+    # the notice was due (this cache had no stamp) and was filtered, not missed
+    assert (tmp_path / "arviz" / "daily_warning").exists()
+
+
 def test_gap_report_decomposes(problem):
     truth, x, vae = problem
     _perturb(vae)

@@ -173,19 +173,30 @@ class BatchedHMC:
         return draws, HMCStats(accept / max(1, num_samples * thin), self.step_size.clone())  # type: ignore[union-attr]
 
 
+def _arviz():
+    """ArviZ, imported without its once-a-day FutureWarning about its coming refactor: a notice
+    for ArviZ's own users that would otherwise be printed amid an evaluation's report, although
+    nothing pyro-vae calls (``from_dict``, ``ess``, ``rhat``) is affected."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+        import arviz
+
+    return arviz
+
+
 def to_inference_data(draws: torch.Tensor, name: str = "z") -> "arviz.InferenceData":
     """ArviZ ``InferenceData`` of draws ``(num_samples, chains, batch, D)`` (chains per datapoint
     as ArviZ chains, datapoints and latent dimensions as coordinates)."""
-    import arviz as az
-
+    az = _arviz()
     arr = draws.detach().cpu().double().numpy().transpose(1, 0, 2, 3)  # (chain, draw, batch, D)
     return az.from_dict(posterior={name: arr}, dims={name: ["datapoint", "latent_dim"]})
 
 
 def chain_diagnostics(draws: torch.Tensor) -> Dict[str, float]:
     """Bulk ESS (mean and min over datapoints and dimensions) and the largest R-hat (several chains)."""
-    import arviz as az
-
+    az = _arviz()
     idata = to_inference_data(draws)
     out = {}
     ess = az.ess(idata)["z"].values
