@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .estimators.result import standard_error
 from .model import VAE
 from .paths import prepared_output, write_text_atomically
-from .train import Trainer, load_run
+from .train import Trainer, hardware, load_run
 
 BDMC_POINTS = 100  # points bdmc simulates when n is not given (each costs two AIS runs)
 GAP_REPORT_ESTIMATES = ("elbo", "iwae", "ais", "elbo_local_gaussian")  # the estimates a gap report may hold
@@ -172,6 +172,7 @@ def evaluate_run(
         seconds=round(time.perf_counter() - start, 3),
         data=trainer.data.info,
         device=str(trainer.device),
+        hardware=hardware(trainer.device),
         trained_epochs=trainer.epoch,
         trained_samples=trainer.samples_seen,
     )
@@ -230,7 +231,7 @@ def _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, s
         "estimator": "gaps", "value": report["summary"]["amortization_gap"], "stderr": stderr["amortization_gap"], "n": first["n"],
         "settings": settings, "summary": report["summary"], "summary_stderr": stderr, "estimates": estimates, "per_datapoint": per_point,
         "run": str(run_dir), "split": split, "seed": seed, "seconds": round(time.perf_counter() - start, 3),
-        "data": trainer.data.info, "device": str(trainer.device), "trained_epochs": trainer.epoch,
+        "data": trainer.data.info, "device": str(trainer.device), "hardware": hardware(trainer.device), "trained_epochs": trainer.epoch,
     }
     path = Path(out)
     if trainer.dist.is_main:  # every rank holds the same gathered report
@@ -266,7 +267,7 @@ def _bdmc(trainer: Trainer, n: int, ais_steps: int, ais_chains: int, ais_schedul
         "gap_mean": float(gap.mean()), "gap_stderr": standard_error(gap), "gap_max": float(gap.max()),
         "per_datapoint": {"lower": lower.per_datapoint.tolist(), "upper": upper.per_datapoint.tolist()},
         "run": str(run_dir), "split": "simulated", "seed": seed, "seconds": round(time.perf_counter() - start, 3),
-        "trained_on": trainer.data.info, "device": str(trainer.device), "trained_epochs": trainer.epoch,
+        "trained_on": trainer.data.info, "device": str(trainer.device), "hardware": hardware(trainer.device), "trained_epochs": trainer.epoch,
         "trained_samples": trainer.samples_seen,
     }
     if info.enabled:

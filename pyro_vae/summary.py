@@ -76,6 +76,23 @@ def _estimate_line(name: str, result: Dict[str, Any], epoch: Optional[int]) -> s
     return f"  {estimator} on {where}: {value} [{described}]  ({name}{stale})"
 
 
+def _trained_on(run_dir: Path) -> str:
+    """``, on cpu (Intel Xeon, AVX512 kernels)`` from run.json: the last digits of a run's numbers
+    depend on the kernels that rounded them (``train.hardware``). Empty where run.json is missing or
+    older than that record."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+        hardware = info.get("hardware") or {}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(hardware, dict) or not (hardware.get("cpu") or hardware.get("gpu")):
+        return ""
+    if hardware.get("gpu"):
+        return f", on {info.get('device')} ({hardware['gpu']}, CUDA {hardware.get('cuda')})"
+    kernels = f", {hardware['torch_cpu_kernels']} kernels" if hardware.get("torch_cpu_kernels") else ""
+    return f", on {info.get('device')} ({hardware['cpu']}{kernels})"
+
+
 def run_summary(run_dir: Path | str) -> str:
     """The summary ``pyro-vae show`` prints for the run in ``run_dir``.
 
@@ -104,7 +121,7 @@ def run_summary(run_dir: Path | str) -> str:
         epoch = int(_number(last.get("epoch"))) if math.isfinite(_number(last.get("epoch"))) else None
         test_elbo, stderr = _number(last.get("test_elbo")), _number(last.get("test_elbo_stderr"))
         elbo = f", test ELBO {test_elbo:.3f} +- {stderr:.3f} nats per datapoint" if math.isfinite(test_elbo) else ""
-        lines.append(f"trained: to epoch {last.get('epoch')}, {last.get('samples_seen')} samples{elbo}")
+        lines.append(f"trained: to epoch {last.get('epoch')}, {last.get('samples_seen')} samples{elbo}{_trained_on(run_dir)}")
     estimates: List[str] = []
     unreadable: List[str] = []
     for path in sorted(run_dir.glob("eval_*.json")):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -101,6 +102,33 @@ def describe_device(device: torch.device, threads: Optional[int] = None) -> str:
         return f"{device} ({torch.cuda.get_device_name(device)}, torch {torch.__version__})"
     count = threads if threads is not None else torch.get_num_threads()
     return f"{device} ({_cpu_model()}, {count} threads, torch {torch.__version__}, freed memory {allocator.state()})"
+
+
+# Environment variables that make torch, oneDNN or MKL choose other CPU kernels than the processor's
+# best (each rounds differently: see ``hardware``).
+CPU_KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
+
+
+def hardware(device: torch.device) -> Dict[str, Any]:
+    """What computed a run's numbers, for ``run.json`` and every evaluation's JSON.
+
+    Float rounding depends on the kernels torch, oneDNN and MKL pick for the processor, and over
+    thousands of optimizer steps it moves the last printed digits: the main job gave train ELBO
+    -119.435 with AVX2 kernels (AMD EPYC) and -119.324 with AVX-512 ones (Intel Xeon), the same code
+    and seed; on the Xeon ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+    MKL_ENABLE_INSTRUCTIONS=AVX2`` gave -119.435 again. So the record names the processor, torch's
+    kernel level (``torch.backends.cpu.get_cpu_capability``) and any of those variables that are set;
+    on CUDA, the GPU and the CUDA version."""
+    if device.type == "cuda":
+        return {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda}
+    info: Dict[str, Any] = {"cpu": _cpu_model()}
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", None)  # torch >= 2.1
+    if capability is not None:
+        info["torch_cpu_kernels"] = capability()
+    chosen = {name: os.environ[name] for name in CPU_KERNEL_VARIABLES if name in os.environ}
+    if chosen:
+        info["kernel_variables"] = chosen
+    return info
 
 
 def synchronize(device: torch.device) -> None:
@@ -397,6 +425,7 @@ class Trainer:
             "torch": torch.__version__,
             "pyro": pyro.__version__,
             "device": str(self.device),
+            "hardware": hardware(self.device),  # the kernels that rounded this run's numbers
             "data": self.data.info,
             "x_shape": list(self.data.x_shape),
             "num_parameters": sum(p.numel() for p in self.vae.parameters()),

@@ -340,11 +340,19 @@ def test_show_lists_a_runs_model_training_and_every_estimate_beside_it(tmp_path,
     assert "model: prior standard_normal, likelihood gaussian(variance=learned" in out
     assert "objective trace_meanfield(num_particles=1" in out and "optimizer adam(lr=0.01" in out
     assert "trained: to epoch 2, 1000 samples, test ELBO " in out
+    hardware = json.loads((run / "run.json").read_text())["hardware"]
+    assert f"nats per datapoint, on cpu ({hardware['cpu']}, {hardware['torch_cpu_kernels']} kernels)\n" in out
     assert (f"iwae on test, n=3, binarize none, seed 0: log p(x) = {iwae_k5['value']:.3f} +- {iwae_k5['stderr']:.3f} [k=5]  "
             "(eval_iwae_k5_test_n3.json, of the model at epoch 1)") in out
     assert "elbo on test, n=100" in out and "(eval_elbo_test.json, of the model at epoch 1)" in out
     assert "[k=7]  (eval_iwae_k7_test.json)\n" in out  # the current model: no flag
     assert "not read (not an evaluation pyro-vae wrote, or damaged): eval_mine.json" in out
+    # a run.json from before the hardware record: the line ends at the ELBO
+    info = json.loads((run / "run.json").read_text())
+    del info["hardware"]
+    (run / "run.json").write_text(json.dumps(info))
+    assert main(["show", str(run)]) == 0
+    assert "nats per datapoint\n" in capsys.readouterr().out
     assert main(["show", str(tmp_path / "nothing")]) == 2
     assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
     # several at once (`runs/*`): each summarized, a folder that holds no run named, exit status 2

@@ -270,6 +270,27 @@ def test_run_json_records_the_speed_switches(tmp_path, monkeypatch):
         assert info["keep_freed_memory"] == allocator.state()
 
 
+def test_run_json_and_evaluations_name_the_kernels_that_rounded_their_numbers(tmp_path, monkeypatch):
+    """The last digits of a run depend on the processor's kernels (AVX2 and AVX-512 ones round
+    differently): run.json and each evaluation's JSON name the processor, torch's CPU kernel level
+    and any variable that chose other kernels."""
+    import json
+
+    from pyro_vae.evaluate import evaluate_run
+    from pyro_vae.train import CPU_KERNEL_VARIABLES, hardware
+
+    for name in CPU_KERNEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    run = tmp_path / "r"
+    Trainer(tiny_config(training={"epochs": 1}), run, progress=False).train()
+    recorded = json.loads((run / "run.json").read_text())["hardware"]
+    assert recorded == hardware(torch.device("cpu")) and recorded["cpu"] and "kernel_variables" not in recorded
+    assert recorded["torch_cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # read when the result is written, as it ran
+    result = evaluate_run(run, "iwae", k=3, n=5, progress=False)
+    assert json.loads(Path(result["path"]).read_text())["hardware"]["kernel_variables"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
 @pytest.mark.parametrize("variable", ["PYRO_VAE_FUSED_LINEAR", "PYRO_VAE_COMPILE_POTENTIALS", "PYRO_VAE_KEEP_FREED_MEMORY"])
 def test_speed_switches_in_the_environment_are_checked(tmp_path, monkeypatch, capsys, variable):
     from pyro_vae import allocator, fused_linear
