@@ -361,17 +361,33 @@ class Trainer:
 
     def _stop_diverged(self, what: str) -> NoReturn:
         ckpt = self.run_dir / CHECKPOINT_NAME
-        kept = f"the last good checkpoint ({ckpt}, epoch {self._saved_epoch}) is kept" if ckpt.exists() else "no checkpoint had been written yet"
+        cfg = self.config
         sgd = ""
-        if self.config.optimizer.name == "sgd":
+        if cfg.optimizer.name == "sgd":
             # the loss is the whole training set's negative ELBO (Pyro's convention): its gradient,
             # and with it sgd's step, grows with N; adaptive optimizers divide that scale out
-            sgd = (f" (sgd's step is lr times the gradient of the negative ELBO of all N = {self.x_train.shape[0]} training "
-                   "points, so its lr has to shrink with N; adagrad and adam do not depend on that scale)")
+            sgd = (f"sgd's step is lr times the gradient of the negative ELBO of all N = {self.x_train.shape[0]} training "
+                   "points, so its lr has to shrink with N; adagrad and adam do not depend on that scale")
+        lr = cfg.optimizer.options.get("lr")
+        notes = "; ".join(([f"now {lr:g}"] if isinstance(lr, (int, float)) else []) + ([sgd] if sgd else []))
+        remedies = [f"a smaller optimizer.lr{f' ({notes})' if notes else ''}"]
+        # only the remedies this run does not use already
+        if cfg.optimizer.name != "clipped_adam":
+            remedies.append("optimizer clipped_adam")
+        if cfg.objective.weight_prior_std is None:
+            remedies.append("a weight prior (objective.weight_prior_std: 1.0)")
+        if getattr(self.vae.likelihood, "min_std", None) == 0:
+            remedies.append("a floor on the decoder's standard deviation (model.likelihood.min_std, say 0.01)")
+        if ckpt.exists():
+            kept = f"the last good checkpoint ({ckpt}, epoch {self._saved_epoch}) is kept"
+            restart = ("`--resume --allow-changes` with the new settings continues from it (the changes are recorded in "
+                       "run.json), or start a new --run-dir")
+        else:
+            kept = "no checkpoint had been written yet"
+            restart = "the folder holds no checkpoint, so the same command with the new settings starts it afresh"
         raise TrainingError(
-            f"{what}; training stopped and {kept}. Try a smaller optimizer.lr{sgd}, "
-            "optimizer clipped_adam, a weight prior (objective.weight_prior_std: 1.0), or a likelihood "
-            "min_std for Gaussian decoders; `--resume` continues from the checkpoint.",
+            f"{what}; training stopped and {kept}. Try {', '.join(remedies[:-1])}{' or ' if len(remedies) > 1 else ''}"
+            f"{remedies[-1]}; {restart}.",
             reason=what,
         )
 

@@ -123,12 +123,31 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     trainer.config.training.epochs = 3
     with torch.no_grad():
         trainer.vae.decoder[0].weight.fill_(float("nan"))
-    with pytest.raises(TrainingError, match="loss became nan.*last good checkpoint.*epoch 1"):
+    with pytest.raises(TrainingError, match="loss became nan.*last good checkpoint.*epoch 1") as stop:
         trainer.train_epoch()
     kept = load_checkpoint(tmp_path / "r")
     assert kept["epoch"] == good["epoch"] == 1
     for k, v in good["vae"].items():
         assert torch.equal(v, kept["vae"][k])
+    # the remedies this run does not use yet, and how to go on from the checkpoint with them
+    message = str(stop.value)
+    assert "smaller optimizer.lr (now 0.01), optimizer clipped_adam, a weight prior" in message
+    assert "model.likelihood.min_std" in message  # the tiny config's learned Gaussian variance has no floor
+    assert "`--resume --allow-changes` with the new settings continues from it" in message
+
+
+def test_a_divergence_suggests_only_remedies_the_run_does_not_use(tmp_path):
+    cfg = tiny_config(optimizer={"name": "clipped_adam", "lr": 0.01}, objective={"name": "trace", "weight_prior_std": 1.0},
+                      model={"likelihood": {"name": "gaussian", "variance": "learned", "min_std": 0.01}})
+    trainer = Trainer(cfg, tmp_path / "r", progress=False)
+    with torch.no_grad():
+        trainer.vae.decoder[0].weight.fill_(float("nan"))
+    with pytest.raises(TrainingError) as stop:
+        trainer.train()
+    message = str(stop.value)
+    assert "Try a smaller optimizer.lr (now 0.01);" in message
+    assert "clipped_adam" not in message and "weight_prior_std" not in message and "min_std" not in message
+    assert "no checkpoint had been written yet" in message and "the same command with the new settings starts it afresh" in message
 
 
 def test_parameters_that_diverge_between_loss_checks_stop_with_the_same_message(tmp_path):
@@ -146,7 +165,7 @@ def test_parameters_that_diverge_between_loss_checks_stop_with_the_same_message(
     sgd = Trainer(tiny_config(optimizer={"name": "sgd", "lr": 0.01}), tmp_path / "sgd", progress=False)
     with torch.no_grad():
         sgd.vae.decoder[0].weight.fill_(float("nan"))
-    with pytest.raises(TrainingError, match=r"smaller optimizer.lr \(sgd's step is lr times the gradient .* all N = 60 training points"):
+    with pytest.raises(TrainingError, match=r"smaller optimizer.lr \(now 0.01; sgd's step is lr times the gradient .* all N = 60 training points"):
         sgd.train()
     # an error with finite parameters is not dressed up as divergence
     trainer = Trainer(tiny_config(training={"epochs": 1, "batch_size": 20}), tmp_path / "s", progress=False)
