@@ -11,6 +11,17 @@ from .errors import ConfigError, PyroVAEError, one_line_warnings
 from .paths import folder_path, prepared_output
 
 
+def nonnegative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (warmup steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (a count of points, particles, steps or draws)."""
     try:
@@ -118,6 +129,24 @@ def _print_result(result: dict) -> None:
         f"log p(x) = {result['value']:.3f} +- {result['stderr']:.3f} nats [{settings}] -> {result['path']}"
     )
     _print_active_units(result)
+    _print_chain_agreement(result)
+
+
+def _print_chain_agreement(estimate: dict) -> None:
+    """For the App. D estimator: how many datapoints' HMC chains disagree (R-hat), since its
+    Gaussian fit, and so its estimate, rests on chains that have mixed."""
+    diagnostics = estimate.get("diagnostics", {})
+    if "datapoints_rhat_above" not in diagnostics:
+        return
+    above, threshold = diagnostics["datapoints_rhat_above"], diagnostics["rhat_threshold"]
+    draws = estimate["settings"]["num_samples"] * estimate["settings"]["num_chains"]
+    line = (f"HMC chains: R-hat > {threshold:g} in some latent dimension at {above} of {estimate['n']} datapoints "
+            f"(largest {diagnostics['rhat_max']:.2f}); bulk ESS from {diagnostics['ess_bulk_min']:.1f} of {draws} draws a datapoint")
+    if above:
+        line += (". Chains that disagree (a posterior with several modes, or chains not yet mixed) can leave out part of "
+                 "the posterior, and App. D's estimate then comes out low there; more --hmc-chains, --hmc-warmup or "
+                 "--hmc-samples show how far")
+    print(line)
 
 
 def _print_active_units(estimate: dict) -> None:
@@ -133,7 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_run(
         args.run, args.estimator, args.k, args.split, args.n, args.seed, args.device, args.memory_gb,
         ais_steps=args.ais_steps, ais_chains=args.ais_chains, ais_start=args.ais_start, ais_schedule=args.ais_schedule,
-        hmc_samples=args.hmc_samples,
+        hmc_samples=args.hmc_samples, hmc_chains=args.hmc_chains, hmc_warmup=args.hmc_warmup,
         progress=not args.no_progress, out=args.out,
     )
     _print_result(result)
@@ -238,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ais-start", default="prior", choices=AIS_STARTS, help="AIS from the prior or from q(z|x) (\"AIS + encoder\")")
     e.add_argument("--ais-schedule", default="sigmoid", choices=AIS_SCHEDULES, help="how AIS's temperatures rise from 0 to 1 (default sigmoid)")
     e.add_argument("--hmc-samples", type=positive_int, default=50, help="posterior draws per chain for --estimator hmc (AEVB App. D)")
+    e.add_argument("--hmc-chains", type=positive_int, default=2, help="HMC chains per datapoint for --estimator hmc (default 2)")
+    e.add_argument("--hmc-warmup", type=nonnegative_int, default=200, help="HMC warmup steps (step-size tuning) per chain for --estimator hmc (default 200)")
     e.add_argument("--out", help="JSON output path (default: in RUN, named by the estimator, its settings, the split and any "
                    "--n or --seed: eval_iwae_k5000_test.json, eval_ais_steps1000_chains16_test_n100.json)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -23,6 +23,7 @@ from .model import VAE
 from .paths import prepared_output, write_text_atomically
 from .train import Trainer, hardware, load_run
 
+HMC_CHAINS, HMC_WARMUP = 2, 200  # the App. D estimator's chains per datapoint and warmup steps, by default
 BDMC_POINTS = 100  # points bdmc simulates when n is not given (each costs two AIS runs)
 GAP_REPORT_ESTIMATES = ("elbo", "iwae", "ais", "elbo_local_gaussian")  # the estimates a gap report may hold
 
@@ -34,7 +35,9 @@ def default_output_name(estimator: str, split: str, settings: Mapping[str, Any],
     k = 5000 estimate beside it; only the same evaluation run again does.
 
     :param settings: ``evaluate_run``'s arguments ``k``, ``ais_steps``, ``ais_chains``, ``ais_start``,
-        ``ais_schedule``, ``hmc_samples`` and ``seed`` (its defaults stay in one place, its signature).
+        ``ais_schedule``, ``hmc_samples``, ``hmc_chains``, ``hmc_warmup`` and ``seed`` (its defaults
+        stay in one place, its signature; the file names of the defaults leave out what they do not
+        change, as the names of earlier runs' files do).
     :param subset: the number of points when they are fewer than the split holds (for ``bdmc``: the
         points it simulates).
     """
@@ -46,7 +49,12 @@ def default_output_name(estimator: str, split: str, settings: Mapping[str, Any],
         ais.append(ais_start)
     if ais_schedule != "sigmoid":
         ais.append(ais_schedule)
-    tags = {"iwae": [f"k{k}"], "ais": ais, "hmc": [f"samples{hmc_samples}"], "gaps": [f"k{k}", *ais], "bdmc": ais}
+    hmc = [f"samples{hmc_samples}"]
+    if settings["hmc_chains"] != HMC_CHAINS:
+        hmc.append(f"chains{settings['hmc_chains']}")
+    if settings["hmc_warmup"] != HMC_WARMUP:
+        hmc.append(f"warmup{settings['hmc_warmup']}")
+    tags = {"iwae": [f"k{k}"], "ais": ais, "hmc": hmc, "gaps": [f"k{k}", *ais], "bdmc": ais}
     parts = ["eval", estimator, *tags.get(estimator, []), split]
     if subset is not None:
         parts.append(f"n{subset}")
@@ -69,6 +77,8 @@ def evaluate_run(
     ais_start: str = "prior",
     ais_schedule: str = "sigmoid",
     hmc_samples: int = 50,
+    hmc_chains: int = HMC_CHAINS,
+    hmc_warmup: int = HMC_WARMUP,
     progress: bool = True,
     out: Optional[Path | str] = None,
 ) -> Dict[str, Any]:
@@ -86,10 +96,12 @@ def evaluate_run(
         raise ConfigError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
     if split not in ("test", "train"):
         raise ConfigError(f"split must be 'test' or 'train', not {split!r}.")
-    counts = {"k": k, "n": n, "ais_steps": ais_steps, "ais_chains": ais_chains, "hmc_samples": hmc_samples}
+    counts = {"k": k, "n": n, "ais_steps": ais_steps, "ais_chains": ais_chains, "hmc_samples": hmc_samples, "hmc_chains": hmc_chains}
     for name, value in counts.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}.")
+    if isinstance(hmc_warmup, bool) or not isinstance(hmc_warmup, int) or hmc_warmup < 0:
+        raise ConfigError(f"hmc_warmup must be a whole number >= 0, not {hmc_warmup!r}.")
     if not (isinstance(memory_gb, (int, float)) and 0 < memory_gb < float("inf")):
         raise ConfigError(f"memory_gb must be a finite number > 0 (GiB for one IWAE chunk), not {memory_gb!r}.")
     if ais_start not in AIS_STARTS:
@@ -111,7 +123,7 @@ def evaluate_run(
             stacklevel=2,
         )
     settings = {"k": k, "ais_steps": ais_steps, "ais_chains": ais_chains, "ais_start": ais_start, "ais_schedule": ais_schedule,
-                "hmc_samples": hmc_samples, "seed": seed}
+                "hmc_samples": hmc_samples, "hmc_chains": hmc_chains, "hmc_warmup": hmc_warmup, "seed": seed}
     if estimator == "bdmc":
         n = n or BDMC_POINTS
         out = out or Path(run_dir) / default_output_name("bdmc", "simulated", settings, subset=n)
@@ -153,7 +165,8 @@ def evaluate_run(
         est = estimators.ais(vae, x, num_steps=ais_steps, num_chains=ais_chains, schedule=ais_schedule, start=ais_start, progress=progress,
                              memory_gb=memory_gb)
     elif estimator == "hmc":
-        est = estimators.hmc_marginal_likelihood(vae, x, num_samples=hmc_samples, memory_gb=memory_gb)
+        est = estimators.hmc_marginal_likelihood(vae, x, num_samples=hmc_samples, num_warmup=hmc_warmup, num_chains=hmc_chains,
+                                                 memory_gb=memory_gb)
     elif estimator == "exact":
         est = _exact(vae, x)
     else:

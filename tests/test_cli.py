@@ -37,6 +37,11 @@ def test_cli_end_to_end(tmp_path, capsys):
         assert result["data"]["binarize"] == "none" and result["trained_epochs"] == 3
         if est == "ais":  # its datapoints in chunks under --memory-gb (here, all 5 in one)
             assert result["settings"]["memory_gb"] == 2.0 and result["settings"]["chunk_datapoints"] == 5
+        if est == "hmc":  # how many points' chains disagree, in the JSON and printed
+            diagnostics = result["diagnostics"]
+            assert 0 <= diagnostics["datapoints_rhat_above"] <= 5 and diagnostics["rhat_threshold"] == 1.1
+            assert (f"HMC chains: R-hat > 1.1 in some latent dimension at {diagnostics['datapoints_rhat_above']} of 5 datapoints"
+                    in capsys.readouterr().out)
         if est == "iwae":  # Burda et al.'s active units beside it, over the same points
             units = result["diagnostics"]["active_units"]
             assert units["n"] == 5 and units["num_latents"] == 2 and units["threshold"] == 0.01
@@ -183,7 +188,10 @@ def test_an_evaluation_with_other_settings_is_written_beside_the_others_not_over
     assert json.loads((run / "eval_iwae_k20_test.json").read_text())["settings"]["k"] == 20  # still there, untouched
     assert json.loads((run / "eval_iwae_k20_test.json").read_text())["value"] == first["value"]
     assert evaluate_run(run, estimator="iwae", k=20, progress=False)["value"] == first["value"]  # the same run again: its own file
-    settings = dict(k=100, ais_steps=200, ais_chains=4, ais_start="prior", ais_schedule="sigmoid", hmc_samples=50, seed=0)
+    settings = dict(k=100, ais_steps=200, ais_chains=4, ais_start="prior", ais_schedule="sigmoid", hmc_samples=50, hmc_chains=2,
+                    hmc_warmup=200, seed=0)
+    assert default_output_name("hmc", "test", settings) == "eval_hmc_samples50_test.json"  # the defaults: the name it always had
+    assert default_output_name("hmc", "test", dict(settings, hmc_chains=4, hmc_warmup=0)) == "eval_hmc_samples50_chains4_warmup0_test.json"
     assert default_output_name("ais", "test", dict(settings, ais_start="encoder"), subset=50) == \
         "eval_ais_steps200_chains4_encoder_test_n50.json"
     assert default_output_name("gaps", "train", dict(settings, ais_schedule="linear")) == \

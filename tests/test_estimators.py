@@ -292,7 +292,27 @@ def test_arviz_export_and_diagnostics():
     idata = E.to_inference_data(draws)
     assert idata.posterior["z"].shape == (3, 50, 4, 2)
     diag = E.chain_diagnostics(draws)
-    assert diag["ess_bulk_mean"] > 50 and diag["rhat_max"] < 1.1
+    assert diag["ess_bulk_mean"] > 50 and diag["rhat_max"] < 1.1 and diag["datapoints_rhat_above"] == 0
+
+
+def test_chain_diagnostics_count_the_datapoints_whose_chains_disagree():
+    """A datapoint whose chains sit in different places (two modes, or not mixed), or whose chain
+    never moved (R-hat infinite or undefined), counts once, whatever its number of dimensions."""
+    import warnings
+
+    torch.manual_seed(0)
+    draws = torch.randn(200, 2, 5, 3)  # (samples, chains, datapoints, D)
+    draws[:, 1, 0] += 4.0  # every dimension of datapoint 0
+    draws[:, 1, 1, 2] += 4.0  # one dimension of datapoint 1
+    draws[:, 0, 3] = 0.7  # datapoint 3: one chain stuck at its start
+    draws[:, :, 4] = 0.0  # datapoint 4: neither chain moved
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's divide-by-zero inside ArviZ stays out of reports
+        diag = E.chain_diagnostics(draws)
+    assert diag["datapoints_rhat_above"] == 4 and diag["rhat_threshold"] == E.hmc.RHAT_THRESHOLD == 1.1
+    assert diag["rhat_max"] == math.inf  # undefined where no chain moved: the worst case
+    one_chain = E.chain_diagnostics(draws[:, :1])
+    assert "datapoints_rhat_above" not in one_chain and "rhat_max" not in one_chain  # R-hat needs two chains
 
 
 def test_arviz_daily_notice_stays_out_of_reports(tmp_path):

@@ -60,6 +60,10 @@ def test_fig3(tmp_path, tiny_images):
     assert {r["method"] for r in rows} == {"aevb", "wake_sleep", "mcem"}
     assert {r["estimator"] for r in rows} == {"hmc", "iwae"} and {r["split"] for r in rows} == {"train", "test"}
     assert (tmp_path / "fig3.png").exists() and (tmp_path / "fig3.md").exists()
+    # HMC rows count the points whose chains disagree (R-hat), IWAE rows leave it empty; the table shows it
+    assert all(r["rhat_above"].isdigit() and 0 <= int(r["rhat_above"]) <= 5 for r in rows if r["estimator"] == "hmc")
+    assert all(r["rhat_above"] == "" for r in rows if r["estimator"] == "iwae")
+    assert "| stderr | rhat_above |" in (tmp_path / "fig3.md").read_text()
     # the evaluations saved beside each run are read back when the script is run again
     fig3 = _load("fig3_marginal_likelihood")
     saved = tmp_path / "runs" / "fig3_n40_aevb" / "fig3_rows.json"
@@ -72,7 +76,9 @@ def test_fig3(tmp_path, tiny_images):
 def _saved_rows(csv_rows):
     """fig3.csv's rows as the script saved them in JSON (numbers as numbers)."""
     def value(key, v):
-        return v if key in ("method", "split", "estimator") else (int(v) if key in ("n_train", "samples_seen") else float(v))
+        if key in ("method", "split", "estimator") or v == "":
+            return v
+        return int(v) if key in ("n_train", "samples_seen", "rhat_above") else float(v)
 
     return [{k: value(k, v) for k, v in r.items()} for r in csv_rows]
 
