@@ -10,7 +10,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -173,6 +173,7 @@ def evaluate_run(
         ais_options = {"num_chains": ais_chains, "schedule": ais_schedule, "start": ais_start}
         return _gaps(trainer, x, n_points, k, ais_steps, ais_options, memory_gb, run_dir, split, seed, start, out, units)
     if info.enabled:
+        est.diagnostics = combined_diagnostics(distributed.gather_objects((est.per_datapoint.numel(), est.diagnostics), info))
         est.per_datapoint = _gathered(est.per_datapoint, n_points, trainer)
         est.settings["world_size"] = info.world_size
     if units is not None:
@@ -194,6 +195,28 @@ def evaluate_run(
         write_text_atomically(path, json.dumps(result, indent=2, default=str))
     result["path"] = str(path)
     return result
+
+
+def combined_diagnostics(parts: Sequence[Tuple[int, Dict[str, Any]]]) -> Dict[str, Any]:
+    """An estimator's diagnostics over all datapoints from those of each rank's shard, ``(points,
+    diagnostics)`` a rank: counts of datapoints (``datapoints_*``) add up, ``*_max`` and ``*_min*``
+    (``accept_min_chain``) take the extreme, ``*_mean`` the mean weighted by the shards' points, and
+    anything else (a threshold, the same on every rank) is rank 0's."""
+    total = sum(points for points, _ in parts) or 1
+    out: Dict[str, Any] = {}
+    for key, first in parts[0][1].items():
+        values = [d[key] for _, d in parts]
+        if key.startswith("datapoints_"):
+            out[key] = sum(values)
+        elif key.endswith("_max"):
+            out[key] = max(values)
+        elif key.endswith("_min") or "_min_" in key:
+            out[key] = min(values)
+        elif key.endswith("_mean"):
+            out[key] = sum(points * d[key] for points, d in parts) / total
+        else:
+            out[key] = first
+    return out
 
 
 def _gathered(values: torch.Tensor, n_points: int, trainer: Trainer) -> torch.Tensor:

@@ -77,6 +77,15 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.save(result["per_datapoint"], f"{out_dir}/bdmc_{rank}.pt")
     gaps = evaluate_run(f"{out_dir}/run", "gaps", n=5, k=10, ais_steps=5, progress=False)
     torch.save(gaps["per_datapoint"], f"{out_dir}/gaps_{rank}.pt")
+    # App. D: its per-datapoint chain diagnostics count over every rank's points, not rank 0's alone
+    from pyro_vae.estimators import hmc_marginal_likelihood
+
+    vae_run = Trainer(_config(), f"{out_dir}/run", progress=False)
+    part = vae_run.x_test[:6][distributed.shard(6, info)]
+    torch.manual_seed(3)
+    local = hmc_marginal_likelihood(vae_run.vae, part, num_samples=3, num_warmup=2).diagnostics
+    torch.save((part.shape[0], local), f"{out_dir}/hmc_local_{rank}.pt")
+    evaluate_run(f"{out_dir}/run", "hmc", n=6, hmc_samples=3, hmc_warmup=2, progress=False)
     distributed.shutdown(info)
 
 
@@ -128,6 +137,21 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
     assert all(len(v) == 5 for v in written["per_datapoint"].values())
     amortization = written["per_datapoint"]["amortization_gap"]
     assert abs(written["summary"]["amortization_gap"] - sum(amortization) / 5) < 1e-9
+    # App. D over 6 points on 2 ranks: its diagnostics combine both shards' (same keys, same rules)
+    hmc = json.loads((tmp_path / "run" / "eval_hmc_samples3_warmup2_test_n6.json").read_text())
+    assert hmc["n"] == 6 and hmc["settings"]["world_size"] == 2
+    assert set(hmc["diagnostics"]) == set(torch.load(tmp_path / "hmc_local_0.pt")[1]) and 0 <= hmc["diagnostics"]["datapoints_rhat_above"] <= 6
+
+
+def test_diagnostics_of_shards_combine_as_over_all_points():
+    from pyro_vae.evaluate import combined_diagnostics
+
+    parts = [(3, {"accept_mean": 0.9, "accept_min_chain": 0.5, "rhat_max": 1.2, "ess_bulk_min": 4.0, "datapoints_rhat_above": 1,
+                  "rhat_threshold": 1.1}),
+             (1, {"accept_mean": 0.5, "accept_min_chain": 0.3, "rhat_max": 1.05, "ess_bulk_min": 2.0, "datapoints_rhat_above": 2,
+                  "rhat_threshold": 1.1})]
+    assert combined_diagnostics(parts) == {"accept_mean": 0.8, "accept_min_chain": 0.3, "rhat_max": 1.2, "ess_bulk_min": 2.0,
+                                           "datapoints_rhat_above": 3, "rhat_threshold": 1.1}
 
 
 def test_world_size_must_divide_the_batch(tmp_path):
