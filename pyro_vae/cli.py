@@ -222,6 +222,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, comparison_text
+
+    print(comparison_text(compare(args.a, args.b)))
+    return 0
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from .config import DataConfig
     from .datasets import load_dataset
@@ -290,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="what run folders hold: model, training so far, every log p(x) estimate beside it")
     sh.add_argument("runs", nargs="+", metavar="run", help="one or more run folders (runs/* for all)")
     sh.set_defaults(fn=cmd_show)
+
+    c = sub.add_parser("compare", help="two log p(x) estimates of the same points: B - A with its paired standard error")
+    c.add_argument("a", metavar="A", help="an evaluation's JSON (eval_*.json in a run folder)")
+    c.add_argument("b", metavar="B", help="another evaluation's JSON, of the same split and points")
+    c.set_defaults(fn=cmd_compare)
 
     d = sub.add_parser("data", help="data sets")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -179,6 +179,9 @@ def evaluate_run(
     if units is not None:
         est.diagnostics["active_units"] = units
     result = est.to_dict()
+    # log p(x) of every point, so that two runs scored on the same points compare point by point
+    # (`pyro-vae compare`: the paired error of a difference is a fraction of each estimate's own)
+    result["per_datapoint"] = est.per_datapoint.tolist()
     result.update(
         run=str(run_dir),
         split=split,
