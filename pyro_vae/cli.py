@@ -11,26 +11,24 @@ from .errors import ConfigError, PyroVAEError, one_line_warnings
 from .paths import folder_path, prepared_output
 
 
-def nonnegative_int(text: str) -> int:
-    """argparse type: a whole number >= 0 (warmup steps)."""
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
     return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (warmup steps)."""
+    return _whole_number(text, 0)
 
 
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (a count of points, particles, steps or draws)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+    return _whole_number(text, 1)
 
 
 def positive_float(text: str) -> float:

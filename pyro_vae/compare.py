@@ -63,9 +63,9 @@ def _same_points_problems(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
         problems.append(f"n {a['n']} / {b['n']} (the first n points of the split: pass --n alike)")
     data_a, data_b = a.get("data") or {}, b.get("data") or {}
     split = a.get("split")
-    print_a, print_b = (d.get("fingerprint", {}).get(split) for d in (data_a, data_b))
-    if print_a != print_b:
-        problems.append(f"data fingerprint of the {split} split {print_a} / {print_b} (other data, or another n_{split})")
+    fingerprint_a, fingerprint_b = (d.get("fingerprint", {}).get(split) for d in (data_a, data_b))
+    if fingerprint_a != fingerprint_b:
+        problems.append(f"data fingerprint of the {split} split {fingerprint_a} / {fingerprint_b} (other data, or another n_{split})")
     for key in _SAME_POINTS:
         if data_a.get(key) != data_b.get(key):
             problems.append(f"data.{key} {data_a.get(key)} / {data_b.get(key)}")
