@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from pyro_vae import estimators  # noqa: E402
 from pyro_vae import experiments as X  # noqa: E402
 from pyro_vae.cli import folder_arg, positive_float, positive_int  # noqa: E402
+from pyro_vae.compare import paired_difference  # noqa: E402
 from pyro_vae.datasets import binarize  # noqa: E402
 from pyro_vae.estimators.hmc import RHAT_THRESHOLD  # noqa: E402
 from pyro_vae.errors import ConfigError  # noqa: E402
@@ -48,6 +49,19 @@ def read_saved_rows(path: Path) -> list:
         raise ConfigError(f"{path} does not hold Figure 3's saved evaluations ({problem}); delete it to go on (its "
                           "evaluations are lost: the run is evaluated again from where it stands), or choose another --out.")
     return rows
+
+
+def minus_aevb(row: dict, aevb: dict | None) -> str:
+    """``row``'s log p(x) minus AEVB's on the same points and budget, ``+1.23 +- 0.04`` (paired), or
+    empty where there is nothing to pair (AEVB's own row, a budget AEVB did not reach, rows saved
+    by an older version without per-point values)."""
+    if aevb is None or row is aevb or row["samples_seen"] != aevb["samples_seen"]:
+        return ""
+    a, b = aevb.get("per_datapoint"), row.get("per_datapoint")
+    if not a or not b or len(a) != len(b):
+        return ""
+    paired = paired_difference(a, b)
+    return f"{paired['difference']:+.2f} +- {paired['stderr']:.2f}"
 
 
 def main(args: argparse.Namespace) -> None:
@@ -86,14 +100,16 @@ def main(args: argparse.Namespace) -> None:
                         run_rows.append({"n_train": n_train, "method": method, "samples_seen": row["samples_seen"], "split": split,
                                          "estimator": name, "log_px": est.mean, "stderr": est.stderr,
                                          # HMC: the points whose chains disagree (R-hat), where App. D may come out low
-                                         "rhat_above": est.diagnostics.get("datapoints_rhat_above", "")})
+                                         "rhat_above": est.diagnostics.get("datapoints_rhat_above", ""),
+                                         # every point's log p(x), for the table's paired differences between methods
+                                         "per_datapoint": est.per_datapoint.tolist()})
                 trainer.vae.train()
                 write_text_atomically(saved, json.dumps(run_rows))  # a crash mid-write must not break the resume
                 print(f"N={n_train} {method:10s} {row['samples_seen']:>9d} samples: test log p(x) (HMC) {run_rows[-2]['log_px']:.2f}")
 
             stopped[cfg.name] = X.train_to_end(trainer, on_epoch_end=evaluate)
             rows += run_rows
-    X.write_csv(rows, out / "fig3.csv")
+    X.write_csv([{k: v for k, v in r.items() if k != "per_datapoint"} for r in rows], out / "fig3.csv")
 
     fig, axes = plt.subplots(len(args.n_train), 2, figsize=(9, 3.3 * len(args.n_train)), squeeze=False)
     for i, n_train in enumerate(args.n_train):
@@ -116,10 +132,13 @@ def main(args: argparse.Namespace) -> None:
     last = {}
     for r in rows:
         last[(r["n_train"], r["method"], r["split"], r["estimator"])] = r
-    X.write_markdown(list(last.values()), ["n_train", "method", "split", "estimator", "samples_seen", "log_px", "stderr", "rhat_above"],
+    table = [dict(r, minus_aevb=minus_aevb(r, last.get((r["n_train"], "aevb", r["split"], r["estimator"])))) for r in last.values()]
+    X.write_markdown(table, ["n_train", "method", "split", "estimator", "samples_seen", "log_px", "stderr", "minus_aevb", "rhat_above"],
                      out / "fig3.md", f"Fig. 3: log p(x) after {int(args.budget)} training samples",
                      [f"Nz=3, 100 hidden; first {args.eval_points} train/test points; HMC = AEVB App. D ({args.hmc_samples} samples, "
-                      f"4 leapfrog steps), IWAE k={args.k}; binarize={cfg.data.binarize}. rhat_above: of the HMC rows' points, those "
+                      f"4 leapfrog steps), IWAE k={args.k}; binarize={cfg.data.binarize}. minus_aevb: the method's log p(x) minus "
+                      "AEVB's at the same budget on the same points, the mean of the per-point differences with its paired standard "
+                      "error (the points' own spread, most of each stderr, cancels). rhat_above: of the HMC rows' points, those "
                       f"whose chains disagree (R-hat > {RHAT_THRESHOLD:g} in some latent dimension); there the estimate may come out "
                       "low. Command: "
                       f"`{X.command_text(args, 'fig3_marginal_likelihood.py')}`",

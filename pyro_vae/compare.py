@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 from .errors import ConfigError
 
@@ -89,15 +89,22 @@ def compare(path_a: Path | str, path_b: Path | str) -> Dict[str, Any]:
     if problems:
         raise ConfigError(f"{a['path']} and {b['path']} did not score the same points ({'; '.join(problems)}), so their "
                           "log p(x) cannot be compared point by point; evaluate both runs on the same split and --n.")
-    diffs = [vb - va for va, vb in zip(a["per_datapoint"], b["per_datapoint"])]
+    n = a["n"]
+    unpaired = math.sqrt(a["stderr"] ** 2 + b["stderr"] ** 2) if n > 1 else math.nan
+    return {"a": a, "b": b, "n": n, "split": a.get("split"), "unpaired_stderr": unpaired,
+            **paired_difference(a["per_datapoint"], b["per_datapoint"])}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> Dict[str, Any]:
+    """``difference``: mean_i (b_i - a_i) over points scored by both; ``stderr``: its standard error,
+    std_i(b_i - a_i) / sqrt(n) (NaN for one point); ``b_higher``, ``b_lower``: at how many points."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired values need the same points: got {len(a)} and {len(b)}")
+    diffs = [vb - va for va, vb in zip(a, b)]
     n = len(diffs)
     mean = sum(diffs) / n
     paired = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else math.nan
-    unpaired = math.sqrt(a["stderr"] ** 2 + b["stderr"] ** 2) if n > 1 else math.nan
-    return {
-        "a": a, "b": b, "n": n, "split": a.get("split"), "difference": mean, "stderr": paired, "unpaired_stderr": unpaired,
-        "b_higher": sum(d > 0 for d in diffs), "b_lower": sum(d < 0 for d in diffs),
-    }
+    return {"difference": mean, "stderr": paired, "b_higher": sum(d > 0 for d in diffs), "b_lower": sum(d < 0 for d in diffs)}
 
 
 def comparison_text(c: Dict[str, Any]) -> str:

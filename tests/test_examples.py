@@ -63,14 +63,34 @@ def test_fig3(tmp_path, tiny_images):
     # HMC rows count the points whose chains disagree (R-hat), IWAE rows leave it empty; the table shows it
     assert all(r["rhat_above"].isdigit() and 0 <= int(r["rhat_above"]) <= 5 for r in rows if r["estimator"] == "hmc")
     assert all(r["rhat_above"] == "" for r in rows if r["estimator"] == "iwae")
-    assert "| stderr | rhat_above |" in (tmp_path / "fig3.md").read_text()
+    table = (tmp_path / "fig3.md").read_text()
+    assert "| stderr | minus_aevb | rhat_above |" in table
+    # the baselines' log p(x) minus AEVB's on the same points, with its paired error; AEVB's own rows leave it empty
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 9 and cells[1] in ("aevb", "wake_sleep", "mcem"):
+            assert (cells[7] == "") is (cells[1] == "aevb"), line
+            if cells[1] != "aevb":
+                mine, aevb = (read_json_rows(tmp_path, method, cells[2], cells[3]) for method in (cells[1], "aevb"))
+                diffs = [b - a for a, b in zip(aevb, mine)]
+                assert cells[7].startswith(f"{sum(diffs) / 5:+.2f} +- "), line
     # the evaluations saved beside each run are read back when the script is run again
     fig3 = _load("fig3_marginal_likelihood")
     saved = tmp_path / "runs" / "fig3_n40_aevb" / "fig3_rows.json"
-    assert fig3.read_saved_rows(saved) == [r for r in _saved_rows(rows) if r["method"] == "aevb"]
+    saved_rows = fig3.read_saved_rows(saved)
+    assert all(len(r["per_datapoint"]) == 5 for r in saved_rows)  # every point's log p(x), for the paired column
+    assert [{k: v for k, v in r.items() if k != "per_datapoint"} for r in saved_rows] == [r for r in _saved_rows(rows) if r["method"] == "aevb"]
     saved.write_text('[{"n_train": 40, "method": "aevb", "samples_')  # a write cut short (older versions)
     with pytest.raises(ConfigError, match=r"fig3_rows.json does not hold Figure 3's saved evaluations .*delete it to go on"):
         fig3.read_saved_rows(saved)
+
+
+def read_json_rows(out, method, split, estimator):
+    """The per-point log p(x) of a Fig. 3 run's last evaluation of ``split`` by ``estimator``."""
+    import json
+
+    rows = json.loads((out / "runs" / f"fig3_n40_{method}" / "fig3_rows.json").read_text())
+    return [r for r in rows if (r["split"], r["estimator"]) == (split, estimator)][-1]["per_datapoint"]
 
 
 def _saved_rows(csv_rows):
