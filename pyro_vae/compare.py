@@ -23,7 +23,10 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+import torch
+
 from .errors import ConfigError
+from .estimators.result import standard_error
 
 # The data settings two evaluations must share for their points to be the same points.
 _SAME_POINTS = ("binarize", "binarize_seed", "test_binarization")
@@ -100,11 +103,9 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> Dict[str, Any]:
     std_i(b_i - a_i) / sqrt(n) (NaN for one point); ``b_higher``, ``b_lower``: at how many points."""
     if len(a) != len(b) or not a:
         raise ValueError(f"paired values need the same points: got {len(a)} and {len(b)}")
-    diffs = [vb - va for va, vb in zip(a, b)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    paired = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else math.nan
-    return {"difference": mean, "stderr": paired, "b_higher": sum(d > 0 for d in diffs), "b_lower": sum(d < 0 for d in diffs)}
+    diffs = torch.tensor(b, dtype=torch.float64) - torch.tensor(a, dtype=torch.float64)
+    return {"difference": float(diffs.mean()), "stderr": standard_error(diffs), "b_higher": int((diffs > 0).sum()),
+            "b_lower": int((diffs < 0).sum())}
 
 
 def comparison_text(c: Dict[str, Any]) -> str:
