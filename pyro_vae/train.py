@@ -376,7 +376,8 @@ class Trainer:
             remedies.append("optimizer clipped_adam")
         if cfg.objective.weight_prior_std is None:
             remedies.append("a weight prior (objective.weight_prior_std: 1.0)")
-        if getattr(self.vae.likelihood, "min_std", None) == 0:
+        likelihood = self.vae.likelihood
+        if getattr(likelihood, "min_std", None) == 0 and getattr(likelihood, "variance", "fixed") != "fixed":
             remedies.append("a floor on the decoder's standard deviation (model.likelihood.min_std, say 0.01)")
         if ckpt.exists():
             kept = f"the last good checkpoint ({ckpt}, epoch {self._saved_epoch}) is kept"

@@ -148,6 +148,13 @@ def test_a_divergence_suggests_only_remedies_the_run_does_not_use(tmp_path):
     assert "Try a smaller optimizer.lr (now 0.01);" in message
     assert "clipped_adam" not in message and "weight_prior_std" not in message and "min_std" not in message
     assert "no checkpoint had been written yet" in message and "the same command with the new settings starts it afresh" in message
+    # a fixed variance cannot collapse: no floor to suggest for it
+    fixed = Trainer(tiny_config(model={"likelihood": {"name": "gaussian", "variance": "fixed"}}), tmp_path / "fixed", progress=False)
+    with torch.no_grad():
+        fixed.vae.decoder[0].weight.fill_(float("nan"))
+    with pytest.raises(TrainingError) as stop:
+        fixed.train()
+    assert "min_std" not in str(stop.value) and "optimizer clipped_adam" in str(stop.value)
 
 
 def test_parameters_that_diverge_between_loss_checks_stop_with_the_same_message(tmp_path):
