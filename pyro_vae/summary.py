@@ -71,6 +71,9 @@ def _estimate_line(name: str, result: Dict[str, Any], epoch: Optional[int]) -> s
                  f"gap {result['gap_mean']:.3f} +- {result['gap_stderr']:.3f}")
     else:
         value = f"log p(x) = {result['value']:.3f} +- {result['stderr']:.3f}"
+    diagnostics = result.get("diagnostics") or {}
+    if "datapoints_rhat_above" in diagnostics:  # App. D: where its chains disagree it may come out low
+        value += f", chains disagree (R-hat > {diagnostics['rhat_threshold']:g}) at {diagnostics['datapoints_rhat_above']} of {result.get('n', '?')}"
     trained = result.get("trained_epochs")
     stale = f", of the model at epoch {trained}" if epoch is not None and trained is not None and trained != epoch else ""
     return f"  {estimator} on {where}: {value} [{described}]  ({name}{stale})"

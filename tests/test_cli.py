@@ -383,11 +383,15 @@ def test_show_lists_a_runs_model_training_and_every_estimate_beside_it(tmp_path,
         assert main(["evaluate", str(run), "--no-progress", *args]) == 0
     assert main(["train", str(run), "--resume", "--set", "training.epochs=2", "--no-progress"]) == 0
     assert main(["evaluate", str(run), "--k", "7", "--no-progress"]) == 0
+    assert main(["evaluate", str(run), "--estimator", "hmc", "--n", "4", "--hmc-samples", "5", "--hmc-warmup", "5", "--no-progress"]) == 0
     (run / "eval_mine.json").write_text("{not json")
     capsys.readouterr()
     assert main(["show", str(run)]) == 0
     out = capsys.readouterr().out
     iwae_k5 = json.loads((run / "eval_iwae_k5_test_n3.json").read_text())
+    hmc = json.loads((run / "eval_hmc_samples5_warmup5_test_n4.json").read_text())
+    assert (f"hmc_appendix_d on test, n=4, binarize none, seed 0: log p(x) = {hmc['value']:.3f} +- {hmc['stderr']:.3f}, chains "
+            f"disagree (R-hat > 1.1) at {hmc['diagnostics']['datapoints_rhat_above']} of 4 [") in out
     assert "model: prior standard_normal, likelihood gaussian(variance=learned" in out
     assert "objective trace_meanfield(num_particles=1" in out and "optimizer adam(lr=0.01" in out
     assert "trained: to epoch 2, 1000 samples, test ELBO " in out
