@@ -6,6 +6,7 @@ the trained model (whose exact posterior samples only simulation provides)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import warnings
@@ -23,7 +24,9 @@ from .model import VAE
 from .paths import prepared_output, write_text_atomically
 from .train import Trainer, hardware, load_run
 
-HMC_CHAINS, HMC_WARMUP = 2, 200  # the App. D estimator's chains per datapoint and warmup steps, by default
+# the App. D estimator's chains per datapoint and warmup steps by default, as its signature has them
+_HMC_DEFAULTS = inspect.signature(estimators.hmc_marginal_likelihood).parameters
+HMC_CHAINS, HMC_WARMUP = _HMC_DEFAULTS["num_chains"].default, _HMC_DEFAULTS["num_warmup"].default
 BDMC_POINTS = 100  # points bdmc simulates when n is not given (each costs two AIS runs)
 GAP_REPORT_ESTIMATES = ("elbo", "iwae", "ais", "elbo_local_gaussian")  # the estimates a gap report may hold
 
@@ -96,12 +99,12 @@ def evaluate_run(
         raise ConfigError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
     if split not in ("test", "train"):
         raise ConfigError(f"split must be 'test' or 'train', not {split!r}.")
-    counts = {"k": k, "n": n, "ais_steps": ais_steps, "ais_chains": ais_chains, "hmc_samples": hmc_samples, "hmc_chains": hmc_chains}
+    counts = {"k": k, "n": n, "ais_steps": ais_steps, "ais_chains": ais_chains, "hmc_samples": hmc_samples, "hmc_chains": hmc_chains,
+              "hmc_warmup": hmc_warmup}
     for name, value in counts.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name} must be a whole number >= 1, not {value!r}.")
-    if isinstance(hmc_warmup, bool) or not isinstance(hmc_warmup, int) or hmc_warmup < 0:
-        raise ConfigError(f"hmc_warmup must be a whole number >= 0, not {hmc_warmup!r}.")
+        least = 0 if name == "hmc_warmup" else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ConfigError(f"{name} must be a whole number >= {least}, not {value!r}.")
     if not (isinstance(memory_gb, (int, float)) and 0 < memory_gb < float("inf")):
         raise ConfigError(f"memory_gb must be a finite number > 0 (GiB for one IWAE chunk), not {memory_gb!r}.")
     if ais_start not in AIS_STARTS:
