@@ -68,7 +68,7 @@ def plain_hmc(potential, z, step, leapfrog, trajectories):
 def main(args: argparse.Namespace) -> None:
     allocator.keep_freed_memory()  # as the pyro-vae command does: no allocator-dependent modes
     torch.set_num_threads(args.threads)
-    cfg = C.load("configs/aevb_mnist.yaml", [f"model.z_dim={args.z}", f"model.decoder.hidden=[{args.hidden}]", f"model.encoder.hidden=[{args.hidden}]"])
+    cfg = C.load("aevb_mnist", [f"model.z_dim={args.z}", f"model.decoder.hidden=[{args.hidden}]", f"model.encoder.hidden=[{args.hidden}]"])
     set_validation(False)  # as in training and `pyro-vae evaluate`; the plain loop validates nothing
     device = resolve_device(args.device)
     vae = build_vae(cfg.model, (1, 28, 28)).to(device)

@@ -160,7 +160,7 @@ def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     set_validation(False)  # as in `pyro-vae evaluate`
     device = resolve_device(args.device)
-    cfg = C.load("configs/aevb_mnist.yaml")
+    cfg = C.load("aevb_mnist")
     if args.run:
         # a trained model on its own test set: what `pyro-vae evaluate` times (its decoder's logits
         # are far from zero, where softplus is cheaper than at an untrained model's)

@@ -130,7 +130,7 @@ from pyro_vae.datasets import Dataset
 from pyro_vae.optimizers import Adagrad
 from pyro_vae.train import Trainer
 x = torch.bernoulli(torch.full(({b}, 784), 0.3))
-cfg = C.load("configs/aevb_mnist.yaml", ["device={dev}", "model.z_dim={z}", "model.encoder.hidden=[{h}]", "model.decoder.hidden=[{h}]"])
+cfg = C.load("aevb_mnist", ["device={dev}", "model.z_dim={z}", "model.encoder.hidden=[{h}]", "model.decoder.hidden=[{h}]"])
 tr = Trainer(cfg, "{tmp}", data=Dataset("b", x, x, (1, 28, 28)), progress=False)
 idx = torch.arange({b}, device=tr.device)
 loss = tr.objective.loss(tr.vae, x.to(tr.device), idx, {b})

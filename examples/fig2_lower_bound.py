@@ -24,8 +24,8 @@ from pyro_vae import experiments as X  # noqa: E402
 from pyro_vae.cli import folder_arg, positive_float, positive_int  # noqa: E402
 
 SETTINGS = {
-    "mnist": ("configs/aevb_mnist.yaml", [3, 5, 10, 20, 200]),
-    "frey": ("configs/aevb_frey.yaml", [2, 5, 10, 20]),
+    "mnist": ("aevb_mnist", [3, 5, 10, 20, 200]),
+    "frey": ("aevb_frey", [2, 5, 10, 20]),
 }
 METHODS = {"aevb": "trace_meanfield", "wake_sleep": "wake_sleep"}
 

@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> None:
     rows, stopped = [], {}
     for n_train in args.n_train:
         for method in args.methods:
-            cfg = X.variant("configs/aevb_mnist.yaml", [
+            cfg = X.variant("aevb_mnist", [
                 f"name=fig3_n{n_train}_{method}", "model.z_dim=3", "model.encoder.hidden=[100]", "model.decoder.hidden=[100]",
                 f"objective.name={METHODS[method]}", f"data.n_train={n_train}", "training.epochs=null",
                 f"training.sample_budget={int(args.budget)}", f"seed={args.seed}", *args.set,

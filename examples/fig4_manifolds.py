@@ -16,7 +16,7 @@ from pyro_vae import experiments as X
 from pyro_vae.cli import folder_arg, positive_float, positive_int
 from pyro_vae.plotting import plot_manifold
 
-CONFIGS = {"mnist": "configs/aevb_mnist.yaml", "frey": "configs/aevb_frey.yaml"}
+CONFIGS = {"mnist": "aevb_mnist", "frey": "aevb_frey"}
 
 
 def main(args: argparse.Namespace) -> None:

@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/aevb_mnist.yaml")
+    p.add_argument("--config", default="aevb_mnist")
     p.add_argument("--z-dims", type=positive_int, nargs="*", default=[2, 5, 10, 20])
     p.add_argument("--budget", type=positive_float, default=1e6)
     p.add_argument("--n", type=positive_int, default=100, help="samples per picture")

@@ -61,23 +61,18 @@ def folder_arg(text: str) -> Path:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _config_path(arg: str) -> Path:
-    p = Path(arg)
-    return p / "config.yaml" if p.is_dir() else p
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load
-    from .train import Trainer, describe_epoch
+    from .train import Trainer
 
     if args.allow_changes and not args.resume:
         raise ConfigError("--allow-changes applies to a resumed run only; add --resume.")
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"device={args.device}")
-    config = load(_config_path(args.config), overrides)
+    config = load(args.config, overrides)
     run_dir = Path(args.run_dir) if args.run_dir else (Path(args.config) if Path(args.config).is_dir() else Path("runs") / config.name)
-    trainer = Trainer(config, run_dir, progress=not args.no_progress)
+    trainer = Trainer(config, run_dir, progress=not args.no_progress, epoch_lines=True)
     if args.evaluate and config.evaluation.estimator == "exact":
         from .evaluate import check_exact_applies
 
@@ -86,9 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = rows[-1] if rows else None
     if _is_main():
         print(f"run folder: {run_dir}")
-    if last and _is_main():
-        print(describe_epoch(last, trainer.objective.name))
-    elif _is_main():
+    if not last and _is_main():  # each trained epoch printed its own line
         print(f"nothing to train: the run is at epoch {trainer.epoch} ({trainer.samples_seen} samples), {trainer.stop_reason()}; "
               "raise training.epochs or training.sample_budget (--set) to continue it")
     if args.evaluate:
@@ -227,6 +220,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    from .config import SHIPPED_CONFIGS, shipped_configs
+
+    configs = shipped_configs()
+    width = max(map(len, configs))
+    for name, description in configs.items():
+        print(f"{name:<{width}}  {description}")
+    print(f"(in {SHIPPED_CONFIGS}; `pyro-vae train NAME` runs one, a copy of its file is yours to edit)")
+    return 0
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from .config import DataConfig
     from .datasets import load_dataset
@@ -243,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a config file")
-    t.add_argument("config", help="config file (.yaml/.toml), or a run folder to resume")
+    t.add_argument("config", help="a shipped config's name (pyro-vae configs lists them), a config file (.yaml/.toml), or a run folder to resume")
     t.add_argument("--run-dir", help="output folder (default runs/<config name>)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set model.z_dim=2")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
@@ -252,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "differ from the checkpoint's (recorded in run.json)")
     t.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (overrides the config)")
     t.add_argument("--evaluate", action="store_true", help="after training, estimate log p(x) as the config's evaluation section says")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars (per-epoch lines are still printed)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch is still printed)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="estimate log p(x) of a trained run")
@@ -300,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("a", metavar="A", help="an evaluation's JSON (eval_*.json in a run folder)")
     c.add_argument("b", metavar="B", help="another evaluation's JSON, of the same split and points")
     c.set_defaults(fn=cmd_compare)
+
+    cf = sub.add_parser("configs", help="list the configs that ship with pyro-vae (train takes their names)")
+    cf.set_defaults(fn=cmd_configs)
 
     d = sub.add_parser("data", help="data sets")
     dsub = d.add_subparsers(dest="data_command", required=True)

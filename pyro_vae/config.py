@@ -12,13 +12,17 @@ import copy
 import inspect
 import json
 import re
-import tomllib
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+    import tomli as tomllib
 
 from .errors import ConfigError
 from .paths import write_text_atomically
@@ -267,7 +271,7 @@ def _read_file(path: Path) -> Dict[str, Any]:
     if data is None or (data == {} and path.suffix == ".toml"):  # an empty file, or only comments: likely not the file meant
         defaults_alone = "one setting such as `name = \"my_run\"`" if path.suffix == ".toml" else "`{}`"
         raise ConfigError(f"config file {str(path)!r} holds no settings; give at least the sections that differ from the "
-                          f"defaults (configs/aevb_mnist.yaml is the paper's run), or {defaults_alone} for the defaults alone.")
+                          f"defaults (`pyro-vae configs` lists the shipped ones; aevb_mnist is the paper's run), or {defaults_alone} for the defaults alone.")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level.")
     return data
@@ -425,9 +429,38 @@ def from_dict(data: Dict[str, Any], source: str = "(dict)") -> RunConfig:
         raise ConfigError(_format_validation_error(source, e)) from None
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> Dict[str, str]:
+    """The configs that ship with the package: name -> the first line of the file's description."""
+    described = {}
+    for path in sorted(SHIPPED_CONFIGS.glob("*.yaml")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        described[path.stem] = first.lstrip("# ").strip() if first.startswith("#") else ""
+    return described
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A config file's path from what a user wrote: a file, a run folder (its ``config.yaml``), or
+    the name of a shipped config (``aevb_mnist``, ``tiny``: see ``pyro-vae configs``). A file or
+    folder that exists wins over a shipped config of the same name."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path / "config.yaml"
+    if path.exists():
+        return path
+    shipped = SHIPPED_CONFIGS / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = ", ".join(shipped_configs())
+    raise ConfigError(f"config file {str(name_or_path)!r} does not exist and names no shipped config ({names}); "
+                      "give a config file's path, a run folder, or one of those names.")
+
+
 def load(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read, override and validate a config file."""
-    path = Path(path)
+    """Read, override and validate a config: a file, a run folder or a shipped config's name."""
+    path = config_path(path)
     data = apply_overrides(_read_file(path), overrides)
     return from_dict(data, source=str(path))
 

@@ -184,16 +184,20 @@ class Trainer:
     """Builds everything a run needs from its config and trains it, writing into ``run_dir``.
 
     :param data: an already-loaded data set (tests, examples); loaded from the config otherwise.
+    :param progress: show a progress bar during each epoch.
+    :param epoch_lines: print one line per epoch (default: as ``progress``); the command line prints
+        them with or without bars.
     """
 
     def __init__(
         self, config: RunConfig, run_dir: Path | str, data: Optional[Dataset] = None, progress: bool = True,
-        dist_info: Optional[distributed.DistInfo] = None,
+        dist_info: Optional[distributed.DistInfo] = None, epoch_lines: Optional[bool] = None,
     ) -> None:
         self.config = config
         self.run_dir = folder_path(run_dir, "the run folder (--run-dir)")  # before any data is loaded
         self.dist = dist_info if dist_info is not None else distributed.from_env()
         self.progress = progress and self.dist.is_main
+        self.epoch_lines = (progress if epoch_lines is None else epoch_lines) and self.dist.is_main
         self.device = resolve_device(config.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -614,7 +618,7 @@ class Trainer:
             wall_seconds=round(self.wall_seconds, 4),
         )
         self._write_metrics(row)
-        if self.progress:
+        if self.epoch_lines:
             tqdm.write(f"{describe_epoch(row, objective.name)} ({epoch_seconds:.1f} s)")
         if self.epoch % cfg.checkpoint_every == 0 or self.stop_reason() is not None:
             self.save()

@@ -11,10 +11,11 @@ from pyro_vae.cli import main
 
 def test_cli_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=2",
+    assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=2",
                  "--set", "model.z_dim=2", "--evaluate"]) == 0
     out = capsys.readouterr().out
     assert "test ELBO" in out and "iwae on test" in out and "k=100" in out
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("epoch ")] == ["epoch 1", "epoch 2"]  # one line an epoch
     assert (run / "config.yaml").exists() and (run / "checkpoint.pt").exists() and (run / "metrics.csv").exists()
     # resume for one more epoch
     assert main(["train", str(run), "--resume", "--set", "training.epochs=3", "--no-progress"]) == 0
@@ -77,7 +78,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "exact log p(x) needs a standard-normal prior, a linear decoder" in capsys.readouterr().err
     # asked of `train --evaluate`, it is refused before training
     fresh = tmp_path / "mlp_exact"
-    assert main(["train", "configs/tiny.yaml", "--run-dir", str(fresh), "--evaluate", "--set", "evaluation.estimator=exact", "--no-progress"]) == 2
+    assert main(["train", "tiny", "--run-dir", str(fresh), "--evaluate", "--set", "evaluation.estimator=exact", "--no-progress"]) == 2
     assert "estimator exact: exact log p(x) needs" in capsys.readouterr().err and not (fresh / "checkpoint.pt").exists()
     assert main(["sample", str(run), "--n", "4"]) == 0
     assert (run / "samples.npy").exists()  # synthetic data is not an image: samples saved as an array
@@ -93,7 +94,7 @@ def test_cli_image_plots(tmp_path, capsys):
 
     np.savez(tmp_path / "img.npz", x=np.random.default_rng(0).random((60, 8, 8)).astype(np.float32), y=np.arange(60) % 3)
     run = tmp_path / "img"
-    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", f"data={{name: npz, path: {tmp_path / 'img.npz'}}}",
+    assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", f"data={{name: npz, path: {tmp_path / 'img.npz'}}}",
                  "--set", "model.likelihood={name: continuous_bernoulli}", "--set", "training.epochs=1"]) == 0
     capsys.readouterr()
     assert main(["plot", str(run)]) == 0
@@ -118,7 +119,7 @@ def test_cli_image_plots(tmp_path, capsys):
 def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["train", str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["train", "configs/tiny.yaml", "--set", "model.prior.name=gaussian_prior", "--run-dir", str(tmp_path / "r")]) == 2
+    assert main(["train", "tiny", "--set", "model.prior.name=gaussian_prior", "--run-dir", str(tmp_path / "r")]) == 2
     assert "Valid prior names" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
@@ -138,7 +139,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
         (["evaluate", "RUN", "--memory-gb", "inf"], "argument --memory-gb"),
         (["sample", "RUN", "--n", "0"], "argument --n: expected a whole number >= 1"),
         (["evaluate", "RUN", "--device", "tpu"], "argument --device: expected auto, cpu, cuda or cuda:N, got 'tpu'"),
-        (["train", "configs/tiny.yaml", "--device", "cuda:x"], "argument --device: expected auto, cpu, cuda or cuda:N"),
+        (["train", "tiny", "--device", "cuda:x"], "argument --device: expected auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_cli_rejects_counts_below_one_before_loading_anything(tmp_path, capsys, argv, message):
@@ -166,7 +167,7 @@ def test_evaluating_more_points_than_the_split_holds_says_so(tmp_path):
     from pyro_vae.evaluate import evaluate_run
 
     run = tmp_path / "run"
-    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
+    assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
     with pytest.warns(UserWarning, match=r"n = 500 \(--n\) is more than the 100 points of the test split"):
         result = evaluate_run(run, estimator="elbo", n=500, progress=False)
     assert result["n"] == 100 and Path(result["path"]).name == "eval_elbo_test.json"  # all of it: no n in the name
@@ -179,7 +180,7 @@ def test_an_evaluation_with_other_settings_is_written_beside_the_others_not_over
     from pyro_vae.evaluate import default_output_name, evaluate_run
 
     run = tmp_path / "run"
-    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
+    assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
     first = evaluate_run(run, estimator="iwae", k=20, progress=False)
     quick = evaluate_run(run, estimator="iwae", k=3, n=10, progress=False)
     reseeded = evaluate_run(run, estimator="iwae", k=20, seed=1, progress=False)
@@ -203,7 +204,7 @@ def test_output_paths_are_checked_before_the_work_and_folders_created(tmp_path, 
     """A mistyped --out fails at once with the reason, not after minutes of estimation; a missing
     folder is created."""
     run = tmp_path / "run"
-    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
+    assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     capsys.readouterr()
@@ -232,7 +233,7 @@ def test_a_run_folder_blocked_by_a_file_fails_before_loading_data(tmp_path, caps
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     for run_dir in (blocker, blocker / "sub"):
-        assert main(["train", "configs/tiny.yaml", "--run-dir", str(run_dir), "--no-progress"]) == 2
+        assert main(["train", "tiny", "--run-dir", str(run_dir), "--no-progress"]) == 2
         assert f"the run folder (--run-dir) {run_dir}: {blocker} is a file, not a folder" in capsys.readouterr().err
 
 
@@ -247,7 +248,7 @@ def test_an_interrupt_says_what_was_kept(monkeypatch, capsys, command, message):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, f"cmd_{command}", interrupted)
-    assert cli.main([command, "configs/tiny.yaml"]) == 130
+    assert cli.main([command, "tiny"]) == 130
     err = capsys.readouterr().err
     assert message in err and (command == "train" or "--resume" not in err)
 
@@ -264,7 +265,7 @@ def test_cli_prints_its_own_warnings_as_one_line(tmp_path, capsys):
             # pytest records warnings; print them as Python does outside a test
             warnings.showwarning = lambda m, c, f, n, file=None, line=None: sys.stderr.write(warnings.formatwarning(m, c, f, n, line))
             warnings.simplefilter("always")
-            code = main(["train", "configs/tiny.yaml", "--run-dir", str(tmp_path / "r"), "--no-progress",
+            code = main(["train", "tiny", "--run-dir", str(tmp_path / "r"), "--no-progress",
                          "--set", "training.epochs=1", "--set", "training.batch_size=1000"])
         assert code == 0
         err = capsys.readouterr().err
@@ -284,7 +285,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     root = Path(__file__).resolve().parents[1]
     code = re.search(r"## From Python.*?```python\n(.*?)```", (root / "README.md").read_text(), re.S).group(1)
     assert code.count("runs/tiny_student_t") == 2
-    monkeypatch.chdir(root)  # the snippet names configs/tiny.yaml relative to the repository
+    monkeypatch.chdir(tmp_path)  # the snippet names a shipped config, found from any folder
     namespace: dict = {}
     exec(code.replace("runs/tiny_student_t", str(tmp_path / "run")), namespace)
     out = capsys.readouterr().out
@@ -300,7 +301,7 @@ def test_evaluate_exact_on_a_linear_gaussian_run(tmp_path, capsys):
     from pyro_vae.train import load_run
 
     run = tmp_path / "linear"
-    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=2",
+    assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=2",
                  "--set", "model.decoder.hidden=[]", "--set", "model.likelihood={name: gaussian, variance: fixed, fixed_std: 0.5}"]) == 0
     assert main(["evaluate", str(run), "--estimator", "exact", "--n", "20", "--no-progress"]) == 0
     assert main(["evaluate", str(run), "--estimator", "iwae", "--k", "2000", "--n", "20", "--no-progress"]) == 0
@@ -320,7 +321,7 @@ def test_evaluating_the_train_split_of_a_dynamically_binarized_run_scores_one_se
     np.savez(tmp_path / "grey.npz", x=np.random.default_rng(0).random((40, 6)).astype(np.float32))
     run = tmp_path / "run"
     with pytest.warns(UserWarning, match="dropped variance=learned"):  # tiny.yaml's Gaussian option
-        assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1",
+        assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1",
                      "--set", f"data={{name: npz, path: {tmp_path / 'grey.npz'}, binarize: dynamic}}",
                      "--set", "model.likelihood.name=bernoulli", "--set", "model.z_dim=2", "--set", "training.batch_size=12"]) == 0
     values = []
@@ -335,7 +336,7 @@ def test_compare_pairs_two_runs_estimates_point_by_point_and_refuses_other_point
     error of that mean (paired), beside the unpaired error; two evaluations of other points are refused."""
     runs = [tmp_path / "a", tmp_path / "b"]
     for run, seed in zip(runs, (0, 1)):
-        assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1",
+        assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1",
                      "--set", f"seed={seed}"]) == 0
         assert main(["evaluate", str(run), "--k", "20", "--n", "30", "--no-progress"]) == 0
     a_path, b_path = (run / "eval_iwae_k20_test_n30.json" for run in runs)
@@ -378,7 +379,7 @@ def test_show_lists_a_runs_model_training_and_every_estimate_beside_it(tmp_path,
     estimate with its settings and error, flagged when it scored an earlier epoch than the run has
     reached; a file it cannot read is named, not fatal."""
     run = tmp_path / "run"
-    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
+    assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
     for args in (["--k", "5", "--n", "3"], ["--estimator", "elbo"]):
         assert main(["evaluate", str(run), "--no-progress", *args]) == 0
     assert main(["train", str(run), "--resume", "--set", "training.epochs=2", "--no-progress"]) == 0

@@ -13,9 +13,9 @@ from .conftest import tiny_config, tiny_config_dict
 
 def test_shipped_configs_validate():
     for name in ("aevb_mnist.yaml", "aevb_frey.yaml", "tiny.yaml"):
-        cfg = C.load(f"configs/{name}")
+        cfg = C.load(name)
         assert cfg.model.z_dim > 0
-    paper = C.load("configs/aevb_mnist.yaml")
+    paper = C.load("aevb_mnist")
     assert paper.model.encoder.options["hidden"] == [500]
     assert paper.optimizer.name == "adagrad" and paper.optimizer.options["lr"] == 0.02
     assert paper.objective.name == "jit_trace_meanfield" and paper.data.binarize == "dynamic"
@@ -239,7 +239,7 @@ def test_registry_options_exclude_context():
 def test_infinite_or_nan_numbers_are_rejected_at_load(override, message):
     """An infinite learning rate or scale would only show up later as a NaN loss."""
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
-        C.load("configs/tiny.yaml", [override])
+        C.load("tiny", [override])
 
 
 @pytest.mark.parametrize(
@@ -252,7 +252,7 @@ def test_infinite_or_nan_numbers_are_rejected_at_load(override, message):
 )
 def test_a_rejected_value_is_quoted_in_its_message(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        C.load("configs/tiny.yaml", [override])
+        C.load("tiny", [override])
 
 
 def test_a_rejected_section_is_not_quoted_whole():
@@ -283,7 +283,23 @@ def test_a_key_given_twice_is_an_error_not_a_silent_overwrite(tmp_path):
     with pytest.raises(ConfigError, match=r"key 'model' appears twice in one mapping \(lines 2 and 5\)"):
         C.load(p)
     with pytest.raises(ConfigError, match=r"--set .*key 'name' appears twice in one mapping \(line 1\)"):
-        C.load("configs/tiny.yaml", ["optimizer={name: adam, name: sgd}"])
+        C.load("tiny", ["optimizer={name: adam, name: sgd}"])
     # YAML merge keys stay usable: keys written out override the merged ones, as YAML says
     p.write_text("data: {name: synthetic}\noptimizer:\n  <<: {name: adam, lr: 0.1}\n  lr: 0.2\n")
     assert C.load(p).optimizer.options == {"lr": 0.2} and C.load(p).optimizer.name == "adam"
+
+
+def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    from pyro_vae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert C.config_path("tiny") == C.config_path("tiny.yaml") == C.SHIPPED_CONFIGS / "tiny.yaml"
+    assert C.load("aevb_mnist").name == "aevb_mnist"
+    (tmp_path / "tiny.yaml").write_text("name: mine\n")  # a file of the user's wins over a shipped name
+    assert C.load("tiny.yaml").name == "mine"
+    with pytest.raises(ConfigError, match=r"'nope' does not exist and names no shipped config \(aevb_frey, aevb_mnist, tiny\)"):
+        C.load("nope")
+    assert main(["configs"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed[:3]] == ["aevb_frey", "aevb_mnist", "tiny"]
+    assert "Bernoulli decoder" in listed[1]

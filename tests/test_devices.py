@@ -181,7 +181,7 @@ def test_static_binarization_draws_the_same_pixels_on_every_device(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_command_line_on_the_device(tmp_path, device, capsys):
     run = tmp_path / "run"
-    assert main(["train", "configs/tiny.yaml", "--run-dir", str(run), "--device", device, "--no-progress",
+    assert main(["train", "tiny", "--run-dir", str(run), "--device", device, "--no-progress",
                  "--set", "training.epochs=2", "--evaluate", "--set", "evaluation.n=10", "--set", "evaluation.k=50"]) == 0
     info = json.loads((run / "run.json").read_text())
     assert info["device"].startswith(device)

@@ -1,6 +1,7 @@
 """Estimators against exact log p(x) of a linear-Gaussian model, and the batched HMC kernel."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,8 +131,8 @@ def test_the_memory_plan_counts_what_the_prior_takes_per_particle():
     from pyro_vae.model import build_vae
 
     x = torch.bernoulli(torch.full((3, 784), 0.2))
-    paper = build_vae(C.load("configs/aevb_mnist.yaml").model, (1, 28, 28))
-    vamp = build_vae(C.load("configs/aevb_mnist.yaml", ["model.prior.name=vamp", "model.prior.components=300"]).model, (1, 28, 28))
+    paper = build_vae(C.load("aevb_mnist").model, (1, 28, 28))
+    vamp = build_vae(C.load("aevb_mnist", ["model.prior.name=vamp", "model.prior.components=300"]).model, (1, 28, 28))
     state = torch.random.get_rng_state()
     paper_bytes, vamp_bytes = bytes_per_particle(paper, x), bytes_per_particle(vamp, x)
     assert torch.equal(torch.random.get_rng_state(), state)  # measuring draws nothing from the estimate's stream
@@ -328,8 +329,11 @@ def test_arviz_daily_notice_stays_out_of_reports(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "ArviZ is undergoing" not in done.stderr
-    # the notice was due (this cache had no stamp) and was filtered, not missed
-    assert (tmp_path / "arviz" / "daily_warning").exists()
+    import arviz
+
+    if "daily_warning" in Path(arviz.__file__).read_text():  # ArviZ releases before 0.23 have no notice
+        # the notice was due (this cache had no stamp) and was filtered, not missed
+        assert (tmp_path / "arviz" / "daily_warning").exists()
 
 
 def test_gap_report_decomposes(problem):
