@@ -2,7 +2,7 @@
 by hand, measured interleaved in the same run (one trajectory a side in turn; the ratio comes
 with the quartiles of the trajectories' paired ratios, ``paired.py``). The kernel runs twice: with
 the potential the estimators use (Pyro traces of the model, compiled per shape where that is
-faster: ``pyro_vae.estimators.potentials``) and with Pyro's traces run eagerly at every evaluation.
+faster: ``pyro_vae.mcmc.potentials``) and with Pyro's traces run eagerly at every evaluation.
 
 Model: the paper's MNIST decoder (Nz-H-784, tanh, Bernoulli) with a N(0, I) prior; one chain per
 datapoint for ``--points`` binary images; ``--leapfrog`` steps per trajectory.
@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pyro_vae import allocator, config as C
-from pyro_vae.estimators.hmc import BatchedHMC
-from pyro_vae.estimators.potentials import compiles, model_log_densities
-from pyro_vae.model import build_vae
+from pyro_vae.speed import allocator
+from pyro_vae import config as C
+from pyro_vae.mcmc.hmc import BatchedHMC
+from pyro_vae.mcmc.potentials import compiles, model_log_densities
+from pyro_vae.config.build import vae_from_config
 from pyro_vae.traces import log_densities
-from pyro_vae.train import describe_device, resolve_device, set_validation, synchronize
+from pyro_vae.hardware import describe_device, resolve_device, synchronize
+from pyro_vae.model import set_validation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helper, also when loaded by path
 from paired import paired_ratios_line  # noqa: E402
@@ -71,7 +73,7 @@ def main(args: argparse.Namespace) -> None:
     cfg = C.load("aevb_mnist", [f"model.z_dim={args.z}", f"model.decoder.hidden=[{args.hidden}]", f"model.encoder.hidden=[{args.hidden}]"])
     set_validation(False)  # as in training and `pyro-vae evaluate`; the plain loop validates nothing
     device = resolve_device(args.device)
-    vae = build_vae(cfg.model, (1, 28, 28)).to(device)
+    vae = vae_from_config(cfg.model, (1, 28, 28)).to(device)
     vae.register_params = False  # as inside the estimators (`without_param_store`)
     x = torch.bernoulli(torch.full((args.points, 784), 0.15), generator=torch.Generator().manual_seed(0)).to(device)
     z = torch.zeros(1, args.points, args.z, device=device)

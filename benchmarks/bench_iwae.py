@@ -31,12 +31,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pyro_vae import allocator, config as C
+from pyro_vae.speed import allocator
+from pyro_vae import config as C
 from pyro_vae.estimators.iwae import CPU_CHUNK_BYTES, log_weight_stats, plan_chunks
 from pyro_vae.estimators.memory import bytes_per_particle
-from pyro_vae.model import build_vae
-from pyro_vae.fused_linear import available as fused_linear_available
-from pyro_vae.train import describe_device, resolve_device, set_validation, synchronize
+from pyro_vae.config.build import vae_from_config
+from pyro_vae.speed.fused_linear import available as fused_linear_available
+from pyro_vae.hardware import describe_device, resolve_device, synchronize
+from pyro_vae.model import set_validation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helper, also when loaded by path
 from paired import paired_ratios_line  # noqa: E402
@@ -164,7 +166,7 @@ def main(args: argparse.Namespace) -> None:
     if args.run:
         # a trained model on its own test set: what `pyro-vae evaluate` times (its decoder's logits
         # are far from zero, where softplus is cheaper than at an untrained model's)
-        from pyro_vae.train import load_run
+        from pyro_vae.runs.load import load_run
 
         trained = load_run(args.run, device=args.device)
         vae, x = trained.vae, trained.x_test[: args.n]
@@ -174,10 +176,10 @@ def main(args: argparse.Namespace) -> None:
             g = torch.Generator().manual_seed(0)
             x = torch.bernoulli(torch.full((args.n, 784), 0.15), generator=g)
         else:
-            from pyro_vae.datasets import load_dataset
+            from pyro_vae.data.datasets import load_dataset
 
             x = load_dataset(cfg.data).x_test[: args.n]
-        vae = build_vae(cfg.model, (1, 28, 28))
+        vae = vae_from_config(cfg.model, (1, 28, 28))
         model_name = "untrained paper model"
     x, vae = x.to(device), vae.to(device)
     vae.register_params = False  # as inside `iwae` (`without_param_store`)

@@ -33,10 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_vae import allocator, config as C
-from pyro_vae.datasets import Dataset
-from pyro_vae.optimizers import Adagrad
-from pyro_vae.train import Trainer, describe_device, resolve_device, synchronize
+from pyro_vae.speed import allocator
+from pyro_vae import config as C
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.optimizers.inplace import Adagrad
+from pyro_vae.hardware import describe_device, resolve_device, synchronize
+from pyro_vae.training.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helper, also when loaded by path
 from paired import paired_ratios_line  # noqa: E402
@@ -126,9 +128,9 @@ print(time.perf_counter() - t)
 import time, torch
 t = time.perf_counter()
 from pyro_vae import config as C
-from pyro_vae.datasets import Dataset
-from pyro_vae.optimizers import Adagrad
-from pyro_vae.train import Trainer
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.optimizers.inplace import Adagrad
+from pyro_vae.training.trainer import Trainer
 x = torch.bernoulli(torch.full(({b}, 784), 0.3))
 cfg = C.load("aevb_mnist", ["device={dev}", "model.z_dim={z}", "model.encoder.hidden=[{h}]", "model.decoder.hidden=[{h}]"])
 tr = Trainer(cfg, "{tmp}", data=Dataset("b", x, x, (1, 28, 28)), progress=False)

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_vae import experiments as X  # noqa: E402
+import experiments as X  # noqa: E402
 from pyro_vae.cli import folder_arg, positive_float, positive_int  # noqa: E402
 
 SETTINGS = {

@@ -23,14 +23,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_vae import estimators  # noqa: E402
-from pyro_vae import experiments as X  # noqa: E402
+import experiments as X  # noqa: E402
 from pyro_vae.cli import folder_arg, positive_float, positive_int  # noqa: E402
-from pyro_vae.compare import paired_difference  # noqa: E402
-from pyro_vae.datasets import binarize  # noqa: E402
-from pyro_vae.estimators.hmc import RHAT_THRESHOLD  # noqa: E402
+from pyro_vae.runs.compare import paired_difference  # noqa: E402
+from pyro_vae.data.datasets import binarize  # noqa: E402
+from pyro_vae.mcmc.hmc import RHAT_THRESHOLD  # noqa: E402
 from pyro_vae.errors import ConfigError  # noqa: E402
-from pyro_vae.paths import write_text_atomically  # noqa: E402
-from pyro_vae.train import Trainer  # noqa: E402
+from pyro_vae.files import write_text_atomically  # noqa: E402
+from pyro_vae.training.trainer import Trainer  # noqa: E402
 
 METHODS = {"aevb": "trace_meanfield", "wake_sleep": "wake_sleep", "mcem": "mcem"}
 

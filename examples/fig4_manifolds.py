@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyro_vae import experiments as X
+import experiments as X
 from pyro_vae.cli import folder_arg, positive_float, positive_int
-from pyro_vae.plotting import plot_manifold
+from pyro_vae.runs.plotting import plot_manifold
 
 CONFIGS = {"mnist": "aevb_mnist", "frey": "aevb_frey"}
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae import experiments as X
+import experiments as X
 from pyro_vae.cli import folder_arg, positive_float, positive_int
-from pyro_vae.plotting import plot_samples
+from pyro_vae.runs.plotting import plot_samples
 
 
 def main(args: argparse.Namespace) -> None:

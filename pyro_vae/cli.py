@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import ConfigError, PyroVAEError, one_line_warnings
-from .paths import folder_path, prepared_output
+from pyro_vae.errors import ConfigError, PyroVAEError, one_line_warnings
+from pyro_vae.files import folder_path, prepared_output
 
 
 def _whole_number(text: str, minimum: int) -> int:
@@ -45,7 +46,7 @@ def positive_float(text: str) -> float:
 def device_arg(text: str) -> str:
     """argparse type: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether a GPU is there is checked
     when the device is resolved, with its own message)."""
-    from .config import is_device_name
+    from pyro_vae.config import is_device_name
 
     name = text.strip()
     if is_device_name(name):
@@ -62,8 +63,8 @@ def folder_arg(text: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load
-    from .train import Trainer
+    from pyro_vae.config import load
+    from pyro_vae.training.trainer import Trainer
 
     if args.allow_changes and not args.resume:
         raise ConfigError("--allow-changes applies to a resumed run only; add --resume.")
@@ -74,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else (Path(args.config) if Path(args.config).is_dir() else Path("runs") / config.name)
     trainer = Trainer(config, run_dir, progress=not args.no_progress, epoch_lines=True)
     if args.evaluate and config.evaluation.estimator == "exact":
-        from .evaluate import check_exact_applies
+        from pyro_vae.runs.evaluate import check_exact_applies
 
         check_exact_applies(trainer.vae)  # before training, not after it
     rows = trainer.train(resume=args.resume, allow_changes=args.allow_changes)
@@ -85,16 +86,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"nothing to train: the run is at epoch {trainer.epoch} ({trainer.samples_seen} samples), {trainer.stop_reason()}; "
               "raise training.epochs or training.sample_budget (--set) to continue it")
     if args.evaluate:
-        from .evaluate import evaluate_run
+        from pyro_vae.estimators.options import EstimatorOptions
+        from pyro_vae.runs.evaluate import evaluate_run
 
-        ev = config.evaluation
-        result = evaluate_run(run_dir, ev.estimator, ev.k, ev.split, ev.n, config.seed, args.device, ev.memory_gb, progress=not args.no_progress)
+        ev = config.evaluation  # scores the model just trained, as loading it from the folder would
+        settings = {name: getattr(ev, name) for name in EstimatorOptions.model_fields}
+        result = evaluate_run(trainer.trained_run(), ev.estimator, ev.split, ev.n, config.seed, progress=not args.no_progress, **settings)
         _print_result(result)
     return 0
 
 
 def _is_main() -> bool:
-    from .distributed import from_env
+    from pyro_vae.distributed import from_env
 
     return from_env().is_main
 
@@ -148,14 +151,13 @@ def _print_active_units(estimate: dict) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run
+    from pyro_vae.runs.evaluate import evaluate_run
 
-    result = evaluate_run(
-        args.run, args.estimator, args.k, args.split, args.n, args.seed, args.device, args.memory_gb,
-        ais_steps=args.ais_steps, ais_chains=args.ais_chains, ais_start=args.ais_start, ais_schedule=args.ais_schedule,
-        hmc_samples=args.hmc_samples, hmc_chains=args.hmc_chains, hmc_warmup=args.hmc_warmup,
-        progress=not args.no_progress, out=args.out,
-    )
+    from pyro_vae.estimators.options import EstimatorOptions
+
+    settings = {name: getattr(args, name) for name in EstimatorOptions.model_fields}
+    result = evaluate_run(args.run, args.estimator, args.split, args.n, args.seed, args.device, progress=not args.no_progress,
+                          out=args.out, **settings)
     _print_result(result)
     return 0
 
@@ -163,9 +165,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from .plotting import MAX_PICTURE_SAMPLES, is_image, picture_formats, plot_samples
-    from .samples import write_sample_means
-    from .train import load_run
+    from pyro_vae.runs.plotting import MAX_PICTURE_SAMPLES, is_image, picture_formats, plot_samples
+    from pyro_vae.runs.samples import write_sample_means
+    from pyro_vae.runs.load import load_run
 
     out = prepared_output(args.out, "--out") if args.out else Path(args.run) / "samples.png"
     image_formats = picture_formats()
@@ -173,26 +175,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: give a .npy file (the sample means as an array) or a picture "
                           f"({', '.join('.' + f for f in image_formats)}).")
     as_array = out.suffix.lower() == ".npy"
-    trainer = load_run(args.run, device=args.device)
-    if not as_array and is_image(trainer.vae.x_shape) and args.n > MAX_PICTURE_SAMPLES:
+    trained = load_run(args.run, device=args.device)
+    if not as_array and is_image(trained.vae.x_shape) and args.n > MAX_PICTURE_SAMPLES:
         raise ConfigError(f"--n {args.n}: a picture shows at most {MAX_PICTURE_SAMPLES} samples (a 50 x 50 grid); "
                           f"for more, write them as an array with --out {out.with_suffix('.npy')}.")
     torch.manual_seed(args.seed)
     if as_array:
-        write_sample_means(trainer.vae, out, args.n)
-    elif plot_samples(trainer.vae, out, n=args.n, nrow=int(args.n**0.5) or 1) is None:
-        out = write_sample_means(trainer.vae, out.with_suffix(".npy"), args.n)
+        write_sample_means(trained.vae, out, args.n)
+    elif plot_samples(trained.vae, out, n=args.n, nrow=int(args.n**0.5) or 1) is None:
+        out = write_sample_means(trained.vae, out.with_suffix(".npy"), args.n)
         print("the data are not images: the samples are saved as an array", file=sys.stderr)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plotting import plot_run
-    from .train import load_run
+    from pyro_vae.runs.plotting import plot_run
+    import torch
 
-    trainer = load_run(args.run, device=args.device)
-    written, skipped = plot_run(Path(args.run), trainer.vae, trainer.x_test, trainer.data.y_test)
+    from pyro_vae.runs.load import load_run
+
+    trained = load_run(args.run, device=args.device)
+    torch.manual_seed(trained.config.seed)  # the samples drawn in the pictures
+    written, skipped = plot_run(Path(args.run), trained.vae, trained.x_test, trained.data.y_test)
     for p in written:
         print(f"wrote {p}")
     for name, why in skipped.items():
@@ -201,7 +206,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .summary import run_summary
+    from pyro_vae.runs.summary import run_summary
 
     code = 0
     for i, run in enumerate(args.runs):  # `pyro-vae show runs/*`: each run, a blank line between
@@ -214,14 +219,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, comparison_text
+    from pyro_vae.runs.compare import compare, comparison_text
 
     print(comparison_text(compare(args.a, args.b)))
     return 0
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
-    from .config import SHIPPED_CONFIGS, shipped_configs
+    from pyro_vae.config import SHIPPED_CONFIGS, shipped_configs
 
     configs = shipped_configs()
     width = max(map(len, configs))
@@ -232,16 +237,36 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from .config import DataConfig
-    from .datasets import load_dataset
+    from pyro_vae.data.datasets import load_dataset
 
-    data = load_dataset(DataConfig(name=args.name, root=args.root, download=True))
+    data = load_dataset(args.name, root=args.root, download=True)
     print(f"{args.name}: {data.x_train.shape[0]} train / {data.x_test.shape[0]} test points of shape {data.x_shape}; {data.info.get('source', '')}")
     return 0
 
 
+def _add_estimator_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per estimator setting (``--k``, ``--ais-steps``, ...), with the type, bounds,
+    default and help that :class:`~pyro_vae.estimators.options.EstimatorOptions` declares."""
+    from pyro_vae.estimators.options import DEFAULTS, EstimatorOptions, describe_setting
+
+    for name, field in EstimatorOptions.model_fields.items():
+        choices = typing.get_args(field.annotation)
+        kind = describe_setting(name)
+        if choices:
+            as_type = None
+        elif kind.endswith(">= 0"):
+            as_type = nonnegative_int
+        elif kind.startswith("a whole number"):
+            as_type = positive_int
+        else:
+            as_type = positive_float
+        default = getattr(DEFAULTS, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=as_type, choices=choices or None, default=default,
+                            help=f"{field.description} (default {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .config import AIS_SCHEDULES, AIS_STARTS, ESTIMATORS
+    from pyro_vae.estimators.options import ESTIMATORS
 
     p = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders in Pyro (AEVB) with honest log p(x).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -265,19 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gaps: ELBO, IWAE-k and AIS per datapoint with the amortization gap; bdmc: forward and reverse "
                         "AIS on --n points simulated from the model (default 100), bracketing log p(x): how far AIS "
                         "with these --ais-steps and --ais-chains can be trusted; exact: closed form, for linear-Gaussian models")
-    e.add_argument("--k", type=positive_int, default=5000, help="IWAE particles (default 5000)")
     e.add_argument("--split", default="test", choices=["test", "train"], help="the data split to score (default test; bdmc scores simulated points instead)")
     e.add_argument("--n", type=positive_int, help="evaluate the first n points only (bdmc: how many to simulate, default 100)")
     e.add_argument("--seed", type=int, default=0, help="seeds the estimator's draws (default 0; another seed is written to its own file)")
     e.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
-    e.add_argument("--memory-gb", type=positive_float, default=2.0, help="memory cap (GiB) of one chunk: IWAE and ELBO particles; AIS, bdmc, hmc and gap-report datapoints")
-    e.add_argument("--ais-steps", type=positive_int, default=1000, help="AIS transitions (default 1000)")
-    e.add_argument("--ais-chains", type=positive_int, default=16, help="AIS chains per datapoint (default 16)")
-    e.add_argument("--ais-start", default="prior", choices=AIS_STARTS, help="AIS from the prior or from q(z|x) (\"AIS + encoder\")")
-    e.add_argument("--ais-schedule", default="sigmoid", choices=AIS_SCHEDULES, help="how AIS's temperatures rise from 0 to 1 (default sigmoid)")
-    e.add_argument("--hmc-samples", type=positive_int, default=50, help="posterior draws per chain for --estimator hmc (AEVB App. D)")
-    e.add_argument("--hmc-chains", type=positive_int, default=2, help="HMC chains per datapoint for --estimator hmc (default 2)")
-    e.add_argument("--hmc-warmup", type=nonnegative_int, default=200, help="HMC warmup steps (step-size tuning) per chain for --estimator hmc (default 200)")
+    _add_estimator_flags(e)
     e.add_argument("--out", help="JSON output path (default: in RUN, named by the estimator, its settings, the split and any "
                    "--n or --seed: eval_iwae_k5000_test.json, eval_ais_steps1000_chains16_test_n100.json)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -321,8 +338,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     one_line_warnings()  # this process is ours (the command), not a library user's
     try:
-        from . import allocator, fused_linear
-        from .estimators import potentials
+        from pyro_vae.speed import allocator
+        from pyro_vae.speed import fused_linear
+        from pyro_vae.mcmc import potentials
 
         # environment settings are checked before any work
         fused_linear.switched_on()
@@ -330,7 +348,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         allocator.switched_on()
         allocator.keep_freed_memory()  # this process is ours: steady CPU speed (see allocator.py)
         code = args.fn(args)
-        from .distributed import from_env, shutdown
+        from pyro_vae.distributed import from_env, shutdown
 
         shutdown(from_env())  # torchrun jobs: leave the process group together
         return code

@@ -23,7 +23,7 @@ from typing import Any, Iterable, List
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError, TrainingError
+from pyro_vae.errors import ConfigError, TrainingError
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
 
 import pyro
 import pyro.distributions as dist
@@ -25,12 +25,11 @@ import pyro.poutine as poutine
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .guides import Guide
-from .likelihoods import Likelihood
-from .priors import Prior
-from .registry import GUIDES, LIKELIHOODS, NETWORKS, PRIORS
-from .traces import DATA_PLATE
+from pyro_vae.components.guides import Guide
+from pyro_vae.components.likelihoods import Likelihood
+from pyro_vae.components.priors import Prior
+from pyro_vae.components.registry import GUIDES, LIKELIHOODS, NETWORKS, PRIORS
+from pyro_vae.traces import DATA_PLATE
 
 
 class VAE(nn.Module):
@@ -59,7 +58,7 @@ class VAE(nn.Module):
         self.decoder = decoder
         # Register parameters with Pyro's param store (needed by Pyro's SVI and the JIT ELBOs). The
         # trainer turns it off for objectives that do not need it, since its own optimizer holds
-        # the parameters (measured interleaved: about 1% of a step, and no stale param-store state).
+        # the parameters (a cost at every step, and no stale param-store state).
         self.register_params = True
         # Views for registration with Pyro (no parameters of their own; state_dict keys unchanged).
         object.__setattr__(self, "generative", nn.ModuleDict({"prior": prior, "likelihood": likelihood, "decoder": decoder}))
@@ -131,8 +130,8 @@ class VAE(nn.Module):
         """Run ``model`` and ``guide`` without registering parameters with Pyro's param store.
 
         Estimators and evaluations use the modules' parameters directly and never need the store;
-        ``pyro.module`` walks every parameter at every call (about 0.13 ms, a third of the fixed
-        cost of an HMC potential evaluation)."""
+        ``pyro.module`` walks every parameter at every call, a large part of the fixed cost of an
+        HMC potential evaluation."""
         saved = self.register_params
         self.register_params = False
         try:
@@ -185,18 +184,37 @@ def without_param_store(fn: EstimatorFn) -> EstimatorFn:
     return wrapper  # type: ignore[return-value]
 
 
-def build_vae(cfg: ModelConfig, x_shape: Tuple[int, ...]) -> VAE:
-    """Build a VAE from the model section of a config, for data of shape ``x_shape``."""
+Component = Dict[str, Any]  # a registry entry as a config writes it: {"name": "mlp", "hidden": [500]}
+
+
+def build_vae(
+    x_shape: Tuple[int, ...],
+    z_dim: int,
+    prior: Component,
+    likelihood: Component,
+    guide: Component,
+    encoder: Component,
+    decoder: Component,
+) -> VAE:
+    """Build a VAE for data of shape ``x_shape`` from registry entries, each written as in a
+    config's ``model:`` section (``{"name": "vamp", "components": 500}``)."""
     x_dim = 1
     for s in x_shape:
         x_dim *= int(s)
-    prior = PRIORS.build(cfg.prior.name, cfg.prior.options, z_dim=cfg.z_dim, x_dim=x_dim)
-    likelihood = LIKELIHOODS.build(cfg.likelihood.name, cfg.likelihood.options, x_dim=x_dim)
-    guide_head = GUIDES.build(cfg.guide.name, cfg.guide.options, z_dim=cfg.z_dim)
-    encoder = NETWORKS.build(
-        cfg.encoder.name, cfg.encoder.options, in_dim=x_dim, out_dim=guide_head.num_outputs(), x_shape=x_shape, role="encoder"
-    )
-    decoder = NETWORKS.build(
-        cfg.decoder.name, cfg.decoder.options, in_dim=cfg.z_dim, out_dim=likelihood.num_outputs(), x_shape=x_shape, role="decoder"
-    )
-    return VAE(x_shape, cfg.z_dim, prior, likelihood, guide_head, encoder, decoder)
+
+    def build(registry: Any, component: Component, **context: Any) -> Any:
+        options = dict(component)
+        return registry.build(options.pop("name"), options, **context)
+
+    prior_module = build(PRIORS, prior, z_dim=z_dim, x_dim=x_dim)
+    likelihood_module = build(LIKELIHOODS, likelihood, x_dim=x_dim)
+    guide_head = build(GUIDES, guide, z_dim=z_dim)
+    encoder_net = build(NETWORKS, encoder, in_dim=x_dim, out_dim=guide_head.num_outputs(), x_shape=x_shape, role="encoder")
+    decoder_net = build(NETWORKS, decoder, in_dim=z_dim, out_dim=likelihood_module.num_outputs(), x_shape=x_shape, role="decoder")
+    return VAE(x_shape, z_dim, prior_module, likelihood_module, guide_head, encoder_net, decoder_net)
+
+
+def set_validation(enabled: bool) -> None:
+    """Distribution argument checks: useful for debugging, a measurable cost per step."""
+    pyro.enable_validation(enabled)
+    torch.distributions.Distribution.set_default_validate_args(enabled)

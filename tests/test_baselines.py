@@ -5,9 +5,9 @@ import torch
 
 from pyro_vae import config as C
 from pyro_vae.estimators import exact_log_px
-from pyro_vae.linear_gaussian import LinearGaussian
-from pyro_vae.registry import OBJECTIVES
-from pyro_vae.train import Trainer
+from pyro_vae.data.linear_gaussian import LinearGaussian
+from pyro_vae.components.registry import OBJECTIVES
+from pyro_vae.training.trainer import Trainer
 
 
 def ppca_ml_loglik(x: torch.Tensor, z_dim: int, sigma: float) -> float:
@@ -75,7 +75,7 @@ def test_evaluating_an_mcem_run_with_an_estimator_that_draws_from_its_untrained_
     says which estimators to use instead; those draw nothing from q(z|x) and stay silent."""
     import warnings
 
-    from pyro_vae.evaluate import evaluate_run
+    from pyro_vae.runs.evaluate import evaluate_run
 
     cfg = {"name": "m", "device": "cpu", "data": {"name": "synthetic", "n_train": 20, "n_test": 6},
            "model": {"z_dim": 2, "encoder": {"name": "mlp", "hidden": [4]}, "decoder": {"name": "mlp", "hidden": [4]},

@@ -26,7 +26,7 @@ def test_first_step_is_timed_in_fresh_processes_with_a_bytecode_cache_outside_th
     seconds = mod.first_step_seconds("pyro-vae", args, str(tmp_path))
     assert 0 < seconds < 60
     cached = {p.name.split(".")[0] for p in tmp_path.rglob("*.pyc") if "pyro_vae" in p.parts}
-    assert {"config", "train", "model"} <= cached  # pyro-vae's modules, compiled once and kept
+    assert {"schema", "trainer", "model"} <= cached  # pyro-vae's modules, compiled once and kept
     assert (sources / "__pycache__").exists() == had_cache
 
 
@@ -87,7 +87,7 @@ def _mean_log_px(out: str) -> list:
 def test_iwae_benchmark_times_a_trained_run(tmp_path, capsys):
     import numpy as np
 
-    from pyro_vae.train import Trainer
+    from pyro_vae.training.trainer import Trainer
 
     from .conftest import tiny_config
 
@@ -108,7 +108,7 @@ def test_iwae_benchmark_times_a_trained_run(tmp_path, capsys):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_hmc_benchmark_runs_on_tiny_data(capsys, monkeypatch, device):
-    from pyro_vae.estimators import potentials
+    from pyro_vae.mcmc import potentials
 
     monkeypatch.setattr(potentials.switched_on, "value", True)  # compiled, whatever PYRO_VAE_COMPILE_POTENTIALS says
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hmc.py"

@@ -152,7 +152,7 @@ def test_cli_rejects_counts_below_one_before_loading_anything(tmp_path, capsys, 
 
 def test_evaluate_run_rejects_bad_settings_from_python_too(tmp_path):
     from pyro_vae.errors import ConfigError
-    from pyro_vae.evaluate import evaluate_run
+    from pyro_vae.runs.evaluate import evaluate_run
 
     for kwargs, message in [({"n": -5}, "n must be a whole number >= 1"), ({"k": 0}, "k must be"),
                             ({"ais_chains": 2.5}, "ais_chains must be"), ({"memory_gb": 0}, "memory_gb must be"),
@@ -164,7 +164,7 @@ def test_evaluate_run_rejects_bad_settings_from_python_too(tmp_path):
 
 def test_evaluating_more_points_than_the_split_holds_says_so(tmp_path):
     """``--n`` above the split's size evaluates the whole split, says so, and records the real n."""
-    from pyro_vae.evaluate import evaluate_run
+    from pyro_vae.runs.evaluate import evaluate_run
 
     run = tmp_path / "run"
     assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
@@ -177,7 +177,7 @@ def test_an_evaluation_with_other_settings_is_written_beside_the_others_not_over
     """A quick `--k 10` check must not replace the k = 5000 estimate a paper reports: each file is
     named by the estimator's settings, the split, the subset and the seed; the same evaluation run
     again replaces its own file."""
-    from pyro_vae.evaluate import default_output_name, evaluate_run
+    from pyro_vae.runs.evaluate import default_output_name, evaluate_run
 
     run = tmp_path / "run"
     assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
@@ -298,7 +298,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
 def test_evaluate_exact_on_a_linear_gaussian_run(tmp_path, capsys):
     """--estimator exact gives the closed-form log p(x) of a linear-Gaussian run, which IWAE approaches."""
     from pyro_vae.estimators import exact_log_px
-    from pyro_vae.train import load_run
+    from pyro_vae.runs.load import load_run
 
     run = tmp_path / "linear"
     assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=2",

@@ -5,8 +5,9 @@ import pytest
 import yaml
 
 from pyro_vae import config as C
+from pyro_vae.config.schema import registry_of
 from pyro_vae.errors import ConfigError
-from pyro_vae.registry import LIKELIHOODS, OPTIMIZERS, PRIORS
+from pyro_vae.components.registry import LIKELIHOODS, OPTIMIZERS, PRIORS
 
 from .conftest import tiny_config, tiny_config_dict
 
@@ -60,8 +61,8 @@ def test_a_component_option_of_the_wrong_type_is_named_with_the_type_it_needs(se
 
 
 def test_a_builder_whose_annotations_cannot_be_resolved_still_loads():
-    from pyro_vae.priors import StandardNormal
-    from pyro_vae.registry import PRIORS
+    from pyro_vae.components.priors import StandardNormal
+    from pyro_vae.components.registry import PRIORS
 
     def builder(*, z_dim: int, x_dim: int, spread: "NotImportedHere" = 1.0):  # noqa: F821
         return StandardNormal(z_dim)
@@ -79,7 +80,7 @@ def test_a_default_no_config_file_can_hold_is_left_to_the_builder(tmp_path):
     leaves it out rather than writing a string the config would refuse on reload."""
     import torch
 
-    from pyro_vae.priors import StandardNormal
+    from pyro_vae.components.priors import StandardNormal
 
     def builder(*, z_dim: int, x_dim: int, dtype: object = torch.float64, spread: float = 2.0):
         return StandardNormal(z_dim)
@@ -200,7 +201,7 @@ def test_saved_config_spells_out_every_component_default(tmp_path):
         section = saved
         for part in path:
             section = section[part]
-        registry = C._registry_of(path)
+        registry = registry_of(path)
         assert set(registry.options(section["name"])) <= set(section), path
 
 
@@ -268,7 +269,7 @@ def test_a_rejected_section_is_not_quoted_whole():
 def test_optimizers_reject_non_finite_settings_from_python_too():
     import torch
 
-    from pyro_vae.optimizers import SGD, Adagrad, Adam
+    from pyro_vae.optimizers.inplace import SGD, Adagrad, Adam
 
     params = [torch.nn.Parameter(torch.zeros(2))]
     for make in (lambda: Adagrad(params, lr=float("inf")), lambda: Adam(params, eps=float("nan")), lambda: SGD(params, momentum=float("inf"))):

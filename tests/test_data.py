@@ -8,11 +8,12 @@ import pytest
 import scipy.io
 import torch
 
-from pyro_vae import datasets as D
+from pyro_vae.data import datasets as D
 from pyro_vae.config import DataConfig
+from pyro_vae.config.build import dataset_from_config
 from pyro_vae.errors import DataError
-from pyro_vae.likelihoods import Bernoulli, Beta, ContinuousBernoulli
-from pyro_vae.safe_pickle import load_arrays
+from pyro_vae.components.likelihoods import Bernoulli, Beta, ContinuousBernoulli
+from pyro_vae.data.safe_pickle import load_arrays
 
 
 def _mnist_like_pickle(path, n=(5, 3, 4), protocol=2):
@@ -126,16 +127,16 @@ def test_npz_loader_and_errors(tmp_path):
 def test_data_sizes_generate_synthetic_points_and_cut_stored_ones(tmp_path):
     # synthetic data are generated to the section's sizes (n_train: 5000 gave the first 1000 of its
     # default 1000 before); a smaller size draws the first points of a larger one
-    big = D.load_dataset(DataConfig(name="synthetic", n_train=5000, n_test=7))
-    small = D.load_dataset(DataConfig(name="synthetic", n_train=50, n_test=3))
+    big = dataset_from_config(DataConfig(name="synthetic", n_train=5000, n_test=7))
+    small = dataset_from_config(DataConfig(name="synthetic", n_train=50, n_test=3))
     assert big.x_train.shape == (5000, 5) and big.x_test.shape == (7, 5)
     assert torch.equal(small.x_train, big.x_train[:50]) and torch.equal(small.x_test, big.x_test[:3])
     # a stored data set is cut to the sizes, and a size beyond it says so
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).random((50, 3)).astype(np.float32))
-    cut = D.load_dataset(DataConfig(name="npz", path=str(tmp_path / "d.npz"), n_train=10))
+    cut = dataset_from_config(DataConfig(name="npz", path=str(tmp_path / "d.npz"), n_train=10))
     assert cut.x_train.shape == (10, 3) and cut.x_test.shape == (5, 3)
     with pytest.warns(UserWarning, match="data.n_train=100, but the train set of 'npz' holds 45 points; all 45 are used"):
-        assert D.load_dataset(DataConfig(name="npz", path=str(tmp_path / "d.npz"), n_train=100)).x_train.shape == (45, 3)
+        assert dataset_from_config(DataConfig(name="npz", path=str(tmp_path / "d.npz"), n_train=100)).x_train.shape == (45, 3)
 
 
 @pytest.mark.parametrize("arrays,message", [
@@ -197,10 +198,10 @@ def test_idx_reader(tmp_path):
 def test_binarization_is_recorded_and_seeded(tmp_path):
     np.savez(tmp_path / "g.npz", x=np.random.default_rng(0).random((30, 9)).astype(np.float32))
     cfg = DataConfig(name="npz", path=str(tmp_path / "g.npz"), binarize="static", binarize_seed=3)
-    a, b = D.load_dataset(cfg), D.load_dataset(cfg)
+    a, b = dataset_from_config(cfg), dataset_from_config(cfg)
     assert torch.equal(a.x_train, b.x_train) and set(a.x_train.unique().tolist()) <= {0.0, 1.0}
     assert a.info["binarize"] == "static" and a.info["binarize_seed"] == 3
-    dyn = D.load_dataset(cfg.model_copy(update={"binarize": "dynamic"}))
+    dyn = dataset_from_config(cfg.model_copy(update={"binarize": "dynamic"}))
     assert not set(dyn.x_train.unique().tolist()) <= {0.0, 1.0}  # resampled per minibatch instead
     assert set(dyn.x_test.unique().tolist()) <= {0.0, 1.0} and "static" in dyn.info["test_binarization"]
 
@@ -225,7 +226,7 @@ def test_support_errors_name_the_fix(tmp_path):
         D.check_support(data, Bernoulli(5), "dynamic")
     with pytest.raises(DataError, match="grey levels in \\[0, 1\\]"):
         np.savez(tmp_path / "big.npz", x=np.full((10, 3), 5.0, np.float32))
-        D.load_dataset(DataConfig(name="npz", path=str(tmp_path / "big.npz"), binarize="static"))
+        dataset_from_config(DataConfig(name="npz", path=str(tmp_path / "big.npz"), binarize="static"))
 
 
 def test_support_is_checked_on_every_point_not_a_prefix():
@@ -249,7 +250,7 @@ def test_binarizing_refuses_nan_grey_levels(tmp_path):
     levels[37, 1] = np.nan
     np.savez(tmp_path / "nan.npz", x=levels)
     with pytest.raises(DataError, match="leaves that range or holds NaN"):
-        D.load_dataset(DataConfig(name="npz", path=str(tmp_path / "nan.npz"), binarize="static"))
+        dataset_from_config(DataConfig(name="npz", path=str(tmp_path / "nan.npz"), binarize="static"))
 
 
 def test_dynamic_binarization_draws_bernoulli_pixels_from_the_global_generator():

@@ -15,14 +15,15 @@ import pytest
 import torch
 
 from pyro_vae import estimators as E
-from pyro_vae.baselines import MonteCarloEM
+from pyro_vae.objectives.mcem import MonteCarloEM
 from pyro_vae.cli import main
-from pyro_vae.datasets import binarize
-from pyro_vae.linear_gaussian import LinearGaussian
-from pyro_vae.model import build_vae
-from pyro_vae.optimizers import Adagrad, Adam, SGD
-from pyro_vae.plotting import plot_run
-from pyro_vae.train import Trainer, load_run
+from pyro_vae.data.datasets import binarize
+from pyro_vae.data.linear_gaussian import LinearGaussian
+from pyro_vae.config.build import vae_from_config
+from pyro_vae.optimizers.inplace import Adagrad, Adam, SGD
+from pyro_vae.runs.plotting import plot_run
+from pyro_vae.runs.load import load_run
+from pyro_vae.training.trainer import Trainer
 
 from .conftest import tiny_config
 from .test_registry import GUIDE_CASES, LIKELIHOOD_CASES, OBJECTIVE_NAMES, PRIOR_CASES, _image_data, _train_one_step
@@ -82,7 +83,7 @@ def test_a_run_resumes_on_another_device(tmp_path, first, then, objective):
 def test_mcem_chains_follow_the_data_to_its_device():
     """MCEM's chains come back from a checkpoint on the CPU; they move to the data's device at the
     next step (here the 'meta' device stands in for a GPU, which this test needs none of)."""
-    vae = build_vae(tiny_config().model, (6,))
+    vae = vae_from_config(tiny_config().model, (6,))
     mcem = MonteCarloEM(num_leapfrog=2, target_accept=0.9, initial_step_size=0.1, m_steps=1, hmc_steps=1)
     mcem._init_chains(vae, 10, torch.device("cpu"))
     chains = mcem.chains.clone()

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from pyro_vae import distributed
 from pyro_vae.errors import ConfigError
-from pyro_vae.train import Trainer
+from pyro_vae.training.trainer import Trainer
 
 from .conftest import tiny_config
 
@@ -61,7 +61,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.save(str(e), f"{out_dir}/tiny_error_{rank}.pt")
     # Sharded IWAE: exact guide => deterministic per-datapoint values.
     from pyro_vae.estimators import exact_vae, iwae
-    from pyro_vae.linear_gaussian import LinearGaussian
+    from pyro_vae.data.linear_gaussian import LinearGaussian
 
     truth = LinearGaussian.random(4, 2, 0.5, seed=0)
     x, _ = truth.sample(11, seed=1)
@@ -71,7 +71,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     full = distributed.gather_shards(part, 11, info)
     torch.save(full, f"{out_dir}/iwae_{rank}.pt")
     # BDMC through `pyro-vae evaluate`: each rank simulates its share of the points, all gather them
-    from pyro_vae.evaluate import evaluate_run
+    from pyro_vae.runs.evaluate import evaluate_run
 
     result = evaluate_run(f"{out_dir}/run", "bdmc", n=5, ais_steps=5, ais_chains=2, progress=False)
     torch.save(result["per_datapoint"], f"{out_dir}/bdmc_{rank}.pt")
@@ -115,7 +115,7 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
     # The logged training objective is the same full-data estimate in both runs.
     assert abs(float(row["train_objective"]) - float(single_metrics["train_objective"])) < 1e-3
     from pyro_vae.estimators import exact_vae, iwae
-    from pyro_vae.linear_gaussian import LinearGaussian
+    from pyro_vae.data.linear_gaussian import LinearGaussian
 
     truth = LinearGaussian.random(4, 2, 0.5, seed=0)
     x, _ = truth.sample(11, seed=1)
@@ -144,7 +144,7 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
 
 
 def test_diagnostics_of_shards_combine_as_over_all_points():
-    from pyro_vae.evaluate import combined_diagnostics
+    from pyro_vae.runs.evaluate import combined_diagnostics
 
     parts = [(3, {"accept_mean": 0.9, "accept_min_chain": 0.5, "rhat_max": 1.2, "ess_bulk_min": 4.0, "datapoints_rhat_above": 1,
                   "rhat_threshold": 1.1}),

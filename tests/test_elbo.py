@@ -6,8 +6,8 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae.elbo import LeanTrace_ELBO, LeanTraceMeanField_ELBO
-from pyro_vae.model import build_vae
+from pyro_vae.objectives.trace_elbo import LeanTrace_ELBO, LeanTraceMeanField_ELBO
+from pyro_vae.config.build import vae_from_config
 
 from .conftest import tiny_config
 
@@ -45,7 +45,7 @@ def _loss_and_grads(elbo, vae, *args, seed=0, **kwargs):
     ],
 )
 def test_lean_elbo_equals_pyro(lean_cls, pyro_cls, prior, guide, particles):
-    vae = build_vae(tiny_config(model={"prior": {"name": prior}, "guide": {"name": guide}}).model, (6,))
+    vae = vae_from_config(tiny_config(model={"prior": {"name": prior}, "guide": {"name": guide}}).model, (6,))
     x, idx = torch.randn(10, 6), torch.arange(3, 13)
     kw = dict(num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=1)
     lean_loss, lean_grads = _loss_and_grads(lean_cls(**kw), vae, x, idx, num_data=100)
@@ -57,7 +57,7 @@ def test_lean_elbo_equals_pyro(lean_cls, pyro_cls, prior, guide, particles):
 
 
 def test_lean_elbo_sequential_particles_average():
-    vae = build_vae(tiny_config().model, (6,))
+    vae = vae_from_config(tiny_config().model, (6,))
     x = torch.randn(10, 6)
     lean, ref = LeanTrace_ELBO(num_particles=4), Trace_ELBO(num_particles=4)
     assert torch.allclose(_loss_and_grads(lean, vae, x)[0], _loss_and_grads(ref, vae, x)[0], rtol=1e-5)
@@ -95,7 +95,7 @@ def test_lean_meanfield_elbo_rejects_discrete_guides_clearly():
 
 
 def test_lean_elbo_defers_to_pyro_with_validation(monkeypatch):
-    vae = build_vae(tiny_config().model, (6,))
+    vae = vae_from_config(tiny_config().model, (6,))
     called = []
     monkeypatch.setattr(Trace_ELBO, "differentiable_loss", lambda self, *a, **k: called.append(1) or torch.zeros(()))
     pyro.enable_validation(True)
@@ -106,7 +106,7 @@ def test_lean_elbo_defers_to_pyro_with_validation(monkeypatch):
 @pytest.mark.parametrize("lean_cls", [LeanTrace_ELBO, LeanTraceMeanField_ELBO])
 def test_lean_elbo_never_reads_a_value_back_to_the_host(lean_cls, monkeypatch):
     """Pyro's ELBOs call .item() at every step (a device synchronisation on CUDA); these must not."""
-    vae = build_vae(tiny_config().model, (6,))
+    vae = vae_from_config(tiny_config().model, (6,))
     x, idx = torch.randn(10, 6), torch.arange(10)
 
     def no_item(self):
@@ -126,7 +126,7 @@ def test_jit_objectives_draw_the_same_z_as_the_eager_ones_from_the_first_step(ji
     stream, so a JIT run and an eager run with the same seed see the same z at every step."""
     from pyro_vae.objectives import OBJECTIVES
 
-    vae = build_vae(tiny_config().model, (6,))
+    vae = vae_from_config(tiny_config().model, (6,))
     x = torch.randn(50, 6)
     jit, eager = OBJECTIVES.build(jit_name, {}), OBJECTIVES.build(eager_name, {})
     with pyro.validation_enabled(False):
@@ -149,7 +149,7 @@ def test_jit_objectives_have_the_gradients_of_the_eager_ones(jit_name, eager_nam
     SGD and a weight prior would not."""
     from pyro_vae.objectives import OBJECTIVES
 
-    vae = build_vae(tiny_config(model={"prior": {"name": prior}, "guide": {"name": guide}}).model, (6,))
+    vae = vae_from_config(tiny_config(model={"prior": {"name": prior}, "guide": {"name": guide}}).model, (6,))
     x, idx = torch.randn(20, 6), torch.arange(20)
     jit, eager = OBJECTIVES.build(jit_name, {}), OBJECTIVES.build(eager_name, {})
     jit.loss(vae, x, idx, 50)  # the compiling call
@@ -173,7 +173,7 @@ def test_jit_objectives_run_their_graph_unoptimized_and_restore_the_setting(jit_
     about 65 ms and gain nothing here); the process-wide setting is put back, also after an error."""
     from pyro_vae.objectives import OBJECTIVES
 
-    vae = build_vae(tiny_config().model, (6,))
+    vae = vae_from_config(tiny_config().model, (6,))
     x, idx = torch.randn(20, 6), torch.arange(20)
     objective = OBJECTIVES.build(jit_name, {})
     seen = []
@@ -210,7 +210,7 @@ def test_iwae_objective_equals_pyros_renyi_elbo_on_a_full_batch():
 
     from pyro_vae.objectives import OBJECTIVES
 
-    vae = build_vae(tiny_config().model, (6,))
+    vae = vae_from_config(tiny_config().model, (6,))
     x = torch.randn(20, 6)
     results = []
     for which in ("ours", "pyro"):

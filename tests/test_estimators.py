@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pyro_vae import estimators as E
-from pyro_vae.estimators.hmc import BatchedHMC
-from pyro_vae.linear_gaussian import LinearGaussian
+from pyro_vae.mcmc.hmc import RHAT_THRESHOLD, BatchedHMC
+from pyro_vae.data.linear_gaussian import LinearGaussian
 from pyro_vae.traces import log_importance_weights
 
 
@@ -128,11 +128,11 @@ def test_the_memory_plan_counts_what_the_prior_takes_per_particle():
     layer and the logits, live together, with the layers fused as the estimators run them."""
     from pyro_vae import config as C
     from pyro_vae.estimators.memory import bytes_per_particle
-    from pyro_vae.model import build_vae
+    from pyro_vae.config.build import vae_from_config
 
     x = torch.bernoulli(torch.full((3, 784), 0.2))
-    paper = build_vae(C.load("aevb_mnist").model, (1, 28, 28))
-    vamp = build_vae(C.load("aevb_mnist", ["model.prior.name=vamp", "model.prior.components=300"]).model, (1, 28, 28))
+    paper = vae_from_config(C.load("aevb_mnist").model, (1, 28, 28))
+    vamp = vae_from_config(C.load("aevb_mnist", ["model.prior.name=vamp", "model.prior.components=300"]).model, (1, 28, 28))
     state = torch.random.get_rng_state()
     paper_bytes, vamp_bytes = bytes_per_particle(paper, x), bytes_per_particle(vamp, x)
     assert torch.equal(torch.random.get_rng_state(), state)  # measuring draws nothing from the estimate's stream
@@ -310,7 +310,7 @@ def test_chain_diagnostics_count_the_datapoints_whose_chains_disagree():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's divide-by-zero inside ArviZ stays out of reports
         diag = E.chain_diagnostics(draws)
-    assert diag["datapoints_rhat_above"] == 4 and diag["rhat_threshold"] == E.hmc.RHAT_THRESHOLD == 1.1
+    assert diag["datapoints_rhat_above"] == 4 and diag["rhat_threshold"] == RHAT_THRESHOLD == 1.1
     assert diag["rhat_max"] == math.inf  # undefined where no chain moved: the worst case
     one_chain = E.chain_diagnostics(draws[:, :1])
     assert "datapoints_rhat_above" not in one_chain and "rhat_max" not in one_chain  # R-hat needs two chains
@@ -323,7 +323,7 @@ def test_arviz_daily_notice_stays_out_of_reports(tmp_path):
     import subprocess
     import sys
 
-    code = ("import torch; from pyro_vae.estimators.hmc import chain_diagnostics; "
+    code = ("import torch; from pyro_vae.mcmc.hmc import chain_diagnostics; "
             "chain_diagnostics(torch.randn(20, 2, 1, 1)); import arviz")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONWARNINGS": "always"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -372,11 +372,11 @@ def test_estimators_leave_pyros_param_store_alone():
     cost is a third of a small HMC potential evaluation), and the VAE's setting is restored."""
     import pyro
 
-    from pyro_vae.model import build_vae
+    from pyro_vae.config.build import vae_from_config
 
     from .conftest import tiny_config
 
-    vae = build_vae(tiny_config().model, (6,))
+    vae = vae_from_config(tiny_config().model, (6,))
     assert vae.register_params
     x = torch.randn(4, 6)
     pyro.clear_param_store()
@@ -391,8 +391,8 @@ def test_estimators_leave_pyros_param_store_alone():
 def test_hmc_potential_gradients_treat_network_parameters_as_constants():
     """dU/dz is all HMC needs: the potential runs inside ``input_gradients_only`` (so the fused
     layers skip weight gradients), and the setting is restored afterwards."""
-    from pyro_vae import fused_linear
-    from pyro_vae.estimators.hmc import potential_and_grad
+    from pyro_vae.speed import fused_linear
+    from pyro_vae.mcmc.hmc import potential_and_grad
 
     seen = []
 

@@ -3,6 +3,7 @@
 import argparse
 import csv
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from pyro_vae.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))  # the scripts share examples/experiments.py, as when run from there
 
 
 def _load(name: str):
@@ -143,9 +145,9 @@ def test_example_device_flag_reaches_the_runs_config(tmp_path, tiny_images, monk
     import runpy
     import sys
 
-    import pyro_vae.allocator
+    import pyro_vae.speed.allocator
 
-    monkeypatch.setattr(pyro_vae.allocator, "keep_freed_memory", lambda: "not applied")  # leave this process's malloc alone
+    monkeypatch.setattr(pyro_vae.speed.allocator, "keep_freed_memory", lambda: "not applied")  # leave this process's malloc alone
     argv = ["fig4_manifolds", "--datasets", "mnist", "--budget", "60", "--grid", "3", "--out", str(tmp_path), "--data", tiny_images,
             "--device", "cpu"] + [a for s in SMALL for a in ("--set", s)]
     monkeypatch.setattr(sys, "argv", argv)
@@ -157,9 +159,9 @@ def test_examples_report_a_bad_config_without_a_traceback(tmp_path, monkeypatch,
     import runpy
     import sys
 
-    import pyro_vae.allocator
+    import pyro_vae.speed.allocator
 
-    monkeypatch.setattr(pyro_vae.allocator, "keep_freed_memory", lambda: "not applied")
+    monkeypatch.setattr(pyro_vae.speed.allocator, "keep_freed_memory", lambda: "not applied")
     missing = f"{{name: npz, path: {tmp_path / 'none.npz'}}}"
     monkeypatch.setattr(sys, "argv", ["fig2_lower_bound", "--budget", "50", "--z-dims", "2", "--out", str(tmp_path), "--data", missing])
     with pytest.raises(SystemExit) as exit_:
@@ -173,7 +175,7 @@ def test_examples_report_a_bad_config_without_a_traceback(tmp_path, monkeypatch,
     ("{name: [", "--data '{name: \\[' is not valid YAML"),
 ])
 def test_a_bad_data_mapping_is_a_config_error(data, message):
-    from pyro_vae import experiments as X
+    import experiments as X
     from pyro_vae.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
@@ -183,9 +185,9 @@ def test_a_bad_data_mapping_is_a_config_error(data, message):
 def test_a_run_that_diverges_ends_at_its_last_good_checkpoint_and_the_sweep_goes_on(tmp_path):
     import torch
 
-    from pyro_vae import experiments as X
+    import experiments as X
     from pyro_vae.errors import TrainingError
-    from pyro_vae.train import Trainer
+    from pyro_vae.training.trainer import Trainer
 
     from .conftest import tiny_config
 
@@ -211,7 +213,7 @@ def test_a_run_that_diverges_ends_at_its_last_good_checkpoint_and_the_sweep_goes
 def test_run_script_records_the_command_and_reports_errors_in_one_line(monkeypatch, capsys):
     import warnings
 
-    from pyro_vae import experiments as X
+    import experiments as X
 
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # run_script sets pyro-vae's one-line format
     parser = argparse.ArgumentParser(prog="fig9.py")

@@ -9,7 +9,7 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae.estimators import exact_vae
-from pyro_vae.linear_gaussian import LinearGaussian
+from pyro_vae.data.linear_gaussian import LinearGaussian
 from pyro_vae.traces import log_importance_weights
 
 
@@ -60,10 +60,10 @@ def test_elbo_of_linear_gaussian_matches_closed_form():
 
 def test_meanfield_elbo_uses_analytic_kl_for_diag_guide():
     from .conftest import tiny_config
-    from pyro_vae.model import build_vae
+    from pyro_vae.config.build import vae_from_config
 
     cfg = tiny_config()
-    vae = build_vae(cfg.model, (6,))
+    vae = vae_from_config(cfg.model, (6,))
     x = torch.randn(10, 6)
     torch.manual_seed(1)
     mf = TraceMeanField_ELBO(num_particles=20000, vectorize_particles=True, max_plate_nesting=1).differentiable_loss(vae.model, vae.guide, x)
@@ -75,10 +75,10 @@ def test_meanfield_elbo_uses_analytic_kl_for_diag_guide():
 def test_subsample_scaling_is_n_over_m():
     from .conftest import tiny_config
     from pyro_vae.objectives import OBJECTIVES  # noqa: F401
-    from pyro_vae.registry import OBJECTIVES as REG
-    from pyro_vae.model import build_vae
+    from pyro_vae.components.registry import OBJECTIVES as REG
+    from pyro_vae.config.build import vae_from_config
 
-    vae = build_vae(tiny_config().model, (6,))
+    vae = vae_from_config(tiny_config().model, (6,))
     x = torch.randn(10, 6)
     for name in ("trace_meanfield", "iwae"):
         objective = REG.build(name, {})
@@ -95,11 +95,11 @@ def test_model_and_guide_work_with_plain_pyro_svi():
     import pyro
     from pyro.infer import SVI
 
-    from pyro_vae.model import build_vae
+    from pyro_vae.config.build import vae_from_config
 
     from .conftest import tiny_config
 
-    vae = build_vae(tiny_config().model, (6,))
+    vae = vae_from_config(tiny_config().model, (6,))
     before = {k: v.detach().clone() for k, v in vae.named_parameters()}
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), TraceMeanField_ELBO())
     x = torch.randn(10, 6)
@@ -110,12 +110,12 @@ def test_model_and_guide_work_with_plain_pyro_svi():
 
 
 def test_jit_objectives_compile_once():
-    from pyro_vae.model import build_vae
-    from pyro_vae.registry import OBJECTIVES as REG
+    from pyro_vae.config.build import vae_from_config
+    from pyro_vae.components.registry import OBJECTIVES as REG
 
     from .conftest import tiny_config
 
-    vae = build_vae(tiny_config().model, (6,))
+    vae = vae_from_config(tiny_config().model, (6,))
     x = torch.randn(10, 6)
     idx = torch.arange(10)
     for name in ("jit_trace", "jit_trace_meanfield"):
@@ -131,7 +131,7 @@ def test_bernoulli_likelihood_log_prob_equals_torch_in_every_branch():
     """The likelihood's cheaper log-prob (without gradients) and its gradient path agree with
     torch's Bernoulli().to_event(1), for same-shape, broadcast and larger-than-logits values and
     soft targets, also after the expansion a plate applies."""
-    from pyro_vae.likelihoods import IndependentLogitBernoulli
+    from pyro_vae.components.likelihoods import IndependentLogitBernoulli
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 4, 10, generator=g) * 4
@@ -158,13 +158,13 @@ def test_bernoulli_likelihood_log_prob_equals_torch_in_every_branch():
 def test_jit_objective_scales_a_short_last_batch_like_the_uncompiled_one():
     """The compiled graph is traced on one batch size; a short last batch must still be scaled by
     N/M with its own M (the plate's subsample size must not be frozen into the graph)."""
-    from pyro_vae.model import build_vae
-    from pyro_vae.registry import OBJECTIVES as REG
+    from pyro_vae.config.build import vae_from_config
+    from pyro_vae.components.registry import OBJECTIVES as REG
 
     from .conftest import tiny_config
 
     torch.manual_seed(0)
-    vae = build_vae(tiny_config().model, (6,))
+    vae = vae_from_config(tiny_config().model, (6,))
     vae.register_params = True
     x = torch.randn(10, 6)
     jit, lean = REG.build("jit_trace_meanfield", {}), REG.build("trace_meanfield", {})
@@ -180,7 +180,7 @@ def test_jit_objective_scales_a_short_last_batch_like_the_uncompiled_one():
 
 @pytest.mark.parametrize("name,fn", [("tanh", torch.tanh), ("relu", torch.relu)])
 def test_activations_work_in_place_only_without_gradients(name, fn):
-    from pyro_vae.networks import ACTIVATIONS
+    from pyro_vae.components.networks import ACTIVATIONS
 
     act = ACTIVATIONS[name]()
     h = torch.randn(5, 4, requires_grad=True)
@@ -197,7 +197,7 @@ def test_activations_work_in_place_only_without_gradients(name, fn):
 def test_kl_against_the_standard_normal_prior_equals_torchs_general_form():
     from torch.distributions import kl_divergence
 
-    from pyro_vae.priors import StandardNormal, UnitNormal
+    from pyro_vae.components.priors import StandardNormal, UnitNormal
 
     prior = StandardNormal(4)()
     assert isinstance(prior.base_dist, UnitNormal)
@@ -218,7 +218,7 @@ def test_kl_against_the_standard_normal_prior_equals_torchs_general_form():
 def test_standard_normal_prior_log_density_equals_torchs_normal():
     """UnitNormal's short log density: same values, gradients and broadcast shapes as Normal(0, 1),
     for values smaller than, equal to and larger than the (plate-expanded) batch shape."""
-    from pyro_vae.priors import StandardNormal
+    from pyro_vae.components.priors import StandardNormal
 
     prior, general = StandardNormal(4)(), dist.Normal(torch.zeros(4), torch.ones(4)).to_event(1)
     for batch, value_shape in (((6,), (6, 4)), ((6,), (3, 6, 4)), ((3, 6), (6, 4)), ((), (4,))):
@@ -233,7 +233,7 @@ def test_standard_normal_prior_log_density_equals_torchs_normal():
 
 def _watch_fused_calls(monkeypatch) -> list:
     """Record the activation of every fused product the networks run from now on."""
-    from pyro_vae import fused_linear
+    from pyro_vae.speed import fused_linear
 
     fused_linear.available()  # probed (and cached) before the op is watched
     calls: list = []
@@ -246,7 +246,7 @@ def _watch_fused_calls(monkeypatch) -> list:
 def fused_layers_on(monkeypatch):
     """The fused layers switched on whatever PYRO_VAE_FUSED_LINEAR says (the tests of the fused
     path itself; the rest of the suite runs either way)."""
-    from pyro_vae import fused_linear
+    from pyro_vae.speed import fused_linear
 
     monkeypatch.setattr(fused_linear.switched_on, "value", True)
 
@@ -256,7 +256,8 @@ def fused_layers_on(monkeypatch):
 def test_mlp_evaluates_with_fused_layers_to_the_same_values(monkeypatch, fused_layers_on, activation, hidden):
     """Without gradients the MLP runs each wide Linear and its activation as one oneDNN product
     (when this torch build has it); the values are those of the layer-by-layer network."""
-    from pyro_vae import fused_linear, networks
+    from pyro_vae.speed import fused_linear
+    from pyro_vae.components import networks
 
     net = networks.mlp(in_dim=6, out_dim=90, x_shape=(90,), role="decoder", hidden=hidden, activation=activation)
     z = torch.randn(7, 3, 6)
@@ -280,7 +281,8 @@ def test_fused_mlp_gradients_equal_the_plain_layers(monkeypatch, fused_layers_on
     """With gradients and enough rows (a batch-1000 step, HMC's chains) the fused layers run
     through their own autograd.Function: values, first and second derivatives are those of the
     plain layers, for the input and every parameter."""
-    from pyro_vae import fused_linear, networks
+    from pyro_vae.speed import fused_linear
+    from pyro_vae.components import networks
 
     net = networks.mlp(in_dim=5, out_dim=70, x_shape=(70,), role="decoder", hidden=[80], activation=activation)
     z = torch.randn(2, fused_linear.MIN_ROWS_WITH_GRAD, 5, requires_grad=True)
@@ -305,7 +307,8 @@ def test_fused_mlp_gradients_equal_the_plain_layers(monkeypatch, fused_layers_on
 def test_input_gradients_only_leaves_parameters_out_of_the_graph(monkeypatch, fused_layers_on):
     """Inside ``input_gradients_only`` (the HMC potential's dU/dz) the fused layers take their
     parameters as constants; dU/dz is unchanged."""
-    from pyro_vae import fused_linear, networks
+    from pyro_vae.speed import fused_linear
+    from pyro_vae.components import networks
 
     net = networks.mlp(in_dim=5, out_dim=70, x_shape=(70,), role="decoder", hidden=[80])
     z = torch.randn(fused_linear.MIN_ROWS_WITH_GRAD, 5, requires_grad=True)
@@ -322,7 +325,8 @@ def test_input_gradients_only_leaves_parameters_out_of_the_graph(monkeypatch, fu
 
 
 def test_fused_mlp_path_is_skipped_inside_plain_layers_and_when_switched_off(monkeypatch):
-    from pyro_vae import fused_linear, networks
+    from pyro_vae.speed import fused_linear
+    from pyro_vae.components import networks
 
     net = networks.mlp(in_dim=4, out_dim=70, x_shape=(70,), role="decoder", hidden=[80])
     calls = _watch_fused_calls(monkeypatch)
@@ -337,7 +341,7 @@ def test_fused_mlp_path_is_skipped_inside_plain_layers_and_when_switched_off(mon
 
 
 def test_fused_mlp_path_leaves_cpu_autocast_to_torchs_layers(monkeypatch):
-    from pyro_vae import networks
+    from pyro_vae.components import networks
 
     net = networks.mlp(in_dim=4, out_dim=70, x_shape=(70,), role="decoder", hidden=[80])
     calls = _watch_fused_calls(monkeypatch)
@@ -347,7 +351,8 @@ def test_fused_mlp_path_leaves_cpu_autocast_to_torchs_layers(monkeypatch):
 
 
 def test_fused_linear_probe_reports_a_missing_op_as_unavailable(monkeypatch):
-    from pyro_vae import fused_linear, networks
+    from pyro_vae.speed import fused_linear
+    from pyro_vae.components import networks
 
     def missing(*args):
         raise RuntimeError("No such operator mkldnn::_linear_pointwise")
@@ -369,8 +374,8 @@ def test_lean_normal_log_density_equals_torchs_normal():
     batch shape; it keeps its type when expanded, and the analytic KLs still dispatch to Normal's."""
     from torch.distributions import kl_divergence
 
-    from pyro_vae.distributions import LeanNormal
-    from pyro_vae.priors import StandardNormal
+    from pyro_vae.components.distributions import LeanNormal
+    from pyro_vae.components.priors import StandardNormal
 
     g = torch.Generator().manual_seed(0)
     for built, batch, value_shape in (((6, 4), None, (6, 4)), ((1, 4), (6, 1), (6, 1, 4)), ((6, 4), (3, 6), (6, 4)), ((6, 4), (6,), (2, 6, 4)), ((4,), None, (4,))):
@@ -400,8 +405,8 @@ def test_expanding_to_its_own_batch_shape_returns_the_same_distribution():
     """Pyro's plates expand every site's distribution, mostly to its own shape: the guides' Normal
     and the Bernoulli likelihood then hand back themselves (no new views or autograd nodes); to any
     other shape they expand as torch does, and keep their types."""
-    from pyro_vae.distributions import LeanNormal
-    from pyro_vae.likelihoods import IndependentLogitBernoulli, LogitBernoulli
+    from pyro_vae.components.distributions import LeanNormal
+    from pyro_vae.components.likelihoods import IndependentLogitBernoulli, LogitBernoulli
 
     loc, scale, logits = torch.randn(6, 4), torch.rand(6, 4) + 0.5, torch.randn(6, 4)
     for d in (LeanNormal(loc, scale), LogitBernoulli(logits), IndependentLogitBernoulli(logits)):
@@ -421,12 +426,12 @@ def test_samples_are_written_in_chunks_to_an_array_that_fits_the_disk(tmp_path, 
 
     import numpy as np
 
-    from pyro_vae import samples
+    from pyro_vae.runs import samples
     from pyro_vae.errors import ConfigError
-    from pyro_vae.model import build_vae
+    from pyro_vae.config.build import vae_from_config
     from tests.conftest import tiny_config
 
-    vae = build_vae(tiny_config().model, (5,))
+    vae = vae_from_config(tiny_config().model, (5,))
     decoded = []
     original = vae.sample_means
     monkeypatch.setattr(vae, "sample_means", lambda n: decoded.append(n) or original(n))

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from pyro_vae import optimizers
-from pyro_vae.optimizers import SGD, Adagrad, Adam
+from pyro_vae.optimizers import inplace as optimizers
+from pyro_vae.optimizers.inplace import SGD, Adagrad, Adam
 
 CASES = [
     (Adagrad, torch.optim.Adagrad, dict(lr=0.1)),
@@ -81,7 +81,7 @@ def test_a_bad_optimizer_option_is_reported_in_the_configs_terms_beside_a_weight
     """The weight prior reaches the optimizer as extra weight decay; an error names the options the
     config gave and says where the rest came from, not a weight_decay nobody wrote."""
     from pyro_vae.errors import ConfigError
-    from pyro_vae.optim import build_optimizer
+    from pyro_vae.optimizers.builders import build_optimizer
 
     with pytest.raises(ConfigError, match=r"optimizer 'adagrad' with options \{'lr': -1\} \(plus weight_decay 4 from "
                                           r"objective.weight_prior_std 0.5\): Adagrad: lr"):
@@ -104,7 +104,7 @@ def test_no_dynamo_import():
     """torch.optim imports torch._dynamo (about 1 s) on its first use; ours must not."""
     code = (
         "import sys, torch\n"
-        "from pyro_vae.optimizers import Adagrad\n"
+        "from pyro_vae.optimizers.inplace import Adagrad\n"
         "p = [torch.nn.Parameter(torch.ones(3))]\n"
         "opt = Adagrad(p, lr=0.1); p[0].grad = torch.ones(3); opt.step(); opt.zero_grad()\n"
         "opt.load_state_dict(opt.state_dict())\n"

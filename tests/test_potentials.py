@@ -1,4 +1,4 @@
-"""HMC potentials compiled per shape (pyro_vae.estimators.potentials): the same values and dU/dz
+"""HMC potentials compiled per shape (pyro_vae.mcmc.potentials): the same values and dU/dz
 as Pyro's traces run eagerly, for every registry entry; parameters read afresh; a graph per shape;
 eager where compiling is slower or cannot be trusted."""
 
@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from pyro_vae import config as C
-from pyro_vae import estimators, fused_linear
-from pyro_vae.estimators import potentials
-from pyro_vae.estimators.potentials import compiles, guide_log_density, model_log_densities
-from pyro_vae.model import build_vae
+from pyro_vae import estimators
+from pyro_vae.speed import fused_linear
+from pyro_vae.mcmc import potentials
+from pyro_vae.mcmc.potentials import compiles, guide_log_density, model_log_densities
+from pyro_vae.config.build import vae_from_config
 from pyro_vae.traces import guide_log_prob, log_densities
 
 from .test_registry import GUIDE_CASES, LIKELIHOOD_CASES, NETWORK_CASES, PRIOR_CASES
@@ -35,7 +36,7 @@ def _no_validation(monkeypatch):
 def _vae(case):
     model = {"z_dim": 2, "prior": case["prior"], "likelihood": case["likelihood"], "guide": case["guide"],
              "encoder": case["network"], "decoder": case["network"]}
-    vae = build_vae(C.from_dict({"name": "t", "data": {"name": "synthetic"}, "model": model}).model, (1, 8, 8))
+    vae = vae_from_config(C.from_dict({"name": "t", "data": {"name": "synthetic"}, "model": model}).model, (1, 8, 8))
     vae.register_params = False
     return vae
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from pyro_vae import estimators
-from pyro_vae.datasets import Dataset
+from pyro_vae.data.datasets import Dataset
 from pyro_vae.errors import ConfigError
-from pyro_vae.model import build_vae
-from pyro_vae.registry import GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, PRIORS
-from pyro_vae.train import Trainer
+from pyro_vae.config.build import vae_from_config
+from pyro_vae.components.registry import GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, PRIORS
+from pyro_vae.training.trainer import Trainer
 
 from .conftest import tiny_config
 
@@ -109,7 +109,7 @@ def test_every_network_trains(tmp_path, objective, net):
 def test_estimators_work_with_every_prior_and_guide(tmp_path, prior, guide):
     data = _image_data(False)
     cfg = tiny_config(model={"z_dim": 2, "prior": prior, "guide": guide, "likelihood": {"name": "continuous_bernoulli"}})
-    vae = build_vae(cfg.model, data.x_shape)
+    vae = vae_from_config(cfg.model, data.x_shape)
     x = data.x_test[:3]
     iw = estimators.iwae(vae, x, k=20)
     el = estimators.elbo(vae, x, num_samples=20)
@@ -127,7 +127,7 @@ def test_estimators_work_with_every_prior_and_guide(tmp_path, prior, guide):
 def test_estimators_work_with_every_likelihood(likelihood):
     """IWAE, AIS, the paper's HMC estimator and BDMC (which also simulates data from the model)."""
     data = _image_data(likelihood["name"] == "bernoulli")
-    vae = build_vae(tiny_config(model={"z_dim": 2, "likelihood": likelihood}).model, data.x_shape)
+    vae = vae_from_config(tiny_config(model={"z_dim": 2, "likelihood": likelihood}).model, data.x_shape)
     x = data.x_test[:3]
     found = [
         estimators.iwae(vae, x, k=20),
@@ -144,7 +144,7 @@ def test_estimators_work_with_every_likelihood(likelihood):
 @pytest.mark.parametrize("prior", PRIOR_CASES, ids=lambda c: c["name"])
 def test_bdmc_works_with_every_prior(prior):
     data = _image_data(False)
-    vae = build_vae(tiny_config(model={"z_dim": 2, "prior": prior, "likelihood": {"name": "continuous_bernoulli"}}).model, data.x_shape)
+    vae = vae_from_config(tiny_config(model={"z_dim": 2, "prior": prior, "likelihood": {"name": "continuous_bernoulli"}}).model, data.x_shape)
     bdmc = estimators.bdmc(vae, num_points=3, num_steps=10, num_chains=2, num_leapfrog=2)
     for est in (bdmc["lower"], bdmc["upper"]):
         assert est.per_datapoint.shape == (3,) and torch.isfinite(est.per_datapoint).all(), est.estimator
@@ -155,7 +155,7 @@ def test_unknown_names_fail_with_valid_list():
     with pytest.raises(ConfigError, match="Valid guide names: diag_normal, full_normal, iaf"):
         GUIDES.get("flow")
     with pytest.raises(ConfigError, match="conv, mlp"):
-        build_vae(tiny_config().model.model_copy(update={"encoder": tiny_config().model.encoder.model_copy(update={"name": "cnn"})}), (6,))
+        vae_from_config(tiny_config().model.model_copy(update={"encoder": tiny_config().model.encoder.model_copy(update={"name": "cnn"})}), (6,))
 
 
 def _guide_component_code() -> str:

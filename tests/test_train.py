@@ -4,9 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.training.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.errors import CheckpointError, ConfigError, TrainingError
-from pyro_vae.train import Trainer, load_run
+from pyro_vae.runs.load import load_run
+from pyro_vae.training.trainer import Trainer
 
 from .conftest import tiny_config
 
@@ -264,8 +265,8 @@ def test_first_step_imports_nothing_heavy(tmp_path):
     code = (
         "import sys, torch\n"
         "from pyro_vae import config as C\n"
-        "from pyro_vae.datasets import Dataset\n"
-        "from pyro_vae.train import Trainer\n"
+        "from pyro_vae.data.datasets import Dataset\n"
+        "from pyro_vae.training.trainer import Trainer\n"
         "x = torch.bernoulli(torch.full((20, 784), 0.3))\n"
         "for objective in ('jit_trace_meanfield', 'trace_meanfield', 'trace'):\n"
         "    cfg = C.load('aevb_mnist', ['device=cpu', 'objective.name=' + objective, 'training.batch_size=10'])\n"
@@ -282,8 +283,9 @@ def test_first_step_imports_nothing_heavy(tmp_path):
 def test_run_json_records_the_speed_switches(tmp_path, monkeypatch):
     import json
 
-    from pyro_vae import allocator, fused_linear
-    from pyro_vae.estimators import potentials
+    from pyro_vae.speed import allocator
+    from pyro_vae.speed import fused_linear
+    from pyro_vae.mcmc import potentials
 
     for enabled in (True, False):
         monkeypatch.setattr(fused_linear.switched_on, "value", enabled)
@@ -302,8 +304,8 @@ def test_run_json_and_evaluations_name_the_kernels_that_rounded_their_numbers(tm
     and any variable that chose other kernels."""
     import json
 
-    from pyro_vae.evaluate import evaluate_run
-    from pyro_vae.train import CPU_KERNEL_VARIABLES, hardware
+    from pyro_vae.runs.evaluate import evaluate_run
+    from pyro_vae.hardware import CPU_KERNEL_VARIABLES, hardware
 
     for name in CPU_KERNEL_VARIABLES:
         monkeypatch.delenv(name, raising=False)
@@ -319,10 +321,11 @@ def test_run_json_and_evaluations_name_the_kernels_that_rounded_their_numbers(tm
 
 @pytest.mark.parametrize("variable", ["PYRO_VAE_FUSED_LINEAR", "PYRO_VAE_COMPILE_POTENTIALS", "PYRO_VAE_KEEP_FREED_MEMORY"])
 def test_speed_switches_in_the_environment_are_checked(tmp_path, monkeypatch, capsys, variable):
-    from pyro_vae import allocator, fused_linear
+    from pyro_vae.speed import allocator
+    from pyro_vae.speed import fused_linear
     from pyro_vae.cli import main
-    from pyro_vae.estimators import potentials
-    from pyro_vae.switches import env_switch
+    from pyro_vae.mcmc import potentials
+    from pyro_vae.speed.switches import env_switch
 
     module = {"PYRO_VAE_FUSED_LINEAR": fused_linear, "PYRO_VAE_COMPILE_POTENTIALS": potentials,
               "PYRO_VAE_KEEP_FREED_MEMORY": allocator}[variable]
@@ -352,7 +355,7 @@ def test_keep_freed_memory_applies_once_and_leaves_user_settings_alone(monkeypat
     import ctypes
     import sys
 
-    from pyro_vae import allocator
+    from pyro_vae.speed import allocator
 
     calls = []
     monkeypatch.setattr(allocator, "_mallopt_thresholds", lambda size: calls.append(size) or True)
@@ -377,7 +380,7 @@ def test_keep_freed_memory_applies_once_and_leaves_user_settings_alone(monkeypat
 
 
 def test_the_cli_keeps_freed_memory(tmp_path, monkeypatch):
-    from pyro_vae import allocator
+    from pyro_vae.speed import allocator
     from pyro_vae.cli import main
 
     called = []
@@ -391,7 +394,7 @@ def test_the_cli_keeps_freed_memory(tmp_path, monkeypatch):
 def test_epoch_line_names_what_was_measured():
     """A NaN train ELBO (objectives other than the ELBO log none unless asked) is reported as not
     measured, not printed as "nan"; the ELBO objectives' own value is printed once."""
-    from pyro_vae.train import describe_epoch
+    from pyro_vae.training.trainer import describe_epoch
 
     row = {"epoch": 2, "train_objective": -10.5, "train_elbo": float("nan"), "test_elbo": -11.25}
     line = describe_epoch(row, "mcem")
@@ -457,8 +460,8 @@ def test_a_resume_with_changes_checkpoints_them_at_once(tmp_path, monkeypatch):
 
 
 def test_a_metrics_line_cut_short_is_left_out_by_resume_and_plots(tmp_path, capsys):
-    from pyro_vae.plotting import plot_curves
-    from pyro_vae.train import read_metrics
+    from pyro_vae.runs.plotting import plot_curves
+    from pyro_vae.runs.records import read_metrics
 
     run = tmp_path / "r"
     Trainer(tiny_config(training={"epochs": 2}), run, progress=False).train()
@@ -479,7 +482,7 @@ def test_damaged_random_states_in_a_checkpoint_are_a_clear_error(tmp_path):
     state = load_checkpoint(run / "checkpoint.pt")
     save_checkpoint({**state, "torch_rng": torch.zeros(5, dtype=torch.uint8)}, run / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="random-number states are damaged"):
-        load_run(run)
+        Trainer(tiny_config(training={"epochs": 2}), run, progress=False).train(resume=True)
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -501,7 +504,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 def test_run_files_are_replaced_whole(tmp_path, monkeypatch):
     """run.json (read back at every resume) is written beside and renamed over: a failed write
     leaves the old file and no partial one."""
-    from pyro_vae.paths import write_text_atomically
+    from pyro_vae.files import write_text_atomically
 
     path = tmp_path / "run.json"
     write_text_atomically(path, '{"a": 1}')
@@ -520,7 +523,7 @@ def test_run_files_are_replaced_whole(tmp_path, monkeypatch):
 def test_an_error_while_writing_leaves_the_old_file_whole(tmp_path):
     """Every file pyro-vae replaces (checkpoints, data caches, sample arrays, run files) goes
     through one helper: an error halfway through the new content leaves the old file as it was."""
-    from pyro_vae.paths import replaced_atomically
+    from pyro_vae.files import replaced_atomically
 
     path = tmp_path / "cache.npz"
     path.write_bytes(b"old content")
@@ -538,7 +541,8 @@ def test_the_test_elbo_comes_with_its_standard_error_and_older_metrics_files_res
     import csv
 
     from pyro_vae.estimators.result import standard_error
-    from pyro_vae.train import describe_epoch, elbo_per_datapoint, read_metrics
+    from pyro_vae.runs.records import read_metrics
+    from pyro_vae.training.trainer import describe_epoch, elbo_per_datapoint
 
     run = tmp_path / "r"
     trainer = Trainer(tiny_config(training={"epochs": 2}), run, progress=False)
@@ -566,8 +570,8 @@ def test_the_test_elbo_comes_with_its_standard_error_and_older_metrics_files_res
 def test_the_curves_plot_shades_the_test_elbo_by_its_standard_error(tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from pyro_vae.plotting import plot_curves
-    from pyro_vae.train import read_metrics
+    from pyro_vae.runs.plotting import plot_curves
+    from pyro_vae.runs.records import read_metrics
 
     run = tmp_path / "r"
     Trainer(tiny_config(training={"epochs": 2}), run, progress=False).train()

@@ -21,8 +21,8 @@ from typing import Any, Dict, List
 import pyro.poutine as poutine
 import torch
 
-from ..model import VAE, without_param_store
-from ..traces import sample_latents, sample_sites
+from pyro_vae.model import VAE, without_param_store
+from pyro_vae.traces import sample_latents, sample_sites
 
 ACTIVITY_THRESHOLD = 1e-2  # Burda et al.'s
 

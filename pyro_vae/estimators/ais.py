@@ -7,7 +7,7 @@ unnormalised posterior p(x, z), one set of chains per datapoint::
     log w  = sum_t (beta_t - beta_{t-1}) [log p(x, z_{t-1}) - log p0(z_{t-1})]
 
 with one HMC transition leaving f_t invariant after each increment (the batched kernel of
-:mod:`pyro_vae.estimators.hmc`). ``log p_hat(x) = log mean_chains exp(log w)`` is a stochastic
+:mod:`pyro_vae.mcmc.hmc`). ``log p_hat(x) = log mean_chains exp(log w)`` is a stochastic
 lower bound *only if the transitions do not depend on the chain's own history*: adapting a chain's
 step size from its own acceptances biased the estimate upwards by 0.15 nats on a linear-Gaussian
 test. So step sizes are tuned in a pilot run (``pilot_chains`` separate chains, adapted towards
@@ -29,13 +29,13 @@ from typing import Optional, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from ..config import AIS_SCHEDULES, AIS_STARTS, AisSchedule as Schedule, AisStart as Start
-from ..model import VAE, without_param_store
-from ..traces import sample_latents
-from .hmc import BatchedHMC
-from .memory import bytes_per_chain, datapoints_per_chunk
-from .potentials import guide_log_density, model_log_densities
-from .result import Estimate, standard_error
+from pyro_vae.model import VAE, without_param_store
+from pyro_vae.traces import sample_latents
+from pyro_vae.mcmc.hmc import BatchedHMC
+from pyro_vae.estimators.memory import bytes_per_chain, datapoints_per_chunk
+from pyro_vae.mcmc.potentials import guide_log_density, model_log_densities
+from pyro_vae.estimators.result import Estimate, standard_error
+from pyro_vae.estimators.options import AIS_SCHEDULES, AIS_STARTS, DEFAULTS, AisSchedule as Schedule, AisStart as Start
 
 
 def beta_schedule(num_steps: int, kind: Schedule = "sigmoid", sharpness: float = 4.0) -> torch.Tensor:
@@ -116,18 +116,18 @@ def pilot_step_sizes(
 def ais(
     vae: VAE,
     x: torch.Tensor,
-    num_steps: int = 1000,
-    num_chains: int = 16,
-    schedule: Schedule = "sigmoid",
+    num_steps: int = DEFAULTS.ais_steps,
+    num_chains: int = DEFAULTS.ais_chains,
+    schedule: Schedule = DEFAULTS.ais_schedule,
     num_leapfrog: int = 10,
     step_size: float = 0.05,
     target_accept: float = 0.65,
-    start: Start = "prior",
+    start: Start = DEFAULTS.ais_start,
     adapt: bool = True,
     pilot_chains: int = 2,
     progress: bool = False,
     step_schedule: Optional[torch.Tensor] = None,
-    memory_gb: float = 2.0,
+    memory_gb: float = DEFAULTS.memory_gb,
 ) -> Estimate:
     """AIS estimate of log p(x) per datapoint (rows of ``x``), ``num_chains`` chains each.
 
@@ -193,16 +193,16 @@ def _reverse(steps: torch.Tensor) -> torch.Tensor:
 def bdmc(
     vae: VAE,
     num_points: int = 100,
-    num_steps: int = 1000,
-    num_chains: int = 16,
-    schedule: Schedule = "sigmoid",
+    num_steps: int = DEFAULTS.ais_steps,
+    num_chains: int = DEFAULTS.ais_chains,
+    schedule: Schedule = DEFAULTS.ais_schedule,
     num_leapfrog: int = 10,
     step_size: float = 0.05,
     target_accept: float = 0.65,
     x: Optional[torch.Tensor] = None,
     z: Optional[torch.Tensor] = None,
     progress: bool = False,
-    memory_gb: float = 2.0,
+    memory_gb: float = DEFAULTS.memory_gb,
 ) -> dict:
     """BDMC on simulated data: forward AIS (lower bound) and reverse AIS from the exact posterior
     sample (upper bound). Returns both estimates and the gap (upper - lower): its mean over points,

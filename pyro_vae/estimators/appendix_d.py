@@ -19,27 +19,28 @@ from typing import Tuple
 
 import torch
 
-from ..model import VAE, without_param_store
-from ..traces import log_densities, sample_latents
-from .hmc import BatchedHMC, HMCStats, chain_diagnostics
-from .memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
-from .potentials import model_log_densities
-from .result import Estimate
+from pyro_vae.model import VAE, without_param_store
+from pyro_vae.traces import log_densities, sample_latents
+from pyro_vae.mcmc.hmc import BatchedHMC, HMCStats, chain_diagnostics
+from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
+from pyro_vae.mcmc.potentials import model_log_densities
+from pyro_vae.estimators.result import Estimate
+from pyro_vae.estimators.options import DEFAULTS
 
 
 @without_param_store
 def hmc_marginal_likelihood(
     vae: VAE,
     x: torch.Tensor,
-    num_samples: int = 50,
-    num_warmup: int = 200,
-    num_chains: int = 2,
+    num_samples: int = DEFAULTS.hmc_samples,
+    num_warmup: int = DEFAULTS.hmc_warmup,
+    num_chains: int = DEFAULTS.hmc_chains,
     num_leapfrog: int = 4,
     step_size: float = 0.05,
     target_accept: float = 0.9,
     thin: int = 1,
     jitter: float = 1e-6,
-    memory_gb: float = 2.0,
+    memory_gb: float = DEFAULTS.memory_gb,
 ) -> Estimate:
     """AEVB App. D estimate of log p(x) per row of ``x``; ``num_samples`` per chain for the fit and
     as many again for the estimate (chains start from q(z|x) to shorten warmup).

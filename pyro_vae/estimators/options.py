@@ -1,0 +1,78 @@
+"""The settings of the log p(x) estimators, declared once.
+
+``EstimatorOptions`` holds each setting with its default, bounds and help text. The config's
+``evaluation:`` section extends it, ``pyro-vae evaluate`` makes its flags from it, and the
+estimator functions take their defaults from ``DEFAULTS``, so a default changes in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Tuple, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pyro_vae.errors import ConfigError
+
+# the estimators of `pyro-vae evaluate` (and `train --evaluate`): pyro_vae.runs.evaluate runs them
+EstimatorName = Literal["elbo", "iwae", "ais", "hmc", "gaps", "bdmc", "exact"]
+ESTIMATORS: Tuple[str, ...] = get_args(EstimatorName)
+# how AIS's temperatures rise from 0 to 1, and where its chains start: p(z), or q(z|x) ("AIS + encoder")
+AisSchedule = Literal["sigmoid", "linear"]
+AisStart = Literal["prior", "encoder"]
+AIS_SCHEDULES: Tuple[str, ...] = get_args(AisSchedule)
+AIS_STARTS: Tuple[str, ...] = get_args(AisStart)
+
+
+class EstimatorOptions(BaseModel):
+    """The estimators' settings (Burda et al. 2015 for IWAE-k, Neal 2001 for AIS, AEVB App. D for
+    the HMC estimator). Whole numbers are strict: ``true`` is no count."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(5000, gt=0, strict=True, description="IWAE particles per datapoint")
+    memory_gb: float = Field(2.0, gt=0, allow_inf_nan=False, description=(
+        "memory cap (GiB) of one chunk: IWAE and ELBO particles; AIS, bdmc, hmc and gap-report datapoints"))
+    ais_steps: int = Field(1000, gt=0, strict=True, description="AIS transitions (temperatures)")
+    ais_chains: int = Field(16, gt=0, strict=True, description="AIS chains per datapoint")
+    ais_start: AisStart = Field("prior", description='AIS from the prior or from q(z|x) ("AIS + encoder")')
+    ais_schedule: AisSchedule = Field("sigmoid", description="how AIS's temperatures rise from 0 to 1")
+    hmc_samples: int = Field(50, gt=0, strict=True, description="posterior draws per chain of the App. D estimator (hmc)")
+    hmc_chains: int = Field(2, gt=0, strict=True, description="HMC chains per datapoint of the App. D estimator")
+    hmc_warmup: int = Field(200, ge=0, strict=True, description="HMC warmup steps (step-size tuning) per chain of the App. D estimator")
+
+
+DEFAULTS = EstimatorOptions()
+BDMC_POINTS = 100  # points bdmc simulates when no n is given (each costs two AIS runs)
+
+
+def check_memory_gb(memory_gb: float, what: str = "one chunk") -> None:
+    """``memory_gb`` must be a finite number > 0 (GiB)."""
+    if isinstance(memory_gb, bool) or not isinstance(memory_gb, (int, float)) or not 0 < memory_gb < float("inf"):
+        raise ValueError(f"memory_gb (the memory cap of {what}, in GiB) must be a finite number > 0, not {memory_gb!r}")
+
+
+def describe_setting(name: str) -> str:
+    """What a setting must be, in a message's words: "a whole number >= 1", "'prior' or 'encoder'"."""
+    field = EstimatorOptions.model_fields[name]
+    choices = get_args(field.annotation)
+    if choices:
+        return " or ".join(map(repr, choices))
+    if field.annotation is int:
+        least = next((m.ge for m in field.metadata if getattr(m, "ge", None) is not None), None)
+        if least is None:
+            least = next(m.gt for m in field.metadata if getattr(m, "gt", None) is not None) + 1
+        return f"a whole number >= {least}"
+    return "a finite number > 0"
+
+
+def estimator_options(**settings: Any) -> EstimatorOptions:
+    """``EstimatorOptions`` from keyword settings, any left out at its default; a bad or unknown
+    setting raises a ConfigError that names it and what it must be."""
+    unknown = sorted(set(settings) - set(EstimatorOptions.model_fields))
+    if unknown:
+        raise ConfigError(f"unknown estimator setting(s) {', '.join(unknown)}; the settings are "
+                          f"{', '.join(EstimatorOptions.model_fields)}.")
+    try:
+        return EstimatorOptions(**settings)
+    except ValidationError as e:
+        name = str(e.errors()[0]["loc"][0])
+        raise ConfigError(f"{name} must be {describe_setting(name)}, not {settings[name]!r}.") from None

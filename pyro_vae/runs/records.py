@@ -1,0 +1,64 @@
+"""A run folder's records: ``metrics.csv`` (one row per epoch), ``run.json`` (versions, hardware,
+data fingerprints) and the checks that a folder still describes what was trained in it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from pyro_vae.config import changed_settings, from_dict as config_from_dict
+from pyro_vae.errors import ConfigError
+
+RUN_RECORD_NAME = "run.json"
+METRICS_NAME = "metrics.csv"
+METRIC_FIELDS = ["epoch", "step", "samples_seen", "train_objective", "train_elbo", "test_elbo", "test_elbo_stderr", "lr",
+                 "epoch_seconds", "wall_seconds"]
+
+
+def read_metrics(path: Path | str) -> Tuple[List[Dict[str, str]], int]:
+    """The rows of a run's ``metrics.csv`` whose every field reads as a number (as written), and the
+    number of lines that did not: a line cut short by a crash mid-write, or a hand edit. Those are
+    left out, so that plots and resumes go on with the rest."""
+    rows: List[Dict[str, str]] = []
+    unreadable = 0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        present = [key for key in METRIC_FIELDS if key in (reader.fieldnames or [])]  # older runs lack some
+        for row in reader:
+            try:
+                for key in present:
+                    float(row[key])
+                int(row["epoch"])
+            except (KeyError, TypeError, ValueError):
+                unreadable += 1
+                continue
+            rows.append({key: row.get(key) or "nan" for key in METRIC_FIELDS})  # a column older runs lack: not measured
+    return rows, unreadable
+
+
+def config_changes(checkpoint_config: Dict[str, Any], config: Any) -> Dict[str, Any]:
+    """Settings of ``config`` (a RunConfig) that differ from the config a checkpoint was written
+    with, other than those a resumed run may change (``config.RESUMABLE_SETTINGS``): ``{key: (old, new)}``."""
+    old = checkpoint_config or {}
+    try:  # fill in defaults (also those this version added since the checkpoint was written)
+        old = config_from_dict(old).to_dict_with_option_defaults()
+    except ConfigError:
+        pass
+    return changed_settings(old, config.to_dict_with_option_defaults())
+
+
+def data_changes(run_dir: Path, data_info: Dict[str, Any]) -> Dict[str, Any]:
+    """Splits whose data differ from what the run folder's run.json recorded (by fingerprint):
+    ``{"data contents (split)": (recorded, now)}``; empty for runs that recorded none."""
+    try:
+        recorded = json.loads((Path(run_dir) / RUN_RECORD_NAME).read_text())["data"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # no run.json yet, or written before fingerprints were recorded
+    now = data_info.get("fingerprint") or {}
+    return {
+        f"data contents ({split})": (recorded[split], now[split])
+        for split in ("train", "test")
+        if split in recorded and split in now and recorded[split] != now[split]
+    }
