@@ -18,7 +18,7 @@ import yaml
 from pyro_vae.speed import allocator
 from pyro_vae.cli import device_arg
 from pyro_vae.config import RunConfig, load, parse_yaml, syntax_error_text
-from pyro_vae.training.checkpoint import CHECKPOINT_NAME
+from pyro_vae.runs.checkpoint import CHECKPOINT_NAME
 from pyro_vae.errors import ConfigError, PyroVAEError, TrainingError, one_line_warnings
 from pyro_vae.files import write_text_atomically
 from pyro_vae.runs.records import read_metrics as read_run_metrics

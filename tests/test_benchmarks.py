@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_devices import DEVICES
+from tests.test_devices import DEVICES
 
 
 def test_first_step_is_timed_in_fresh_processes_with_a_bytecode_cache_outside_the_source_tree(tmp_path, monkeypatch):
@@ -88,8 +88,7 @@ def test_iwae_benchmark_times_a_trained_run(tmp_path, capsys):
     import numpy as np
 
     from pyro_vae.training.trainer import Trainer
-
-    from .conftest import tiny_config
+    from tests.conftest import tiny_config
 
     np.savez(tmp_path / "d.npz", x=(np.random.default_rng(0).random((40, 16)) < 0.3).astype(np.float32))
     run = tmp_path / "run"

@@ -15,18 +15,24 @@ import pytest
 import torch
 
 from pyro_vae import estimators as E
-from pyro_vae.objectives.mcem import MonteCarloEM
 from pyro_vae.cli import main
+from pyro_vae.config.build import vae_from_config
 from pyro_vae.data.datasets import binarize
 from pyro_vae.data.linear_gaussian import LinearGaussian
-from pyro_vae.config.build import vae_from_config
-from pyro_vae.optimizers.inplace import Adagrad, Adam, SGD
-from pyro_vae.runs.plotting import plot_run
+from pyro_vae.objectives.mcem import MonteCarloEM
+from pyro_vae.optimizers.inplace import SGD, Adagrad, Adam
 from pyro_vae.runs.load import load_run
+from pyro_vae.runs.plotting import plot_run
 from pyro_vae.training.trainer import Trainer
-
-from .conftest import tiny_config
-from .test_registry import GUIDE_CASES, LIKELIHOOD_CASES, OBJECTIVE_NAMES, PRIOR_CASES, _image_data, _train_one_step
+from tests.components.test_registry import (
+    GUIDE_CASES,
+    LIKELIHOOD_CASES,
+    OBJECTIVE_NAMES,
+    PRIOR_CASES,
+    _image_data,
+    _train_one_step,
+)
+from tests.conftest import tiny_config
 
 NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
 DEVICES = ["cpu", pytest.param("cuda", marks=NO_GPU)]

@@ -10,8 +10,7 @@ import torch.multiprocessing as mp
 from pyro_vae import distributed
 from pyro_vae.errors import ConfigError
 from pyro_vae.training.trainer import Trainer
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 
 def _free_port() -> int:
@@ -60,8 +59,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     except ConfigError as e:
         torch.save(str(e), f"{out_dir}/tiny_error_{rank}.pt")
     # Sharded IWAE: exact guide => deterministic per-datapoint values.
-    from pyro_vae.estimators import exact_vae, iwae
     from pyro_vae.data.linear_gaussian import LinearGaussian
+    from pyro_vae.estimators import exact_vae, iwae
 
     truth = LinearGaussian.random(4, 2, 0.5, seed=0)
     x, _ = truth.sample(11, seed=1)
@@ -114,8 +113,8 @@ def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
     assert row["samples_seen"] == "40"
     # The logged training objective is the same full-data estimate in both runs.
     assert abs(float(row["train_objective"]) - float(single_metrics["train_objective"])) < 1e-3
-    from pyro_vae.estimators import exact_vae, iwae
     from pyro_vae.data.linear_gaussian import LinearGaussian
+    from pyro_vae.estimators import exact_vae, iwae
 
     truth = LinearGaussian.random(4, 2, 0.5, seed=0)
     x, _ = truth.sample(11, seed=1)

@@ -176,6 +176,7 @@ def test_examples_report_a_bad_config_without_a_traceback(tmp_path, monkeypatch,
 ])
 def test_a_bad_data_mapping_is_a_config_error(data, message):
     import experiments as X
+
     from pyro_vae.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
@@ -183,13 +184,12 @@ def test_a_bad_data_mapping_is_a_config_error(data, message):
 
 
 def test_a_run_that_diverges_ends_at_its_last_good_checkpoint_and_the_sweep_goes_on(tmp_path):
+    import experiments as X
     import torch
 
-    import experiments as X
     from pyro_vae.errors import TrainingError
     from pyro_vae.training.trainer import Trainer
-
-    from .conftest import tiny_config
+    from tests.conftest import tiny_config
 
     def poison_after_epoch_2(trainer, row):
         if trainer.epoch == 2:

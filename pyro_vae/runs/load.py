@@ -18,7 +18,7 @@ from pyro_vae.errors import CheckpointError, DataError
 from pyro_vae.hardware import resolve_device
 from pyro_vae.model import VAE, set_validation
 from pyro_vae.runs.records import config_changes, data_changes
-from pyro_vae.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from pyro_vae.runs.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 # Objectives that leave q(z|x) as initialised (MCEM trains no encoder): bounds drawn from it are loose.
 OBJECTIVES_WITHOUT_GUIDE = ("mcem",)

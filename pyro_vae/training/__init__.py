@@ -1,2 +1,1 @@
-"""Training a run: the loop (:mod:`~pyro_vae.training.trainer`) and its checkpoints
-(:mod:`~pyro_vae.training.checkpoint`)."""
+"""Training a run: the loop, its metrics and its exact resume (:mod:`~pyro_vae.training.trainer`)."""

@@ -37,7 +37,7 @@ from pyro_vae.runs.load import TrainedRun
 from pyro_vae.runs.records import METRIC_FIELDS, METRICS_NAME, RUN_RECORD_NAME, config_changes, data_changes, read_metrics
 from pyro_vae.speed import allocator, fused_linear
 from pyro_vae.traces import log_importance_weights
-from pyro_vae.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from pyro_vae.runs.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
 @without_param_store
 @torch.no_grad()

@@ -6,10 +6,9 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae.objectives.trace_elbo import LeanTrace_ELBO, LeanTraceMeanField_ELBO
 from pyro_vae.config.build import vae_from_config
-
-from .conftest import tiny_config
+from pyro_vae.objectives.trace_elbo import LeanTrace_ELBO, LeanTraceMeanField_ELBO
+from tests.conftest import tiny_config
 
 PAIRS = [(LeanTrace_ELBO, Trace_ELBO), (LeanTraceMeanField_ELBO, TraceMeanField_ELBO)]
 

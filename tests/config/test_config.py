@@ -5,11 +5,10 @@ import pytest
 import yaml
 
 from pyro_vae import config as C
+from pyro_vae.components.registry import LIKELIHOODS, OPTIMIZERS, PRIORS
 from pyro_vae.config.schema import registry_of
 from pyro_vae.errors import ConfigError
-from pyro_vae.components.registry import LIKELIHOODS, OPTIMIZERS, PRIORS
-
-from .conftest import tiny_config, tiny_config_dict
+from tests.conftest import tiny_config, tiny_config_dict
 
 
 def test_shipped_configs_validate():

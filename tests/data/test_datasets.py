@@ -8,12 +8,12 @@ import pytest
 import scipy.io
 import torch
 
-from pyro_vae.data import datasets as D
+from pyro_vae.components.likelihoods import Bernoulli, Beta, ContinuousBernoulli
 from pyro_vae.config import DataConfig
 from pyro_vae.config.build import dataset_from_config
-from pyro_vae.errors import DataError
-from pyro_vae.components.likelihoods import Bernoulli, Beta, ContinuousBernoulli
+from pyro_vae.data import datasets as D
 from pyro_vae.data.safe_pickle import load_arrays
+from pyro_vae.errors import DataError
 
 
 def _mnist_like_pickle(path, n=(5, 3, 4), protocol=2):

@@ -10,13 +10,17 @@ import torch
 
 from pyro_vae import config as C
 from pyro_vae import estimators
-from pyro_vae.speed import fused_linear
+from pyro_vae.config.build import vae_from_config
 from pyro_vae.mcmc import potentials
 from pyro_vae.mcmc.potentials import compiles, guide_log_density, model_log_densities
-from pyro_vae.config.build import vae_from_config
+from pyro_vae.speed import fused_linear
 from pyro_vae.traces import guide_log_prob, log_densities
-
-from .test_registry import GUIDE_CASES, LIKELIHOOD_CASES, NETWORK_CASES, PRIOR_CASES
+from tests.components.test_registry import (
+    GUIDE_CASES,
+    LIKELIHOOD_CASES,
+    NETWORK_CASES,
+    PRIOR_CASES,
+)
 
 BASE = {"prior": PRIOR_CASES[0], "likelihood": LIKELIHOOD_CASES[0], "guide": GUIDE_CASES[0], "network": NETWORK_CASES[0]}
 # every registry entry once, the others at the paper's choice

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from pyro_vae import config as C
-from pyro_vae.estimators import exact_log_px
-from pyro_vae.data.linear_gaussian import LinearGaussian
 from pyro_vae.components.registry import OBJECTIVES
+from pyro_vae.data.linear_gaussian import LinearGaussian
+from pyro_vae.estimators import exact_log_px
 from pyro_vae.training.trainer import Trainer
 
 

@@ -1,15 +1,16 @@
+"""The training loop: exact resume, refused changes, divergence messages, budgets, metrics."""
+
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from pyro_vae.training.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.errors import CheckpointError, ConfigError, TrainingError
+from pyro_vae.runs.checkpoint import load_checkpoint
 from pyro_vae.runs.load import load_run
 from pyro_vae.training.trainer import Trainer
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 
 def _params(trainer):
@@ -183,34 +184,6 @@ def test_parameters_that_diverge_between_loss_checks_stop_with_the_same_message(
     assert not isinstance(error.value, TrainingError)
 
 
-def test_checkpoint_is_atomic_and_refuses_pickled_objects(tmp_path):
-    path = tmp_path / "checkpoint.pt"
-    state = {"vae": {"w": torch.ones(2)}, "optimizer": {}, "epoch": 1, "step": 3, "samples_seen": 60, "wall_seconds": 0.5,
-             "torch_rng": torch.get_rng_state(), "shuffle_rng": torch.Generator().get_state()}
-    save_checkpoint(state, path)
-    assert not (tmp_path / "checkpoint.pt.tmp").exists()
-    assert torch.equal(load_checkpoint(path)["vae"]["w"], torch.ones(2))
-    save_checkpoint({**state, "epoch": "1", "config": []}, path)  # damaged: named, not a traceback later
-    with pytest.raises(CheckpointError, match="damaged: epoch, config missing or of the wrong type"):
-        load_checkpoint(path)
-
-    class Payload:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    torch.save({"format_version": 1, "evil": Payload()}, path)
-    with pytest.raises(CheckpointError, match=r"holds a pickled object \((builtins\.)?print\), refused for safety") as refused:
-        load_checkpoint(path)
-    # one line, without torch's advice to load with weights_only=False (which would run the payload)
-    assert "\n" not in str(refused.value) and "weights_only" not in str(refused.value)
-    path.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=r"cannot read .*corrupt or not a torch checkpoint\); retrain") as garbage:
-        load_checkpoint(path)
-    assert "\n" not in str(garbage.value)
-    with pytest.raises(CheckpointError, match="no checkpoint"):
-        load_checkpoint(tmp_path / "nowhere")
-
-
 def test_cuda_asked_without_gpu_is_a_clear_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -233,15 +206,6 @@ def test_training_improves_the_elbo(tmp_path):
     cfg = tiny_config(data={"n_train": 300}, training={"epochs": 15, "batch_size": 30})
     rows = Trainer(cfg, tmp_path / "r", progress=False).train()
     assert rows[-1]["test_elbo"] > rows[0]["test_elbo"] + 1.0
-
-
-def test_checkpoint_from_other_model_is_rejected(tmp_path):
-    Trainer(tiny_config(), tmp_path / "r", progress=False).train()
-    other = Trainer(tiny_config(model={"z_dim": 3}), tmp_path / "r", progress=False)
-    with pytest.raises(CheckpointError, match="model.z_dim: 2 -> 3"):
-        other.resume()
-    with pytest.raises(CheckpointError, match="does not fit this config's model"):
-        other.resume(allow_changes=True)  # allowed, but the weights cannot be loaded into this model
 
 
 @pytest.mark.parametrize("objective,registered", [("trace_meanfield", False), ("wake_sleep", False), ("jit_trace", True)])
@@ -275,120 +239,9 @@ def test_first_step_imports_nothing_heavy(tmp_path):
         "    tr.optimizer.step()\n"
         "print([m for m in ('torch._dynamo', 'sympy') if m in sys.modules])\n"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, cwd=root, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
-
-
-def test_run_json_records_the_speed_switches(tmp_path, monkeypatch):
-    import json
-
-    from pyro_vae.speed import allocator
-    from pyro_vae.speed import fused_linear
-    from pyro_vae.mcmc import potentials
-
-    for enabled in (True, False):
-        monkeypatch.setattr(fused_linear.switched_on, "value", enabled)
-        monkeypatch.setattr(potentials.switched_on, "value", not enabled)
-        run = tmp_path / str(enabled)
-        Trainer(tiny_config(training={"epochs": 1}), run, progress=False).train()
-        info = json.loads((run / "run.json").read_text())
-        assert info["fused_linear"] is (enabled and fused_linear.available())
-        assert info["compile_potentials"] is (not enabled)
-        assert info["keep_freed_memory"] == allocator.state()
-
-
-def test_run_json_and_evaluations_name_the_kernels_that_rounded_their_numbers(tmp_path, monkeypatch):
-    """The last digits of a run depend on the processor's kernels (AVX2 and AVX-512 ones round
-    differently): run.json and each evaluation's JSON name the processor, torch's CPU kernel level
-    and any variable that chose other kernels."""
-    import json
-
-    from pyro_vae.runs.evaluate import evaluate_run
-    from pyro_vae.hardware import CPU_KERNEL_VARIABLES, hardware
-
-    for name in CPU_KERNEL_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    run = tmp_path / "r"
-    Trainer(tiny_config(training={"epochs": 1}), run, progress=False).train()
-    recorded = json.loads((run / "run.json").read_text())["hardware"]
-    assert recorded == hardware(torch.device("cpu")) and recorded["cpu"] and "kernel_variables" not in recorded
-    assert recorded["torch_cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # read when the result is written, as it ran
-    result = evaluate_run(run, "iwae", k=3, n=5, progress=False)
-    assert json.loads(Path(result["path"]).read_text())["hardware"]["kernel_variables"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
-
-
-@pytest.mark.parametrize("variable", ["PYRO_VAE_FUSED_LINEAR", "PYRO_VAE_COMPILE_POTENTIALS", "PYRO_VAE_KEEP_FREED_MEMORY"])
-def test_speed_switches_in_the_environment_are_checked(tmp_path, monkeypatch, capsys, variable):
-    from pyro_vae.speed import allocator
-    from pyro_vae.speed import fused_linear
-    from pyro_vae.cli import main
-    from pyro_vae.mcmc import potentials
-    from pyro_vae.speed.switches import env_switch
-
-    module = {"PYRO_VAE_FUSED_LINEAR": fused_linear, "PYRO_VAE_COMPILE_POTENTIALS": potentials,
-              "PYRO_VAE_KEEP_FREED_MEMORY": allocator}[variable]
-    monkeypatch.delenv(variable, raising=False)
-    assert env_switch(variable, on="a", off="b") is True  # on by default
-    for value, expected in (("1", True), ("0", False)):
-        monkeypatch.setenv(variable, value)
-        assert env_switch(variable, on="a", off="b") is expected
-    monkeypatch.setenv(variable, "yes")
-    with pytest.raises(ConfigError, match=f"{variable}='yes'.*use 1 \\(a, the default\\) or 0 \\(b\\)"):
-        env_switch(variable, on="a", off="b")
-    # read at first use, so that the CLI reports a bad value as one line
-    monkeypatch.setattr(module.switched_on, "value", None)
-    config = tmp_path / "c.yaml"
-    config.write_text("name: t\ndata: {name: synthetic, n_train: 20, n_test: 10}\nmodel: {z_dim: 2}\ntraining: {epochs: 1, batch_size: 10}\n")
-    assert main(["train", str(config), "--run-dir", str(tmp_path / "r")]) == 2
-    assert f"{variable}='yes'" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()  # no work done
-    monkeypatch.setenv(variable, "0")
-    monkeypatch.setattr(module.switched_on, "value", None)
-    assert module.switched_on() is False and module.switched_on.value is False
-
-
-def test_keep_freed_memory_applies_once_and_leaves_user_settings_alone(monkeypatch):
-    """glibc's thresholds are raised where the switch is on and the user has not tuned malloc
-    through the environment; the outcome is remembered for the process (and recorded in run.json)."""
-    import ctypes
-    import sys
-
-    from pyro_vae.speed import allocator
-
-    calls = []
-    monkeypatch.setattr(allocator, "_mallopt_thresholds", lambda size: calls.append(size) or True)
-    for env, switch, expected in (({}, True, "kept"), ({}, False, "off"), ({"MALLOC_TRIM_THRESHOLD_": "1"}, True, "user settings"),
-                                  ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1"}, True, "user settings")):
-        for name in ("MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
-            monkeypatch.delenv(name, raising=False)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setattr(allocator.switched_on, "value", switch)
-        monkeypatch.setattr(allocator, "_state", None)
-        assert allocator.keep_freed_memory() == expected and allocator.state() == expected
-        assert allocator.keep_freed_memory() == expected  # once per process
-    assert calls == [allocator.THRESHOLD_BYTES]
-    monkeypatch.undo()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").gnu_get_libc_version
-        except (OSError, AttributeError):
-            return
-        assert allocator._mallopt_thresholds(allocator.THRESHOLD_BYTES) is True  # glibc takes both settings
-
-
-def test_the_cli_keeps_freed_memory(tmp_path, monkeypatch):
-    from pyro_vae.speed import allocator
-    from pyro_vae.cli import main
-
-    called = []
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: called.append(True) or "kept")
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")  # a data root that is a file: the command starts, then fails with a message
-    assert main(["data", "fetch", "mnist", "--root", str(blocker)]) == 2
-    assert called == [True]
 
 
 def test_epoch_line_names_what_was_measured():
@@ -402,45 +255,6 @@ def test_epoch_line_names_what_was_measured():
     assert line.endswith("test ELBO -11.250 nats per datapoint") and "nan" not in line
     row = {"epoch": 1, "train_objective": -8.5, "train_elbo": -8.5, "test_elbo": float("nan")}
     assert describe_epoch(row, "trace") == "epoch 1: train ELBO -8.500 nats per datapoint"
-
-
-def test_a_data_file_changed_in_place_is_noticed(tmp_path):
-    """run.json records a fingerprint of each split; evaluating or resuming on other data is refused."""
-    import json
-
-    import numpy as np
-
-    from pyro_vae.errors import DataError
-
-    path = tmp_path / "d.npz"
-    np.savez(path, x=np.random.default_rng(0).random((40, 6)).astype(np.float32))
-    cfg = tiny_config(data={"name": "npz", "path": str(path)}, training={"epochs": 1})
-    Trainer(cfg, tmp_path / "r", progress=False).train()
-    recorded = json.loads((tmp_path / "r" / "run.json").read_text())["data"]["fingerprint"]
-    assert set(recorded) == {"train", "test"} and all(len(v) == 16 for v in recorded.values())
-    load_run(tmp_path / "r")  # the same data: fine
-    np.savez(path, x=np.random.default_rng(1).random((40, 6)).astype(np.float32))  # same shape, other values
-    with pytest.raises(DataError, match=r"not what it was trained with \(data contents \(train\): " + recorded["train"]):
-        load_run(tmp_path / "r")
-    longer = tiny_config(data={"name": "npz", "path": str(path)}, training={"epochs": 2})
-    with pytest.raises(CheckpointError, match=r"data contents \(test\)"):
-        Trainer(longer, tmp_path / "r", progress=False).train(resume=True)
-    Trainer(longer, tmp_path / "r", progress=False).train(resume=True, allow_changes=True)
-    info = json.loads((tmp_path / "r" / "run.json").read_text())
-    assert info["resumed_with_changes"][0]["changes"]["data contents (train)"][0] == recorded["train"]
-    load_run(tmp_path / "r")  # run.json now names the new data
-
-
-def test_a_config_yaml_edited_after_training_is_refused(tmp_path):
-    run = tmp_path / "r"
-    Trainer(tiny_config(), run, progress=False).train()
-    text = (run / "config.yaml").read_text()
-    (run / "config.yaml").write_text(text.replace("name: gaussian", "name: laplace"))
-    with pytest.raises(CheckpointError, match=r"no longer describes the model its checkpoint holds \(model\.likelihood\.name: "
-                                              r"'gaussian' in the checkpoint, 'laplace' in config\.yaml\)"):
-        load_run(run)
-    (run / "config.yaml").write_text(text.replace("k: 5000", "k: 7"))  # evaluation settings may change
-    assert load_run(run).config.evaluation.k == 7
 
 
 def test_a_resume_with_changes_checkpoints_them_at_once(tmp_path, monkeypatch):
@@ -457,84 +271,6 @@ def test_a_resume_with_changes_checkpoints_them_at_once(tmp_path, monkeypatch):
         resumed.train(resume=True, allow_changes=True)
     reloaded = load_run(run)
     assert reloaded.config.objective.name == "trace_meanfield" and reloaded.epoch == 1
-
-
-def test_a_metrics_line_cut_short_is_left_out_by_resume_and_plots(tmp_path, capsys):
-    from pyro_vae.runs.plotting import plot_curves
-    from pyro_vae.runs.records import read_metrics
-
-    run = tmp_path / "r"
-    Trainer(tiny_config(training={"epochs": 2}), run, progress=False).train()
-    with open(run / "metrics.csv", "a") as f:
-        f.write("3,30,15")  # a crash in the middle of writing epoch 3's row
-    rows, unreadable = read_metrics(run / "metrics.csv")
-    assert [r["epoch"] for r in rows] == ["1", "2"] and unreadable == 1
-    assert plot_curves(run / "metrics.csv", tmp_path / "curves.png").exists()
-    Trainer(tiny_config(training={"epochs": 3}), run, progress=False).train(resume=True)
-    assert "left out 1 unreadable line" in capsys.readouterr().err
-    rows, unreadable = read_metrics(run / "metrics.csv")
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and unreadable == 0
-
-
-def test_damaged_random_states_in_a_checkpoint_are_a_clear_error(tmp_path):
-    run = tmp_path / "r"
-    Trainer(tiny_config(), run, progress=False).train()
-    state = load_checkpoint(run / "checkpoint.pt")
-    save_checkpoint({**state, "torch_rng": torch.zeros(5, dtype=torch.uint8)}, run / "checkpoint.pt")
-    with pytest.raises(CheckpointError, match="random-number states are damaged"):
-        Trainer(tiny_config(training={"epochs": 2}), run, progress=False).train(resume=True)
-
-
-def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
-    path = tmp_path / "checkpoint.pt"
-    state = {"vae": {}, "optimizer": {}, "epoch": 1, "step": 1, "samples_seen": 1, "wall_seconds": 0.1,
-             "torch_rng": torch.get_rng_state(), "shuffle_rng": torch.Generator().get_state()}
-    save_checkpoint(state, path)
-
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(CheckpointError, match="No space left on device.*the previous checkpoint is kept"):
-        save_checkpoint({**state, "epoch": 2}, path)
-    monkeypatch.undo()
-    assert load_checkpoint(path)["epoch"] == 1 and not (tmp_path / "checkpoint.pt.tmp").exists()
-
-
-def test_run_files_are_replaced_whole(tmp_path, monkeypatch):
-    """run.json (read back at every resume) is written beside and renamed over: a failed write
-    leaves the old file and no partial one."""
-    from pyro_vae.files import write_text_atomically
-
-    path = tmp_path / "run.json"
-    write_text_atomically(path, '{"a": 1}')
-    original_replace = __import__("os").replace
-
-    def crash(*args):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr("os.replace", crash)
-    with pytest.raises(OSError):
-        write_text_atomically(path, '{"a": 2}')
-    monkeypatch.setattr("os.replace", original_replace)
-    assert path.read_text() == '{"a": 1}' and [p.name for p in tmp_path.iterdir()] == ["run.json"]
-
-
-def test_an_error_while_writing_leaves_the_old_file_whole(tmp_path):
-    """Every file pyro-vae replaces (checkpoints, data caches, sample arrays, run files) goes
-    through one helper: an error halfway through the new content leaves the old file as it was."""
-    from pyro_vae.files import replaced_atomically
-
-    path = tmp_path / "cache.npz"
-    path.write_bytes(b"old content")
-    with pytest.raises(RuntimeError, match="halfway"):
-        with replaced_atomically(path) as f:
-            f.write(b"new cont")
-            raise RuntimeError("halfway")
-    assert path.read_bytes() == b"old content" and [p.name for p in tmp_path.iterdir()] == ["cache.npz"]
-    with replaced_atomically(path, sync=True) as f:
-        f.write(b"new content")
-    assert path.read_bytes() == b"new content" and [p.name for p in tmp_path.iterdir()] == ["cache.npz"]
 
 
 def test_the_test_elbo_comes_with_its_standard_error_and_older_metrics_files_resume(tmp_path):
@@ -565,20 +301,3 @@ def test_the_test_elbo_comes_with_its_standard_error_and_older_metrics_files_res
     rows, unreadable = read_metrics(run / "metrics.csv")
     assert unreadable == 0 and [r["test_elbo_stderr"] for r in rows][:2] == ["nan", "nan"]
     assert 0 < float(rows[2]["test_elbo_stderr"]) < math.inf
-
-
-def test_the_curves_plot_shades_the_test_elbo_by_its_standard_error(tmp_path, monkeypatch):
-    import matplotlib.axes
-
-    from pyro_vae.runs.plotting import plot_curves
-    from pyro_vae.runs.records import read_metrics
-
-    run = tmp_path / "r"
-    Trainer(tiny_config(training={"epochs": 2}), run, progress=False).train()
-    bands = []
-    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda self, x, low, high, **kw: bands.append((list(x), low, high)))
-    plot_curves(run / "metrics.csv", tmp_path / "curves.png")
-    rows, _ = read_metrics(run / "metrics.csv")
-    expected_low = [float(r["test_elbo"]) - 2 * float(r["test_elbo_stderr"]) for r in rows]
-    assert len(bands) == 1 and bands[0][0] == [float(r["samples_seen"]) for r in rows]
-    assert bands[0][1] == pytest.approx(expected_low) and all(h > lo for lo, h in zip(bands[0][1], bands[0][2]))

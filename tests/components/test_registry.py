@@ -8,13 +8,18 @@ import pytest
 import torch
 
 from pyro_vae import estimators
+from pyro_vae.components.registry import (
+    GUIDES,
+    LIKELIHOODS,
+    NETWORKS,
+    OBJECTIVES,
+    PRIORS,
+)
+from pyro_vae.config.build import vae_from_config
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.errors import ConfigError
-from pyro_vae.config.build import vae_from_config
-from pyro_vae.components.registry import GUIDES, LIKELIHOODS, NETWORKS, OBJECTIVES, PRIORS
 from pyro_vae.training.trainer import Trainer
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 PRIOR_CASES = [
     {"name": "standard_normal"},
@@ -162,7 +167,7 @@ def _guide_component_code() -> str:
     """docs/guide.md's 'Adding a component' snippet, as written."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "guide.md").read_text()
     return re.search(r"## Adding a component.*?```python\n(.*?)```", readme, re.S).group(1)
 
 
@@ -196,7 +201,6 @@ def test_a_component_of_ones_own_works_from_the_command_line_through_imports(tmp
     the run later (in another process) imports it again."""
     import json
     import sys
-    from pathlib import Path
 
     from pyro_vae.cli import main
 

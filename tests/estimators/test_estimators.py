@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pyro_vae import estimators as E
-from pyro_vae.mcmc.hmc import RHAT_THRESHOLD, BatchedHMC
 from pyro_vae.data.linear_gaussian import LinearGaussian
+from pyro_vae.mcmc.hmc import RHAT_THRESHOLD, BatchedHMC
 from pyro_vae.traces import log_importance_weights
 
 
@@ -127,8 +127,8 @@ def test_the_memory_plan_counts_what_the_prior_takes_per_particle():
     cap (and, on CPU, page-faults: IWAE-5000 ran 4x slower). The paper's model: at least the hidden
     layer and the logits, live together, with the layers fused as the estimators run them."""
     from pyro_vae import config as C
-    from pyro_vae.estimators.memory import bytes_per_particle
     from pyro_vae.config.build import vae_from_config
+    from pyro_vae.estimators.memory import bytes_per_particle
 
     x = torch.bernoulli(torch.full((3, 784), 0.2))
     paper = vae_from_config(C.load("aevb_mnist").model, (1, 28, 28))
@@ -373,8 +373,7 @@ def test_estimators_leave_pyros_param_store_alone():
     import pyro
 
     from pyro_vae.config.build import vae_from_config
-
-    from .conftest import tiny_config
+    from tests.conftest import tiny_config
 
     vae = vae_from_config(tiny_config().model, (6,))
     assert vae.register_params
@@ -391,8 +390,8 @@ def test_estimators_leave_pyros_param_store_alone():
 def test_hmc_potential_gradients_treat_network_parameters_as_constants():
     """dU/dz is all HMC needs: the potential runs inside ``input_gradients_only`` (so the fused
     layers skip weight gradients), and the setting is restored afterwards."""
-    from pyro_vae.speed import fused_linear
     from pyro_vae.mcmc.hmc import potential_and_grad
+    from pyro_vae.speed import fused_linear
 
     seen = []
 
