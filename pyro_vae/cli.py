@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -19,6 +20,14 @@ def _whole_number(text: str, minimum: int) -> int:
         value = minimum - 1
     if value < minimum:
         raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+    return value
+
+
+def seed_arg(text: str) -> int:
+    """argparse type: a seed, a whole number from 0 to 2**63 - 1 (torch's seeds are 64-bit)."""
+    value = _whole_number(text, 0)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"expected a whole number below 2**63, got {text!r}")
     return value
 
 
@@ -86,11 +95,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"nothing to train: the run is at epoch {trainer.epoch} ({trainer.samples_seen} samples), {trainer.stop_reason()}; "
               "raise training.epochs or training.sample_budget (--set) to continue it")
     if args.evaluate:
-        from pyro_vae.estimators.options import EstimatorOptions
+        from pyro_vae.estimators.options import SETTINGS_USED
         from pyro_vae.runs.evaluate import evaluate_run
 
         ev = config.evaluation  # scores the model just trained, as loading it from the folder would
-        settings = {name: getattr(ev, name) for name in EstimatorOptions.model_fields}
+        settings = {name: getattr(ev, name) for name in SETTINGS_USED[ev.estimator]}
         result = evaluate_run(trainer.trained_run(), ev.estimator, ev.split, ev.n, config.seed, progress=not args.no_progress, **settings)
         _print_result(result)
     return 0
@@ -292,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with these --ais-steps and --ais-chains can be trusted; exact: closed form, for linear-Gaussian models")
     e.add_argument("--split", default="test", choices=["test", "train"], help="the data split to score (default test; bdmc scores simulated points instead)")
     e.add_argument("--n", type=positive_int, help="evaluate the first n points only (bdmc: how many to simulate, default 100)")
-    e.add_argument("--seed", type=int, default=0, help="seeds the estimator's draws (default 0; another seed is written to its own file)")
+    e.add_argument("--seed", type=seed_arg, default=0, help="seeds the estimator's draws (default 0; another seed is written to its own file)")
     e.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
     _add_estimator_flags(e)
     e.add_argument("--out", help="JSON output path (default: in RUN, named by the estimator, its settings, the split and any "
@@ -303,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw samples from a trained model (PNG grid)")
     s.add_argument("run")
     s.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64; a picture shows at most 2500, a .npy any number)")
-    s.add_argument("--seed", type=int, default=0, help="seeds the draws (default 0)")
+    s.add_argument("--seed", type=seed_arg, default=0, help="seeds the draws (default 0)")
     s.add_argument("--out", help="a picture (.png, default RUN/samples.png) or a .npy array of the sample means")
     s.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
     s.set_defaults(fn=cmd_sample)
@@ -334,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     one_line_warnings()  # this process is ours (the command), not a library user's
@@ -347,13 +364,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         potentials.switched_on()
         allocator.switched_on()
         allocator.keep_freed_memory()  # this process is ours: steady CPU speed (see allocator.py)
+        # A termination signal (a scheduler's time limit, `kill`) unwinds like Ctrl-C, so that
+        # temporary files are removed and the last checkpoint is named.
+        signal.signal(signal.SIGTERM, _interrupt)
         code = args.fn(args)
         from pyro_vae.distributed import from_env, shutdown
 
         shutdown(from_env())  # torchrun jobs: leave the process group together
         return code
     except PyroVAEError as e:
-        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        print(f"pyro-vae: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from pyro_vae.files import WRITE_FAILURES
+
+        if e.errno not in WRITE_FAILURES:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"pyro-vae: error: cannot write{where}: {WRITE_FAILURES[e.errno]}. Free space or choose a folder you can "
+              "write (--run-dir, --out, data.root); finished work (checkpoints, results) is kept.", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
+            raise
+        print(f"pyro-vae: error: out of memory ({_one_line(e)[:160]}). A size in the config or a flag asks for more than "
+              "this machine holds: lower model.z_dim, the networks' hidden sizes, data.n_train, --n or --memory-gb.",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.command == "train":

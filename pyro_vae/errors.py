@@ -19,6 +19,10 @@ class CheckpointError(PyroVAEError, ValueError):
     """A checkpoint or run folder cannot be read or resumed."""
 
 
+class EstimateError(PyroVAEError, RuntimeError):
+    """An estimate came out as no number (NaN or infinite), or could not be written."""
+
+
 class TrainingError(PyroVAEError, RuntimeError):
     """Training had to stop (a non-finite loss, for example). ``reason`` is what happened, without
     the advice the message adds."""

@@ -1,13 +1,25 @@
-"""Paths given by the user, checked before the work whose results they will hold."""
+"""Files a run writes: paths checked before the work whose results they will hold, whole-file
+replacement, and locks that keep two processes from writing one run folder or data cache."""
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, PyroVAEError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): no advisory locks; one process per folder is then the user's care
+    fcntl = None  # type: ignore[assignment]
+
+
+class BusyError(PyroVAEError):
+    """Another process holds the lock of a run folder."""
 
 
 @contextmanager
@@ -20,9 +32,15 @@ def replaced_atomically(path: Path | str, sync: bool = False) -> Iterator[Binary
         the rename must not leave an empty file behind the new name).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # A name of its own in the same folder (so the rename is atomic): two processes writing the same
+    # file never share a temporary one, and the last complete file wins.
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(handle, 0o666 & ~umask)  # as open() would make it (mkstemp makes it private)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(handle, "wb") as f:
             yield f
             if sync:
                 f.flush()
@@ -72,3 +90,49 @@ def prepared_output(path: Path | str, what: str) -> Path:
     except OSError as e:
         raise ConfigError(f"{what} {path}: its folder {folder} cannot be created ({e.strerror}); choose another path.") from None
     return path
+
+
+@contextmanager
+def exclusive_lock(folder: Path | str, what: str, wait: bool) -> Iterator[None]:
+    """Hold ``folder/.lock`` (an advisory ``flock``, released when the process ends, however it
+    ends) for the block. ``wait``: wait for another holder (a data cache being built: then read
+    what it wrote); otherwise a second holder gets a :class:`BusyError` naming ``what``. A folder
+    where no lock file can be made (read-only) is not locked: nothing is written there either."""
+    folder = Path(folder)
+    if fcntl is None:
+        yield
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise BusyError(f"another process is using {what} {folder} (it holds {folder / '.lock'}); wait for it to "
+                            "finish, or use another folder.") from None
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
+
+
+def check_writable(folder: Path | str, what: str) -> None:
+    """Raise a ConfigError unless a file can be created in ``folder`` (created if missing), so that
+    a read-only or unwritable folder is named before the work, not after it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".write-check.")
+        os.close(handle)
+        os.unlink(name)
+    except OSError as e:
+        raise ConfigError(f"{what} {folder} cannot be written ({e.strerror or e}); choose a folder you can write, "
+                          "or free space there.") from None
+
+
+# What an OSError from writing means to the user, by errno.
+WRITE_FAILURES = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+                  errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}

@@ -80,3 +80,24 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (timings on CUDA would otherwise measure only launches)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory the system has available now (Linux: ``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits_in_memory(n_bytes: float, what: str, fix: str) -> None:
+    """Raise a ConfigError before allocating ``n_bytes`` for ``what`` when the machine has less
+    memory available, with ``fix`` as the advice (the setting to lower)."""
+    available = available_memory()
+    if available is not None and n_bytes > available:
+        raise ConfigError(f"{what} would take {n_bytes / 2**30:.1f} GiB of memory and {available / 2**30:.1f} GiB are "
+                          f"available; {fix}.")

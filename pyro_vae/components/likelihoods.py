@@ -213,6 +213,13 @@ class Beta(Likelihood):
         bad = super().support_violation(x)
         if bad is None and (outside := _outside_unit_interval(x)):
             return outside + "; rescale the data to [0, 1]"
+        if bad is None:
+            # The Beta density is unbounded at 0 and 1: on data that sit there (binary images) the
+            # decoder can raise log p(x) without limit, and the bound is no log-likelihood at all.
+            at_edges = float(((x <= self.eps) | (x >= 1 - self.eps)).float().mean())
+            if at_edges > 0.5:
+                return (f"{at_edges:.0%} of the values lie at 0 or 1, where the Beta density has no upper bound (the ELBO "
+                        "would grow without limit); use bernoulli or continuous_bernoulli for binary data")
         return bad
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from pyro_vae.speed import fused_linear
 from pyro_vae.components.registry import NETWORKS
+from pyro_vae.hardware import check_fits_in_memory
 
 class _InPlaceWithoutGrad(nn.Module):
     """An activation that overwrites its input when no gradient is being recorded (evaluation:
@@ -70,6 +71,8 @@ def initialize(module: nn.Module, scheme: str, std: float = 0.01) -> None:
     """
     if scheme not in INITS:
         raise ValueError(f"unknown init {scheme!r}; valid: {', '.join(INITS)}")
+    if not std >= 0:
+        raise ValueError(f"init_std must be a standard deviation >= 0, not {std}")
     if scheme == "default":
         return
     for m in module.modules():
@@ -138,6 +141,11 @@ def mlp(
     """Multilayer perceptron; ``init: paper`` draws every parameter from N(0, init_std^2)."""
     if any(int(h) <= 0 for h in hidden):
         raise ValueError(f"hidden sizes must be positive, got {hidden}")
+    widths = [in_dim, *map(int, hidden), out_dim]
+    # float32 weights, and in training as much again for their gradients and twice for Adam's state
+    check_fits_in_memory(4 * 4 * sum((a + 1) * b for a, b in zip(widths, widths[1:])),
+                         f"the {role}'s weights ({'-'.join(map(str, widths))}) with their gradients and optimizer state",
+                         "lower model.z_dim or the networks' hidden sizes")
     net = MLP(in_dim, out_dim, [int(h) for h in hidden], activation)
     initialize(net, init, init_std)
     return net

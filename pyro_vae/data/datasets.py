@@ -29,7 +29,8 @@ import torch
 
 from pyro_vae.errors import DataError
 from pyro_vae.data.linear_gaussian import LinearGaussian
-from pyro_vae.files import replaced_atomically, write_bytes_atomically
+from pyro_vae.hardware import check_fits_in_memory
+from pyro_vae.files import exclusive_lock, replaced_atomically, write_bytes_atomically, write_text_atomically
 from pyro_vae.components.registry import DATASETS
 from pyro_vae.data.safe_pickle import load_arrays
 
@@ -171,6 +172,15 @@ def ensure_mnist(root: Path, download: bool, source: str = "auto") -> Path:
     cache = folder / "mnist.npz"
     if cache.exists():
         return cache
+    # Several processes reading MNIST for the first time at once (a sweep): one builds the cache,
+    # the others wait for it and then read it.
+    with exclusive_lock(folder, "the MNIST cache", wait=True):
+        if not cache.exists():
+            _build_mnist_cache(folder, cache, download, source)
+    return cache
+
+
+def _build_mnist_cache(folder: Path, cache: Path, download: bool, source: str) -> None:
     pkl = folder / "mnist.pkl.gz"
     arrays = None
     errors = []
@@ -197,7 +207,6 @@ def ensure_mnist(root: Path, download: bool, source: str = "auto") -> Path:
     if arrays is None:
         raise DataError("could not obtain MNIST:\n  " + "\n  ".join(errors) + f"\nPut mnist.pkl.gz into {folder} and retry.")
     _save_npz(cache, source=np.array(src), **arrays)
-    return cache
 
 
 @DATASETS.register("mnist")
@@ -265,8 +274,9 @@ def fashion_mnist(*, root: Path, download: bool) -> Dataset:
         from torchvision.datasets import FashionMNIST
 
         try:
-            tr = FashionMNIST(str(root / "fashion-mnist"), train=True, download=True)
-            te = FashionMNIST(str(root / "fashion-mnist"), train=False, download=True)
+            with exclusive_lock(root / "fashion-mnist", "the Fashion-MNIST cache", wait=True):
+                tr = FashionMNIST(str(root / "fashion-mnist"), train=True, download=True)
+                te = FashionMNIST(str(root / "fashion-mnist"), train=False, download=True)
         except Exception as e:
             raise DataError(f"Fashion-MNIST download failed ({e}); install Debian's dataset-fashion-mnist instead.") from e
         a = {"x_train": tr.data.numpy(), "y_train": tr.targets.numpy(), "x_test": te.data.numpy(), "y_test": te.targets.numpy()}
@@ -302,7 +312,9 @@ def frey_face(*, root: Path, download: bool, path: Optional[str] = None, sha256:
     if not mat.exists():
         if path or not download:
             raise DataError(f"{mat} does not exist. Download {FREY_URL} and put it there (or set data.path).")
-        _download(FREY_URL, mat)
+        with exclusive_lock(mat.parent, "the Frey Face cache", wait=True):
+            if not mat.exists():
+                _download(FREY_URL, mat)
     got = sha256_of(mat)
     record = mat.with_name(mat.name + ".sha256")
     if sha256 is not None and got != sha256:
@@ -320,7 +332,7 @@ def frey_face(*, root: Path, download: bool, path: Optional[str] = None, sha256:
     if ff.ndim != 2 or ff.shape[0] != 560:
         raise DataError(f"{mat}: 'ff' has shape {ff.shape}, expected (560, n_images) of 28x20 faces")
     if not record.exists():
-        record.write_text(got + "\n")
+        write_text_atomically(record, got + "\n")
     x = torch.from_numpy(ff.T.astype(np.float32) / 256.0)
     if not 0 < train_size < x.shape[0]:
         raise DataError(f"frey-face: train_size {train_size} must lie between 0 and the {x.shape[0]} images")
@@ -335,6 +347,11 @@ def synthetic(
     """Samples of a linear-Gaussian model with known parameters (exact log p(x) is available).
     ``n_train``/``n_test`` are the data section's sizes: that many points are drawn, and a smaller
     size draws the first points of a larger one."""
+    if min(x_dim, z_dim) < 1 or not noise_std > 0:
+        raise ValueError(f"synthetic data needs x_dim and z_dim >= 1 and noise_std > 0, not {x_dim}, {z_dim}, {noise_std}")
+    # float64 draws and their float32 copies, before anything is allocated
+    check_fits_in_memory(12 * (n_train + n_test) * (x_dim + z_dim), f"{n_train} + {n_test} synthetic points",
+                         "lower data.n_train or data.n_test")
     truth = LinearGaussian.random(x_dim, z_dim, noise_std, seed)
     xtr, _ = truth.sample(n_train, seed + 1)
     xte, _ = truth.sample(n_test, seed + 2)
@@ -342,10 +359,15 @@ def synthetic(
 
 
 def _check_x(path: Path, name: str, x: np.ndarray) -> None:
+    if np.iscomplexobj(x):
+        raise DataError(f"{path}: {name} holds complex numbers ({x.dtype}); a VAE here models real values: save the "
+                        "real part, or the real and imaginary parts as separate features")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise DataError(f"{path}: {name} must be numeric, got dtype {x.dtype}")
     if x.ndim < 2:
         raise DataError(f"{path}: {name} must hold one datapoint per row, shape (n, d), (n, h, w) or (n, c, h, w); got shape {x.shape}")
+    if 0 in x.shape:
+        raise DataError(f"{path}: {name} has shape {x.shape}, with no datapoints or no values per datapoint")
 
 
 @DATASETS.register("npz")
@@ -357,6 +379,8 @@ def npz(*, root: Path, download: bool, path: str, test_fraction: float = 0.1) ->
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"npz file {p} does not exist; set data.path to a .npz with an 'x' array.")
+    if not 0 < test_fraction < 1:
+        raise DataError(f"data.test_fraction must lie strictly between 0 and 1 (the share of x held out for testing), not {test_fraction}")
     a = _load_npz(p, ())
     if "x_train" in a and "x_test" in a:
         xtr, xte, ytr, yte = a["x_train"], a["x_test"], a.get("y_train"), a.get("y_test")
@@ -368,11 +392,16 @@ def npz(*, root: Path, download: bool, path: str, test_fraction: float = 0.1) ->
             raise DataError(f"{p}: {n} points are too few to hold out {n_test} for testing")
         xtr, xte = a["x"][: n - n_test], a["x"][n - n_test :]
         y = a.get("y")
+        if y is not None and len(y) != n:
+            raise DataError(f"{p}: y holds {len(y)} labels for {n} points in x; give one label per point, or drop y")
         ytr, yte = (y[: n - n_test], y[n - n_test :]) if y is not None else (None, None)
     else:
         raise DataError(f"{p} has arrays {sorted(a)}; it needs 'x' (or 'x_train' and 'x_test').")
     for name, v in (("x_train", xtr), ("x_test", xte)):
         _check_x(p, name, v)
+    for name, x, v in (("y_train", xtr, ytr), ("y_test", xte, yte)):
+        if v is not None and len(v) != len(x):
+            raise DataError(f"{p}: {name} holds {len(v)} labels for {len(x)} points; give one label per point, or drop it")
     if xtr.shape[1:] != xte.shape[1:]:
         raise DataError(f"{p}: the train and test points differ in shape: {xtr.shape[1:]} and {xte.shape[1:]}")
     for name, v in (("y (train)", ytr), ("y (test)", yte)):

@@ -50,6 +50,12 @@ def hmc_marginal_likelihood(
     gradient pass, or the estimate's ``num_samples x num_chains`` draws scored at once."""
     if num_chains < 1 or num_samples < 1:
         raise ValueError(f"num_chains and num_samples must be >= 1 (got {num_chains}, {num_samples})")
+    if num_chains * num_samples <= vae.z_dim:
+        # the full-covariance Gaussian fitted to the pooled draws would be singular: its estimate
+        # would be any number at all
+        raise ValueError(f"the App. D estimator fits a full-covariance Gaussian to the pooled draws, which needs more "
+                         f"draws than the {vae.z_dim} latent dimensions; it has {num_chains} chains x {num_samples} "
+                         f"samples = {num_chains * num_samples}. Raise --hmc-samples or --hmc-chains.")
     vae.check_points(x)
     n = x.shape[0]
     per_point = max(num_chains * bytes_per_chain(vae, x), num_samples * num_chains * bytes_per_particle(vae, x))

@@ -41,6 +41,18 @@ class EstimatorOptions(BaseModel):
 
 
 DEFAULTS = EstimatorOptions()
+
+# The settings each estimator reads (the others leave its number as it is).
+_AIS = ("ais_steps", "ais_chains", "ais_start", "ais_schedule", "memory_gb")
+SETTINGS_USED = {
+    "elbo": ("memory_gb",),
+    "iwae": ("k", "memory_gb"),
+    "ais": _AIS,
+    "hmc": ("hmc_samples", "hmc_chains", "hmc_warmup", "memory_gb"),
+    "gaps": ("k",) + _AIS,
+    "bdmc": ("ais_steps", "ais_chains", "ais_schedule", "memory_gb"),
+    "exact": (),
+}
 BDMC_POINTS = 100  # points bdmc simulates when no n is given (each costs two AIS runs)
 
 

@@ -63,11 +63,12 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(e)}; retrain or restore the file.") from e
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a pyro-vae checkpoint (format {FORMAT_VERSION}).")
-    damaged = [key for key, kind in REQUIRED.items() if not isinstance(state.get(key), kind)]
+    damaged = [key for key, kind in REQUIRED.items() if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
     if state.get("config") is not None and not isinstance(state["config"], dict):
         damaged.append("config")
+    damaged += [key for key in ("epoch", "step", "samples_seen", "wall_seconds") if key not in damaged and state[key] < 0]
     if damaged:
         raise CheckpointError(
-            f"{path} is damaged: {', '.join(damaged)} missing or of the wrong type. Restore the file or retrain."
+            f"{path} is damaged: {', '.join(damaged)} missing, negative or of the wrong type. Restore the file or retrain."
         )
     return state

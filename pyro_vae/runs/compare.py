@@ -54,6 +54,9 @@ def read_evaluation(path: Path | str) -> Dict[str, Any]:
     if not isinstance(values, list) or len(values) != result["n"]:
         raise ConfigError(f"{path} holds no per-datapoint values (written before evaluations kept them); run the same "
                           "`pyro-vae evaluate` again to write them.")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise ConfigError(f"{path}: per_datapoint must hold one finite number per point; the file was altered. Run the "
+                          "same `pyro-vae evaluate` again to write it anew.")
     result["path"] = str(path)
     return result
 

@@ -7,6 +7,7 @@ the trained model (whose exact posterior samples only simulation provides)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -15,10 +16,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 
 from pyro_vae import distributed, estimators
-from pyro_vae.errors import ConfigError
-from pyro_vae.estimators.options import BDMC_POINTS, DEFAULTS, ESTIMATORS, EstimatorOptions, estimator_options
+from pyro_vae.errors import ConfigError, EstimateError
+from pyro_vae.estimators.options import BDMC_POINTS, DEFAULTS, ESTIMATORS, SETTINGS_USED, EstimatorOptions, estimator_options
 from pyro_vae.estimators.result import Estimate, standard_error
-from pyro_vae.files import prepared_output, write_text_atomically
+from pyro_vae.files import check_writable, prepared_output, write_text_atomically
 from pyro_vae.hardware import hardware
 from pyro_vae.model import VAE
 from pyro_vae.data.datasets import binarize
@@ -104,10 +105,17 @@ def evaluate_run(
     options = estimator_options(**settings)
     if estimator == "bdmc" and options.ais_start != "prior":
         raise ConfigError("bdmc runs AIS from the prior (its reverse chains end there); drop --ais-start encoder.")
+    unused = [name for name in settings if name not in SETTINGS_USED[estimator] and settings[name] != getattr(DEFAULTS, name)]
+    if unused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        warnings.warn(f"pyro-vae: {flags} {'does' if len(unused) == 1 else 'do'} not apply to --estimator {estimator} and "
+                      f"{'is' if len(unused) == 1 else 'are'} ignored; it reads {', '.join(SETTINGS_USED[estimator]) or 'no setting'}",
+                      UserWarning, stacklevel=2)
     if out is not None:
         out = prepared_output(out, "--out")
     trained = run if isinstance(run, TrainedRun) else load_run(run, device=device)
     run_dir = trained.run_dir
+    check_writable(Path(out).parent if out is not None else run_dir, "the folder of the result")  # before the work
     if not trained.trains_guide and trained.dist.is_main and (
             estimator in ("elbo", "iwae", "gaps") or (estimator == "ais" and options.ais_start == "encoder")):
         warnings.warn(
@@ -152,7 +160,10 @@ def evaluate_run(
     start = time.perf_counter()
     if estimator == "gaps":
         return _gaps(trained, x, n_points, options, split, seed, start, out, units)
-    est = _ESTIMATE[estimator](trained.vae, x, options, progress)
+    try:
+        est = _ESTIMATE[estimator](trained.vae, x, options, progress)
+    except ValueError as e:  # a setting the estimator cannot work with on this model
+        raise ConfigError(f"estimator {estimator}: {e}") from None
     if info.enabled:
         est.diagnostics = combined_diagnostics(distributed.gather_objects((est.per_datapoint.numel(), est.diagnostics), info))
         est.per_datapoint = _gathered(est.per_datapoint, n_points, trained)
@@ -174,9 +185,27 @@ def evaluate_run(
         trained_epochs=trained.epoch,
         trained_samples=trained.samples_seen,
     )
-    path = Path(out)
-    if info.is_main:
-        write_text_atomically(path, json.dumps(result, indent=2, default=str))
+    return _written(result, Path(out), info.is_main)
+
+
+def _written(result: Dict[str, Any], path: Path, is_main: bool) -> Dict[str, Any]:
+    """Write an evaluation's result as JSON (rank 0 only) and return it with its ``path``. A value
+    that is no number is refused (it is not a log p(x)), and one that cannot be written is named
+    in the error, so that the work is not lost."""
+    value = result["value"]
+    if not math.isfinite(value):
+        raise EstimateError(
+            f"the {result['estimator']} estimate came out as {value}: the model's log densities are not finite at some "
+            "points (weights that hold NaN or inf, or a likelihood outside its support); nothing was written."
+        )
+    if is_main:
+        try:
+            write_text_atomically(path, json.dumps(result, indent=2, default=str))
+        except OSError as e:
+            raise EstimateError(
+                f"{result['estimator']}: log p(x) = {value:.4f} +- {result['stderr']:.4f} nats (n={result['n']}) was computed "
+                f"but cannot be written to {path} ({e.strerror or e}); free space there or pass --out elsewhere."
+            ) from None
     result["path"] = str(path)
     return result
 
@@ -255,11 +284,7 @@ def _gaps(trained: TrainedRun, x: torch.Tensor, n_points: int, options: Estimato
         "run": str(trained.run_dir), "split": split, "seed": seed, "seconds": round(time.perf_counter() - start, 3),
         "data": trained.data.info, "device": str(trained.device), "hardware": hardware(trained.device), "trained_epochs": trained.epoch,
     }
-    path = Path(out)
-    if trained.dist.is_main:  # every rank holds the same gathered report
-        write_text_atomically(path, json.dumps(result, indent=2, default=str))
-    result["path"] = str(path)
-    return result
+    return _written(result, Path(out), trained.dist.is_main)  # every rank holds the same gathered report
 
 
 def _bdmc(trained: TrainedRun, n: int, options: EstimatorOptions, seed: int, progress: bool, out: Path | str) -> Dict[str, Any]:
@@ -294,8 +319,4 @@ def _bdmc(trained: TrainedRun, n: int, options: EstimatorOptions, seed: int, pro
     }
     if info.enabled:
         result["settings"]["world_size"] = info.world_size
-    path = Path(out)
-    if info.is_main:
-        write_text_atomically(path, json.dumps(result, indent=2, default=str))
-    result["path"] = str(path)
-    return result
+    return _written(result, Path(out), info.is_main)

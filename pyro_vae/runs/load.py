@@ -83,7 +83,7 @@ def load_run(run_dir: Path | str, device: Optional[str] = None, data: Optional[D
             "data.root and evaluation may differ), or train a new run with the new ones."
         )
     loaded = data if data is not None else dataset_from_config(config.data)
-    changed = data_changes(run_dir, loaded.info)
+    changed = data_changes(run_dir, loaded.info, state)
     if changed and data is None:
         listed = "; ".join(f"{split}: {old} -> {new}" for split, (old, new) in changed.items())
         raise DataError(
@@ -101,5 +101,13 @@ def load_run(run_dir: Path | str, device: Optional[str] = None, data: Optional[D
         raise CheckpointError(
             f"the checkpoint in {run_dir} does not fit its config.yaml's model ({e}); restore the run's own files or retrain."
         ) from e
+    broken = [name for name, value in state["vae"].items() if torch.is_tensor(value) and value.is_floating_point()
+              and not bool(torch.isfinite(value).all())]
+    if broken:
+        raise CheckpointError(
+            f"the checkpoint in {run_dir} holds weights that are not finite ({', '.join(broken[:3])}"
+            f"{', ...' if len(broken) > 3 else ''}): no log p(x), sample or plot can be made from it. Retrain, or restore "
+            "an earlier checkpoint."
+        )
     vae.to(target).eval()
     return TrainedRun(run_dir, config, loaded, vae, target, int(state["epoch"]), int(state["samples_seen"]), dist)

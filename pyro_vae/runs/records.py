@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from pyro_vae.config import changed_settings, from_dict as config_from_dict
 from pyro_vae.errors import ConfigError
@@ -49,13 +49,16 @@ def config_changes(checkpoint_config: Dict[str, Any], config: Any) -> Dict[str, 
     return changed_settings(old, config.to_dict_with_option_defaults())
 
 
-def data_changes(run_dir: Path, data_info: Dict[str, Any]) -> Dict[str, Any]:
-    """Splits whose data differ from what the run folder's run.json recorded (by fingerprint):
-    ``{"data contents (split)": (recorded, now)}``; empty for runs that recorded none."""
+def data_changes(run_dir: Path, data_info: Dict[str, Any], checkpoint: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Splits whose data differ from what the run was trained on (by fingerprint), as run.json
+    recorded it or, where run.json is gone, the checkpoint: ``{"data contents (split)": (recorded,
+    now)}``; empty for runs that recorded none."""
     try:
         recorded = json.loads((Path(run_dir) / RUN_RECORD_NAME).read_text())["data"]["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError):
-        return {}  # no run.json yet, or written before fingerprints were recorded
+        recorded = (checkpoint or {}).get("data_fingerprint")  # no run.json (deleted, or not written yet)
+    if not isinstance(recorded, dict):
+        return {}  # a new run, or one written before fingerprints were recorded
     now = data_info.get("fingerprint") or {}
     return {
         f"data contents ({split})": (recorded[split], now[split])

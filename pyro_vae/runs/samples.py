@@ -10,6 +10,7 @@ leaves the old file or none, never half of one), after a check that the disk has
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from pyro_vae.model import VAE
 from pyro_vae.files import replaced_atomically
 
 CHUNK = 4096  # draws decoded at once: a few MiB of activations for the paper's networks
+LARGE = 2**30  # a file this large is announced before it is written
 
 
 def _size(n_bytes: int) -> str:
@@ -48,6 +50,9 @@ def write_sample_means(vae: VAE, path: Path | str, n: int, chunk: int = CHUNK) -
             f"{n} samples of {vae.x_dim} values need {_size(size)} on disk and {path.parent} has "
             f"{_size(free)} free; ask for fewer (--n) or write elsewhere (--out)."
         )
+    if size >= LARGE:
+        print(f"pyro-vae: writing {n} samples, {_size(size)}, to {path} ({_size(free)} free); Ctrl-C stops it and "
+              "leaves no partial file", file=sys.stderr)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, vae.x_dim)}
     try:
         # written in order through a plain file (not a memory map, which a disk filling up meanwhile

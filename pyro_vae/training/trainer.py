@@ -9,6 +9,7 @@ the progress bar and the NaN check), never per step.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -28,7 +29,7 @@ from pyro_vae.config.build import dataset_from_config, objective_from_config, op
 from pyro_vae.data.datasets import Dataset, binarize, binarize_dynamic, check_support
 from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError, TrainingError
 from pyro_vae.estimators.result import standard_error
-from pyro_vae.files import folder_path, write_text_atomically
+from pyro_vae.files import exclusive_lock, folder_path, write_text_atomically
 from pyro_vae.hardware import hardware, resolve_device
 from pyro_vae.mcmc import potentials
 from pyro_vae.model import VAE, set_validation, without_param_store
@@ -162,6 +163,7 @@ class Trainer:
             "objective": self.objective.state_dict(),
             "config": self.config.to_dict(),
             "x_shape": list(self.data.x_shape),
+            "data_fingerprint": self.data.info.get("fingerprint"),  # checked at resume and load, as run.json's
         }
         return state
 
@@ -212,7 +214,7 @@ class Trainer:
         data must be what run.json recorded; otherwise a CheckpointError names the differences,
         unless ``allow_changes``. Returns the differences (``{key: (old, new)}``)."""
         state = load_checkpoint(self.run_dir / CHECKPOINT_NAME)
-        changes = {**config_changes(state.get("config"), self.config), **data_changes(self.run_dir, self.data.info)}
+        changes = {**config_changes(state.get("config"), self.config), **data_changes(self.run_dir, self.data.info, state)}
         if changes and not allow_changes:
             listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
             raise CheckpointError(
@@ -271,7 +273,7 @@ class Trainer:
             # and with it sgd's step, grows with N; adaptive optimizers divide that scale out
             sgd = (f"sgd's step is lr times the gradient of the negative ELBO of all N = {self.x_train.shape[0]} training "
                    "points, so its lr has to shrink with N; adagrad and adam do not depend on that scale")
-        lr = cfg.optimizer.options.get("lr")
+        lr = self.optimizer.param_groups[0].get("lr")  # as the schedule has it now, not as configured
         notes = "; ".join(([f"now {lr:g}"] if isinstance(lr, (int, float)) else []) + ([sgd] if sgd else []))
         remedies = [f"a smaller optimizer.lr{f' ({notes})' if notes else ''}"]
         # only the remedies this run does not use already
@@ -377,6 +379,14 @@ class Trainer:
         :param on_epoch_end: called with the trainer and the epoch's metric row (experiments use it
             to estimate log p(x) at chosen points of training).
         """
+        # One trainer per run folder: a second one (the same command started twice) is refused
+        # rather than interleaving metrics.csv and checkpoints. torchrun's ranks share the folder.
+        with exclusive_lock(self.run_dir, "the run folder", wait=False) if self.dist.is_main else contextlib.nullcontext():
+            return self._train(resume, on_epoch_end, allow_changes)
+
+    def _train(
+        self, resume: bool, on_epoch_end: Optional[Callable[["Trainer", Dict[str, Any]], None]], allow_changes: bool
+    ) -> List[Dict[str, Any]]:
         changed = self.prepare_run_dir(resume, allow_changes)
         if changed:
             # the checkpoint takes the new settings at once, so that it and config.yaml agree even if

@@ -246,7 +246,7 @@ def test_infinite_or_nan_numbers_are_rejected_at_load(override, message):
     "override,message",
     [
         ("model.z_dim=0", "model.z_dim: Input should be greater than 0, got 0"),
-        ("training.epochs=abc", "training.epochs: Input should be a valid integer, unable to parse string as an integer, got 'abc'"),
+        ("training.epochs=abc", "training.epochs: Input should be a valid integer, got 'abc'"),
         ("data.binarize=sometimes", "data.binarize: Input should be 'none', 'dynamic' or 'static', got 'sometimes'"),
     ],
 )

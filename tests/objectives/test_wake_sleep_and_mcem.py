@@ -21,18 +21,22 @@ def ppca_ml_loglik(x: torch.Tensor, z_dim: int, sigma: float) -> float:
 
 
 @pytest.mark.parametrize(
-    "objective,optimizer,epochs,tolerance",
+    "objective,guide,optimizer,epochs,tolerance",
     [
-        ("wake_sleep", {"name": "adam", "lr": 0.02}, 30, 0.15),
-        ("rws", {"name": "adam", "lr": 0.02}, 30, 0.1),
-        ("mcem", {"name": "adagrad", "lr": 0.05}, 40, 0.3),
+        ("wake_sleep", "diag_normal", {"name": "adam", "lr": 0.02}, 30, 0.15),
+        ("wake_sleep", "full_normal", {"name": "adam", "lr": 0.02}, 30, 0.15),
+        ("wake_sleep", "iaf", {"name": "adam", "lr": 0.02}, 60, 0.3),
+        ("rws", "diag_normal", {"name": "adam", "lr": 0.02}, 30, 0.1),
+        ("rws", "full_normal", {"name": "adam", "lr": 0.02}, 30, 0.1),
+        ("mcem", "diag_normal", {"name": "adagrad", "lr": 0.05}, 40, 0.3),
     ],
 )
-def test_baselines_reach_ppca_maximum_likelihood(tmp_path, objective, optimizer, epochs, tolerance):
+def test_baselines_reach_ppca_maximum_likelihood(tmp_path, objective, guide, optimizer, epochs, tolerance):
+    """Every guide of the registry trains under wake-sleep (its sleep phase fits q to dreams)."""
     cfg = C.from_dict({
         "name": "ppca", "device": "cpu",
         "data": {"name": "synthetic", "n_train": 500, "n_test": 50, "x_dim": 5, "z_dim": 2, "noise_std": 0.5},
-        "model": {"z_dim": 2, "likelihood": {"name": "gaussian", "variance": "fixed", "fixed_std": 0.5},
+        "model": {"z_dim": 2, "likelihood": {"name": "gaussian", "variance": "fixed", "fixed_std": 0.5}, "guide": {"name": guide},
                   "encoder": {"name": "mlp", "hidden": []}, "decoder": {"name": "mlp", "hidden": []}},
         "objective": {"name": objective}, "optimizer": optimizer, "training": {"epochs": epochs, "batch_size": 50},
     })

@@ -17,7 +17,10 @@ def test_checkpoint_is_atomic_and_refuses_pickled_objects(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
     assert torch.equal(load_checkpoint(path)["vae"]["w"], torch.ones(2))
     save_checkpoint({**state, "epoch": "1", "config": []}, path)  # damaged: named, not a traceback later
-    with pytest.raises(CheckpointError, match="damaged: epoch, config missing or of the wrong type"):
+    with pytest.raises(CheckpointError, match="damaged: epoch, config missing, negative or of the wrong type"):
+        load_checkpoint(path)
+    save_checkpoint({**state, "epoch": -5}, path)
+    with pytest.raises(CheckpointError, match="damaged: epoch missing, negative or of the wrong type"):
         load_checkpoint(path)
 
     class Payload:
