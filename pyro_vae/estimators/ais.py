@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.model import VAE, without_param_store
-from pyro_vae.traces import sample_latents
+from pyro_vae.programs import accepts_pyro_programs, sample_flat
 from pyro_vae.mcmc.hmc import BatchedHMC
 from pyro_vae.estimators.memory import bytes_per_chain, datapoints_per_chunk
 from pyro_vae.mcmc.potentials import guide_log_density, model_log_densities
@@ -108,10 +108,11 @@ def pilot_step_sizes(
 ) -> torch.Tensor:
     """Tune a per-datapoint step-size schedule ``(T, batch)`` on separate pilot chains."""
     with torch.no_grad():
-        z = sample_latents(vae.model if start == "prior" else vae.guide, pilot_chains, x)["z"]
+        z = sample_flat(vae, vae.model if start == "prior" else vae.guide, pilot_chains, x)
     return _anneal(vae, x, z, betas, start, num_leapfrog, step_size, target_accept, None, progress)[2]
 
 
+@accepts_pyro_programs
 @without_param_store
 def ais(
     vae: VAE,
@@ -161,7 +162,7 @@ def ais(
             schedule_part = torch.full((num_steps, xs.shape[0]), step_size, dtype=x.dtype, device=x.device)
         with torch.no_grad():
             program = vae.model if start == "prior" else vae.guide
-            z = sample_latents(program, num_chains, xs)["z"]
+            z = sample_flat(vae, program, num_chains, xs)
         log_w, chunk_accept, chunk_steps = _anneal(vae, xs, z, betas, start, num_leapfrog, step_size, target_accept, schedule_part, progress)
         per_point[part] = _log_mean_exp(log_w, 0).cpu()
         accept[:, part], steps[:, part] = chunk_accept.cpu(), chunk_steps.cpu()
@@ -189,6 +190,7 @@ def _reverse(steps: torch.Tensor) -> torch.Tensor:
     return torch.cat([steps.flip(0)[1:], steps[:1]])
 
 
+@accepts_pyro_programs
 @without_param_store
 def bdmc(
     vae: VAE,
@@ -209,14 +211,16 @@ def bdmc(
     the mean's standard error and its largest value, with the simulated points ``x``. The points
     run in chunks under ``memory_gb``, as in :func:`ais`."""
     if x is None or z is None:
+        if x is not None:  # a user's own model learns the data's shape from these points
+            vae.check_points(x)
         x, z = vae.simulate(num_points)
     betas = beta_schedule(num_steps, schedule)
     n = x.shape[0]
     chunk = datapoints_per_chunk(n, num_chains * bytes_per_chain(vae, x), memory_gb)
     parts = [slice(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
     steps = torch.cat([pilot_step_sizes(vae, x[p], betas, "prior", num_leapfrog, step_size, target_accept, 2, progress) for p in parts], 1)
-    lower = ais(vae, x, num_steps, num_chains, schedule, num_leapfrog, step_size, target_accept, "prior", progress=progress,
-                step_schedule=steps, memory_gb=memory_gb)
+    lower = ais(vae, x, num_steps=num_steps, num_chains=num_chains, schedule=schedule, num_leapfrog=num_leapfrog, step_size=step_size,
+                target_accept=target_accept, start="prior", progress=progress, step_schedule=steps, memory_gb=memory_gb)
     # Reverse: beta 1 -> 0 from the exact posterior sample; transition t uses the forward step size
     # at the same temperature.
     upper_points = torch.empty(n, dtype=torch.float64)

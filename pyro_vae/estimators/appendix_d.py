@@ -20,7 +20,8 @@ from typing import Tuple
 import torch
 
 from pyro_vae.model import VAE, without_param_store
-from pyro_vae.traces import log_densities, sample_latents
+from pyro_vae.programs import accepts_pyro_programs, latents_of, sample_flat
+from pyro_vae.traces import log_densities
 from pyro_vae.mcmc.hmc import BatchedHMC, HMCStats, chain_diagnostics
 from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
 from pyro_vae.mcmc.potentials import model_log_densities
@@ -28,6 +29,7 @@ from pyro_vae.estimators.result import Estimate
 from pyro_vae.estimators.options import DEFAULTS
 
 
+@accepts_pyro_programs
 @without_param_store
 def hmc_marginal_likelihood(
     vae: VAE,
@@ -50,6 +52,7 @@ def hmc_marginal_likelihood(
     gradient pass, or the estimate's ``num_samples x num_chains`` draws scored at once."""
     if num_chains < 1 or num_samples < 1:
         raise ValueError(f"num_chains and num_samples must be >= 1 (got {num_chains}, {num_samples})")
+    vae.check_points(x)
     if num_chains * num_samples <= vae.z_dim:
         # the full-covariance Gaussian fitted to the pooled draws would be singular: its estimate
         # would be any number at all
@@ -95,7 +98,7 @@ def _estimate(
         return -(prior + lik)
 
     with torch.no_grad():
-        z = sample_latents(vae.guide, num_chains, x)["z"]
+        z = sample_flat(vae, vae.guide, num_chains, x)
     kernel = BatchedHMC(potential, step_size=step_size, num_leapfrog=num_leapfrog, target_accept=target_accept)
     fit_draws, _ = kernel.run(z, num_warmup, num_samples, thin)  # (S, C, B, D)
     eval_draws, stats = kernel.run(fit_draws[-1], 0, num_samples, thin)
@@ -110,7 +113,7 @@ def _estimate(
 
     zs = eval_draws.reshape(-1, x.shape[0], d)  # (S*C, B, D)
     with torch.no_grad():
-        prior, lik = log_densities(vae.model, {"z": zs}, x)
+        prior, lik = log_densities(vae.model, latents_of(vae, zs), x)
     log_ratio = q.log_prob(zs.double()) - (prior + lik).double()  # (S*C, B)
     log_px = -(torch.logsumexp(log_ratio, 0) - math.log(log_ratio.shape[0]))
     return log_px, eval_draws, stats

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.model import VAE, without_param_store
+from pyro_vae.programs import accepts_pyro_programs
 from pyro_vae.traces import log_importance_weights
 from pyro_vae.estimators.memory import bytes_per_particle
 from pyro_vae.estimators.result import Estimate
@@ -66,6 +67,7 @@ def log_weight_stats(
     return lse, lse2
 
 
+@accepts_pyro_programs
 @without_param_store
 @torch.no_grad()
 def iwae(
@@ -104,6 +106,7 @@ def iwae(
     )
 
 
+@accepts_pyro_programs
 @without_param_store
 def elbo(vae: VAE, x: torch.Tensor, num_samples: int = 1, memory_gb: float = DEFAULTS.memory_gb) -> Estimate:
     """The Monte Carlo ELBO per datapoint, averaged over ``num_samples`` draws of q (a lower bound)."""

@@ -48,6 +48,7 @@ from pyro.infer.util import is_validation_enabled
 
 from pyro_vae.speed import fused_linear
 from pyro_vae.model import VAE
+from pyro_vae.programs import latents_of
 from pyro_vae.speed.switches import Switch
 from pyro_vae.traces import guide_log_prob, log_densities
 
@@ -71,11 +72,11 @@ def compiles(z: torch.Tensor) -> bool:
 
 
 def _model_densities(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> Densities:
-    return log_densities(vae.model, {"z": z}, x)
+    return log_densities(vae.model, latents_of(vae, z), x)
 
 
 def _guide_density(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> Densities:
-    return (guide_log_prob(vae.guide, {"z": z}, x),)
+    return (guide_log_prob(vae.guide, latents_of(vae, z), x),)
 
 
 @contextmanager
@@ -182,8 +183,8 @@ class _Density:
 
     def __init__(self, vae: VAE, fn: DensityFn, x: torch.Tensor) -> None:
         self.vae, self.fn, self.x = vae, fn, x
-        self.names, self.state = _state(vae)
-        self.graphs = _GRAPHS.setdefault(vae, {})
+        self.names, self.state = _state(vae) if isinstance(vae, VAE) else ([], [])
+        self.graphs = _GRAPHS.setdefault(vae, {}) if isinstance(vae, VAE) else {}
         self._key = (fn, tuple(self.names), tuple(x.shape), x.dtype)  # the part fixed per batch
         # z's (shape, dtype, device) -> its graph, or None where it runs eagerly: decided at the
         # first evaluation of each shape (``compiles`` costs about 15 us, 2% of an evaluation at
@@ -191,7 +192,7 @@ class _Density:
         self._by_shape: Dict[Hashable, Optional[torch.jit.ScriptFunction]] = {}
 
     def _graph(self, z: torch.Tensor) -> Optional[torch.jit.ScriptFunction]:
-        if not compiles(z):
+        if not compiles(z) or not isinstance(self.vae, VAE):  # a user's own program runs as it is
             return None
         key = self._key + (tuple(z.shape), z.dtype, z.device)
         if key not in self.graphs:

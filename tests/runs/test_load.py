@@ -86,3 +86,26 @@ def test_a_metrics_line_cut_short_is_left_out_by_resume_and_plots(tmp_path, caps
     assert "left out 1 unreadable line" in capsys.readouterr().err
     rows, unreadable = read_metrics(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and unreadable == 0
+
+
+def test_a_loaded_run_trains_under_a_users_own_svi_and_predicts(tmp_path):
+    """The README's 'A trained run in Pyro' snippet, as written: Pyro's SVI moves the loaded
+    model's parameters, and Predictive draws from the guide and the prior."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"## A trained run in Pyro.*?```python\n(.*?)```", readme, re.S).group(1)
+    from pyro_vae.cli import main
+
+    assert main(["train", "tiny", "--run-dir", str(tmp_path / "runs" / "tiny"), "--no-progress", "--set", "training.epochs=1"]) == 0
+    namespace: dict = {}
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(code, namespace)
+    finally:
+        os.chdir(cwd)
+    assert namespace["moved"] and namespace["posterior"]["z"].shape == (10, 100, 2)
+    assert namespace["prior"]["x"].shape[:2] == (10, 100)

@@ -1,0 +1,160 @@
+"""The estimators on Pyro models written by hand, not built by the registry: several latent sites,
+two stochastic layers, and a model in the style of Pyro's own VAE example."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyro_vae import estimators as E
+from pyro_vae.programs import PyroModel
+
+X_DIM = 4
+
+
+class TwoSiteLinearGaussian:
+    """x = W1 z1 + W2 z2 + b + noise, z1 in R^1 and z2 in R^2 independent standard normal: a
+    linear-Gaussian model with two latent sites, whose log p(x) is N(x; b, W W^T + s^2 I)."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.W1, self.W2 = torch.randn(X_DIM, 1, generator=g), torch.randn(X_DIM, 2, generator=g)
+        self.b, self.s = torch.randn(X_DIM, generator=g), 0.6
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            z2 = pyro.sample("z2", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            loc = z1 @ self.W1.T + z2 @ self.W2.T + self.b
+            pyro.sample("x", dist.Normal(loc, self.s).to_event(1), obs=x)
+
+    def guide(self, x):  # a broad proposal that does not read x: the estimators must do the work
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z1", dist.Normal(torch.zeros(1), 1.5).to_event(1))
+            pyro.sample("z2", dist.Normal(torch.zeros(2), 1.5).to_event(1))
+
+    def log_px(self, x):
+        W = torch.cat([self.W1, self.W2], 1)
+        cov = W @ W.T + self.s**2 * torch.eye(X_DIM)
+        return torch.distributions.MultivariateNormal(self.b, covariance_matrix=cov).log_prob(x)
+
+    def sample(self, n):
+        with torch.no_grad():
+            trace = pyro.poutine.trace(pyro.poutine.uncondition(self.model)).get_trace(torch.zeros(n, X_DIM))
+        return trace.nodes["x"]["value"]
+
+
+def test_every_estimator_on_a_model_with_two_latent_sites_matches_the_exact_log_px():
+    truth = TwoSiteLinearGaussian()
+    torch.manual_seed(0)
+    x = truth.sample(6)
+    exact = truth.log_px(x).mean().item()
+    iw = E.iwae(truth.model, truth.guide, x, k=4000)
+    ais = E.ais(truth.model, truth.guide, x, num_steps=300, num_chains=8, num_leapfrog=5)
+    hmc = E.hmc_marginal_likelihood(truth.model, truth.guide, x, num_samples=200, num_warmup=500, num_chains=4)
+    assert abs(iw.mean - exact) < 0.05 and abs(ais.mean - exact) < 0.05 and abs(hmc.mean - exact) < 0.1
+    assert iw.per_datapoint.shape == (6,) and hmc.diagnostics["datapoints_rhat_above"] <= 2
+    report = E.bdmc(truth.model, truth.guide, x=x, num_points=5, num_steps=200, num_chains=4, num_leapfrog=5)
+    assert abs(report["gap_mean"]) < 0.2 and report["x"].shape == (5, X_DIM)
+
+
+def test_the_latent_sites_are_flattened_in_the_order_the_model_samples_them():
+    truth = TwoSiteLinearGaussian()
+    target = PyroModel(truth.model, truth.guide)
+    target.check_points(torch.zeros(3, X_DIM))
+    assert target.sites == {"z1": torch.Size([1]), "z2": torch.Size([2])} and target.z_dim == 3
+    z = torch.arange(2 * 3 * 3, dtype=torch.float).reshape(2, 3, 3)
+    assert torch.equal(target.flat(target.latents(z)), z) and torch.equal(target.latents(z)["z2"], z[..., 1:])
+
+
+class TwoLayer:
+    """z2 -> z1 -> x: z2 ~ N(0, I_2), z1 ~ N(tanh(A z2), 0.5^2 I_3), x ~ N(B z1, 0.4^2 I)."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(5)
+        self.A, self.B = torch.randn(3, 2, generator=g), torch.randn(X_DIM, 3, generator=g)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(torch.tanh(z2 @ self.A.T), 0.5).to_event(1))
+            pyro.sample("x", dist.Normal(z1 @ self.B.T, 0.4).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z2", dist.Normal(torch.zeros(2), 1.2).to_event(1))
+            pyro.sample("z1", dist.Normal(torch.zeros(3), 1.5).to_event(1))
+
+
+def test_ais_agrees_with_iwae_of_many_particles_on_two_stochastic_layers():
+    m = TwoLayer()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        x = pyro.poutine.trace(pyro.poutine.uncondition(m.model)).get_trace(torch.zeros(5, X_DIM)).nodes["x"]["value"]
+    iw = E.iwae(m.model, m.guide, x, k=20000)
+    ais = E.ais(m.model, m.guide, x, num_steps=400, num_chains=8, num_leapfrog=5)
+    assert abs(ais.mean - iw.mean) < 0.1
+    assert E.elbo(m.model, m.guide, x, num_samples=50).mean < iw.mean  # the ELBO is looser
+
+
+class PyroExampleVAE(nn.Module):
+    """In the style of Pyro's examples/vae/vae.py: nn.Modules registered with pyro.module, a
+    Bernoulli decoder, and the data plate around the latent and observed sites."""
+
+    def __init__(self, x_dim: int = 12, z_dim: int = 2, hidden: int = 16) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        self.decoder = nn.Sequential(nn.Linear(z_dim, hidden), nn.Softplus(), nn.Linear(hidden, x_dim))
+        self.encoder = nn.Sequential(nn.Linear(x_dim, hidden), nn.Softplus(), nn.Linear(hidden, 2 * z_dim))
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("latent", dist.Normal(x.new_zeros(self.z_dim), x.new_ones(self.z_dim)).to_event(1))
+            pyro.sample("obs", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, log_scale = self.encoder(x).chunk(2, -1)
+            pyro.sample("latent", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def test_a_vae_as_in_pyros_own_example_is_estimated_and_trains_under_svi():
+    torch.manual_seed(2)
+    vae = PyroExampleVAE()
+    x = (torch.rand(40, 12) < 0.3).float()
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), pyro.infer.Trace_ELBO())
+    for _ in range(50):
+        svi.step(x)
+    elbo = E.elbo(vae.model, vae.guide, x, num_samples=20)
+    iw = E.iwae(vae.model, vae.guide, x, k=300)
+    ais = E.ais(vae.model, vae.guide, x[:4], num_steps=100, num_chains=4, num_leapfrog=3, start="encoder")
+    assert elbo.mean < iw.mean < 0 and abs(ais.mean - E.iwae(vae.model, vae.guide, x[:4], k=300).mean) < 0.5
+    assert math.isfinite(E.hmc_marginal_likelihood(vae.model, vae.guide, x[:2], num_samples=10, num_warmup=10).mean)
+
+
+def test_a_model_the_estimators_cannot_read_is_named():
+    def global_latent(x):
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))  # shared by every datapoint
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(0.0, scale), obs=x)
+
+    with pytest.raises(ValueError, match="'scale' is outside pyro.plate"):
+        E.iwae(global_latent, global_latent, torch.zeros(3), k=5)
+    with pytest.raises(TypeError, match="a trained VAE and x, or a Pyro model"):
+        E.iwae(global_latent, torch.zeros(3), k=5)
+
+
+def test_the_readme_example_on_a_users_own_model_runs(capsys):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"## Estimators on your own Pyro model.*?```python\n(.*?)```", readme, re.S).group(1)
+    exec(code, {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("iwae: -") and out[1].startswith("ais: -") and abs(float(out[2])) < 1
