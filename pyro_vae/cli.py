@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import typing
@@ -80,6 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"device={args.device}")
+    if args.tensorboard:
+        overrides.append(f"logging.tensorboard={json.dumps(args.tensorboard)}")
     config = load(args.config, overrides)
     run_dir = Path(args.run_dir) if args.run_dir else (Path(args.config) if Path(args.config).is_dir() else Path("runs") / config.name)
     trainer = Trainer(config, run_dir, progress=not args.no_progress, epoch_lines=True)
@@ -166,7 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     settings = {name: getattr(args, name) for name in EstimatorOptions.model_fields}
     result = evaluate_run(args.run, args.estimator, args.split, args.n, args.seed, args.device, progress=not args.no_progress,
-                          out=args.out, **settings)
+                          out=args.out, save_chains=args.save_chains, **settings)
     _print_result(result)
     return 0
 
@@ -290,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "differ from the checkpoint's (recorded in run.json)")
     t.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (overrides the config)")
     t.add_argument("--evaluate", action="store_true", help="after training, estimate log p(x) as the config's evaluation section says")
+    t.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files into DIR (as logging.tensorboard: DIR)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch is still printed)")
     t.set_defaults(fn=cmd_train)
 
@@ -306,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_estimator_flags(e)
     e.add_argument("--out", help="JSON output path (default: in RUN, named by the estimator, its settings, the split and any "
                    "--n or --seed: eval_iwae_k5000_test.json, eval_ais_steps1000_chains16_test_n100.json)")
+    e.add_argument("--save-chains", metavar="FILE.nc", help="hmc or ais: the Markov chains behind the estimate as ArviZ "
+                   "InferenceData (posterior and sample_stats), for az.summary and az.plot_trace")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(fn=cmd_evaluate)
 

@@ -22,7 +22,7 @@ import sys
 import typing
 from typing import Any, Callable, Dict, Generic, List, Literal, Optional, TypeVar, Union
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, PyroVAEError
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -219,7 +219,7 @@ class Registry(Generic[T]):
         try:
             return builder(**context, **options)
         except (TypeError, ValueError) as e:
-            if isinstance(e, ConfigError):
+            if isinstance(e, PyroVAEError):  # already says what is wrong (a DataError of a loader, ...)
                 raise
             raise ConfigError(f"{self.kind} {name!r} with options {options}: {e}") from e
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -111,6 +111,14 @@ class EvaluationConfig(EstimatorOptions):
     n: Optional[int] = Field(None, gt=0, strict=True)  # evaluate the first n points only
 
 
+class LoggingConfig(BaseModel):
+    """Experiment tracking beside metrics.csv."""
+
+    model_config = ConfigDict(extra="forbid")
+    # TensorBoard event files: true for <run folder>/tensorboard, or a folder of your own
+    tensorboard: Union[bool, str] = Field(False, union_mode="left_to_right")
+
+
 class RunConfig(BaseModel):
     """Everything that defines a run. ``pyro_vae.config.load`` builds it from a file."""
 
@@ -126,6 +134,7 @@ class RunConfig(BaseModel):
     optimizer: OptimizerConfig = OptimizerConfig(name="adagrad", lr=0.02)
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @field_validator("imports", mode="before")
     @classmethod
@@ -266,6 +275,7 @@ RESUMABLE_SETTINGS = (
     "training.log_every",
     "training.validate_distributions",
     "evaluation",
+    "logging",
 )
 
 

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from pyro_vae.model import VAE, without_param_store
 from pyro_vae.programs import accepts_pyro_programs, sample_flat
-from pyro_vae.mcmc.hmc import BatchedHMC
+from pyro_vae.mcmc.hmc import BatchedHMC, to_inference_data
 from pyro_vae.estimators.memory import bytes_per_chain, datapoints_per_chunk
 from pyro_vae.mcmc.potentials import guide_log_density, model_log_densities
 from pyro_vae.estimators.result import Estimate, standard_error
@@ -65,7 +65,7 @@ def _anneal(
     :param step_schedule: ``(T, batch)`` step sizes to use at each transition (no adaptation); if
         None, step sizes adapt per chain (a pilot run) and the per-datapoint geometric mean of the
         chains' step sizes is recorded.
-    :returns: (log w, mean acceptance per chain, step-size schedule ``(T, batch)``).
+    :returns: (log w, mean acceptance per chain, step-size schedule ``(T, batch)``, the chains' final states).
     """
 
     model_densities, guide_density = model_log_densities(vae, x), guide_log_density(vae, x)
@@ -99,7 +99,7 @@ def _anneal(
         z, a = kernel.step(z, adapt=step_schedule is None)
         accept_sum += a
     schedule = step_schedule if step_schedule is not None else used
-    return log_w, accept_sum / (len(betas) - 1), schedule
+    return log_w, accept_sum / (len(betas) - 1), schedule, z
 
 
 def pilot_step_sizes(
@@ -151,6 +151,8 @@ def ais(
     accept = torch.empty(num_chains, n)
     steps = torch.empty(num_steps, n)
     log_w_std = torch.empty(n, dtype=torch.float64)
+    final_states = torch.empty(num_chains, n, vae.z_dim)  # where each chain ended: a draw near p(z | x)
+    log_weights = torch.empty(num_chains, n, dtype=torch.float64)
     for lo in range(0, n, chunk):
         part = slice(lo, min(n, lo + chunk))
         xs = x[part]
@@ -163,7 +165,9 @@ def ais(
         with torch.no_grad():
             program = vae.model if start == "prior" else vae.guide
             z = sample_flat(vae, program, num_chains, xs)
-        log_w, chunk_accept, chunk_steps = _anneal(vae, xs, z, betas, start, num_leapfrog, step_size, target_accept, schedule_part, progress)
+        log_w, chunk_accept, chunk_steps, final = _anneal(vae, xs, z, betas, start, num_leapfrog, step_size, target_accept, schedule_part,
+                                                          progress)
+        final_states[:, part], log_weights[:, part] = final.detach().cpu(), log_w.cpu()
         per_point[part] = _log_mean_exp(log_w, 0).cpu()
         accept[:, part], steps[:, part] = chunk_accept.cpu(), chunk_steps.cpu()
         log_w_std[part] = log_w.std(0).cpu() if num_chains > 1 else math.nan
@@ -182,6 +186,9 @@ def ais(
             "step_size_mean": float(steps.mean()),
             "log_weight_std_mean": float(log_w_std.mean()),
         },
+        # one draw per chain: its final state, with its log importance weight and acceptance rate
+        chains=to_inference_data(final_states.unsqueeze(0), sample_stats={"log_weight": log_weights.unsqueeze(0),
+                                                                         "acceptance_rate": accept.unsqueeze(0)}),
     )
 
 
@@ -227,7 +234,7 @@ def bdmc(
     accept_sum = 0.0
     for p in parts:
         z0 = z[p].unsqueeze(0).expand((num_chains,) + z[p].shape).clone()
-        log_w_rev, accept, _ = _anneal(vae, x[p], z0, betas.flip(0), "prior", num_leapfrog, step_size, target_accept,
+        log_w_rev, accept, _, _ = _anneal(vae, x[p], z0, betas.flip(0), "prior", num_leapfrog, step_size, target_accept,
                                        _reverse(steps[:, p]), progress)
         # Backwards, each increment (beta_t - beta_{t-1}) is negative: log_w_rev estimates -log p(x).
         upper_points[p] = -_log_mean_exp(log_w_rev, 0).cpu()

@@ -22,7 +22,7 @@ import torch
 from pyro_vae.model import VAE, without_param_store
 from pyro_vae.programs import accepts_pyro_programs, latents_of, sample_flat
 from pyro_vae.traces import log_densities
-from pyro_vae.mcmc.hmc import BatchedHMC, HMCStats, chain_diagnostics
+from pyro_vae.mcmc.hmc import BatchedHMC, HMCStats, chain_diagnostics, to_inference_data
 from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
 from pyro_vae.mcmc.potentials import model_log_densities
 from pyro_vae.estimators.result import Estimate
@@ -66,13 +66,17 @@ def hmc_marginal_likelihood(
     per_point_log_px = torch.empty(n, dtype=torch.float64)
     accept, steps = torch.empty(num_chains, n), torch.empty(num_chains, n)
     eval_draws = torch.empty(num_samples, num_chains, n, vae.z_dim)  # for the chains' ESS and R-hat
+    per_draw: dict = {}  # the sampler's statistics per draw, (num_samples, num_chains, n)
     for lo in range(0, n, chunk):
         part = slice(lo, min(n, lo + chunk))
         log_px, draws, stats = _estimate(vae, x[part], num_samples, num_warmup, num_chains, num_leapfrog, step_size,
                                          target_accept, thin, jitter)
         per_point_log_px[part], eval_draws[:, :, part] = log_px.cpu(), draws.cpu()
         accept[:, part], steps[:, part] = stats.accept_prob.cpu(), stats.step_size.cpu()
-    diagnostics = {"accept_mean": float(accept.mean()), "step_size_mean": float(steps.mean())}
+        for key, value in (stats.per_draw or {}).items():
+            per_draw.setdefault(key, torch.empty((num_samples, num_chains, n), dtype=value.dtype))[:, :, part] = value.cpu()
+    diagnostics = {"accept_mean": float(accept.mean()), "step_size_mean": float(steps.mean()),
+                   "divergences": int(per_draw["diverging"].sum()) if per_draw else 0}
     diagnostics.update(chain_diagnostics(eval_draws))
     return Estimate(
         "hmc_appendix_d",
@@ -83,6 +87,7 @@ def hmc_marginal_likelihood(
             "memory_gb": memory_gb, "chunk_datapoints": chunk,
         },
         diagnostics=diagnostics,
+        chains=to_inference_data(eval_draws, sample_stats=per_draw),
     )
 
 

@@ -22,6 +22,9 @@ class Estimate:
     per_datapoint: torch.Tensor  # (n,) float64, nats
     settings: Dict[str, Any]
     diagnostics: Dict[str, Any] = field(default_factory=dict)
+    # the Markov chains behind the number (the App. D estimator's HMC draws, AIS's final states and
+    # log weights) as an ``arviz.InferenceData``; not part of ``to_dict``
+    chains: Any = None
 
     @property
     def mean(self) -> float:

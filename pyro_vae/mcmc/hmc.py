@@ -21,6 +21,7 @@ average (through ``h_bar``): the paper's ``x_bar`` is measurably conservative he
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
@@ -88,6 +89,12 @@ class DualAveraging:
 class HMCStats:
     accept_prob: torch.Tensor  # (chains) mean acceptance probability over the recorded steps
     step_size: torch.Tensor  # (chains) final step sizes
+    # per recorded draw, (num_samples, *chains): "acceptance_rate", "diverging", "energy", "step_size"
+    # (ArviZ's names for a sampler's statistics)
+    per_draw: Optional[Dict[str, torch.Tensor]] = None
+
+
+DIVERGENCE_ENERGY = 1000.0  # an energy error above this marks a divergent trajectory (Stan's threshold)
 
 
 class BatchedHMC:
@@ -140,6 +147,9 @@ class BatchedHMC:
         accept_prob = log_accept.exp()
         accept = torch.rand_like(accept_prob).log() < log_accept
         z_new = torch.where(accept.unsqueeze(-1), z1.detach(), z)
+        # a trajectory whose energy error blows up (Stan's threshold: 1000) or turns non-finite
+        self.last_energy = torch.where(accept, h1, h0).detach()
+        self.last_diverging = ~torch.isfinite(h1) | (h1 - h0 > DIVERGENCE_ENERGY)
         if self.fixed_potential:
             self._cache = (z_new, torch.where(accept, u1, u0), torch.where(accept.unsqueeze(-1), g1, g0))
         if adapt:
@@ -165,13 +175,19 @@ class BatchedHMC:
         # leapfrog's temporaries (small blocks kept among big ones fragment the heap; see `iwae`)
         draws = torch.empty((num_samples,) + z.shape, dtype=z.dtype, device=z.device)
         accept = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+        per_draw = {name: torch.empty((num_samples,) + z.shape[:-1], dtype=torch.bool if name == "diverging" else z.dtype,
+                                      device=z.device) for name in ("acceptance_rate", "diverging", "energy")}
         for i in range(num_samples * thin):
             z, a = self.step(z)
             accept += a
             if (i + 1) % thin == 0:
                 draws[i // thin] = z
+                per_draw["acceptance_rate"][i // thin] = a
+                per_draw["diverging"][i // thin] = self.last_diverging
+                per_draw["energy"][i // thin] = self.last_energy
         self._init_step(z)
-        return draws, HMCStats(accept / max(1, num_samples * thin), self.step_size.clone())  # type: ignore[union-attr]
+        per_draw["step_size"] = self.step_size.expand((num_samples,) + z.shape[:-1]).clone()  # type: ignore[union-attr]
+        return draws, HMCStats(accept / max(1, num_samples * thin), self.step_size.clone(), per_draw)  # type: ignore[union-attr]
 
 
 def _arviz():
@@ -187,12 +203,20 @@ def _arviz():
     return arviz
 
 
-def to_inference_data(draws: torch.Tensor, name: str = "z") -> "arviz.InferenceData":
+def to_inference_data(
+    draws: torch.Tensor, name: str = "z", sample_stats: Optional[Dict[str, torch.Tensor]] = None
+) -> "arviz.InferenceData":
     """ArviZ ``InferenceData`` of draws ``(num_samples, chains, batch, D)`` (chains per datapoint
-    as ArviZ chains, datapoints and latent dimensions as coordinates)."""
+    as ArviZ chains, datapoints and latent dimensions as coordinates), with the sampler's
+    statistics per draw ``(num_samples, chains, batch)`` (``HMCStats.per_draw``) as its
+    ``sample_stats`` group, so that ``az.summary`` and ``az.plot_trace`` read it as any sampler's."""
     az = _arviz()
     arr = draws.detach().cpu().double().numpy().transpose(1, 0, 2, 3)  # (chain, draw, batch, D)
-    return az.from_dict(posterior={name: arr}, dims={name: ["datapoint", "latent_dim"]})
+    stats = {key: value.detach().cpu().numpy().swapaxes(0, 1) for key, value in (sample_stats or {}).items()}
+    with warnings.catch_warnings():  # AIS and MCEM keep one draw per chain on purpose
+        warnings.filterwarnings("ignore", message="More chains", category=UserWarning)
+        return az.from_dict(posterior={name: arr}, sample_stats=stats or None,
+                            dims={name: ["datapoint", "latent_dim"], **{key: ["datapoint"] for key in stats}})
 
 
 # Above this rank-normalized R-hat (Vehtari et al. 2021) a datapoint's chains are counted as not

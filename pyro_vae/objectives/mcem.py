@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, Optional
 import torch
 
 from pyro_vae.components.registry import OBJECTIVES
-from pyro_vae.mcmc.hmc import BatchedHMC
+from pyro_vae.mcmc.hmc import BatchedHMC, to_inference_data
 from pyro_vae.mcmc.potentials import model_log_densities
 from pyro_vae.model import VAE
 from pyro_vae.objectives.base import Objective
@@ -73,6 +73,14 @@ class MonteCarloEM(Objective):
     def loss(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> torch.Tensor:
         *_, last = self.step_losses(vae, x, idx, num_data)
         return last
+
+    def to_inference_data(self) -> Any:
+        """The E-step's persistent chains as ``arviz.InferenceData``: one draw (the current state)
+        of every training point's latent, with each chain's step size as its ``sample_stats``."""
+        if self.chains is None:
+            raise ValueError("the chains start at the first training step; train before reading them")
+        return to_inference_data(self.chains.detach().cpu()[None, None],
+                                 sample_stats={"step_size": self.log_step.detach().exp().cpu()[None, None]})
 
     def state_dict(self) -> Dict[str, Any]:
         return {} if self.chains is None else {"chains": self.chains, "log_step": self.log_step}

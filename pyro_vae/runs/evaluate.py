@@ -24,6 +24,7 @@ from pyro_vae.hardware import hardware
 from pyro_vae.model import VAE
 from pyro_vae.data.datasets import binarize
 from pyro_vae.runs.load import TrainedRun, load_run
+from pyro_vae.tracking import Callback, TensorBoardLogger
 
 GAP_REPORT_ESTIMATES = ("elbo", "iwae", "ais", "elbo_local_gaussian")  # the estimates a gap report may hold
 
@@ -80,6 +81,8 @@ def evaluate_run(
     device: Optional[str] = None,
     progress: bool = True,
     out: Optional[Path | str] = None,
+    save_chains: Optional[Path | str] = None,
+    callbacks: Sequence[Callback] = (),
     **settings: Any,
 ) -> Dict[str, Any]:
     """Estimate log p(x) of a trained run and write it as JSON (``out``, else in the run folder
@@ -91,6 +94,11 @@ def evaluate_run(
         (100 by default) instead of a split, ``exact`` needs a linear-Gaussian model.
     :param n: the first n points of the split (all when None).
     :param seed: seeds torch's RNG before estimating (each rank of a torchrun job adds its own offset).
+    :param save_chains: write the Markov chains behind the estimate (``hmc``: every HMC draw with
+        its sampler statistics; ``ais``: each chain's final state and log weight) as ArviZ
+        ``InferenceData`` to this ``.nc`` file.
+    :param callbacks: told of the result when it is written (:class:`~pyro_vae.tracking.Callback`);
+        a TensorBoard logger is added when the run's config has ``logging.tensorboard``.
     :param settings: the estimator's settings, the fields of
         :class:`~pyro_vae.estimators.options.EstimatorOptions` (``k``, ``ais_steps``, ...); the
         rest keep their defaults.
@@ -113,8 +121,18 @@ def evaluate_run(
                       UserWarning, stacklevel=2)
     if out is not None:
         out = prepared_output(out, "--out")
+    if save_chains is not None:
+        if estimator not in ("hmc", "ais"):
+            raise ConfigError(f"--save-chains saves the Markov chains of --estimator hmc or ais; {estimator} runs none.")
+        if distributed.from_env().enabled:
+            raise ConfigError("--save-chains writes one file of all the chains; run the evaluation in one process (no torchrun).")
+        save_chains = prepared_output(save_chains, "--save-chains")
     trained = run if isinstance(run, TrainedRun) else load_run(run, device=device)
     run_dir = trained.run_dir
+    callbacks = list(callbacks)
+    tensorboard = trained.config.logging.tensorboard
+    if tensorboard and trained.dist.is_main:
+        callbacks.append(TensorBoardLogger(run_dir / "tensorboard" if tensorboard is True else Path(tensorboard)))
     check_writable(Path(out).parent if out is not None else run_dir, "the folder of the result")  # before the work
     if not trained.trains_guide and trained.dist.is_main and (
             estimator in ("elbo", "iwae", "gaps") or (estimator == "ais" and options.ais_start == "encoder")):
@@ -129,7 +147,7 @@ def evaluate_run(
     if estimator == "bdmc":
         n = n or BDMC_POINTS
         out = out or run_dir / default_output_name("bdmc", "simulated", named_by, subset=n)
-        return _bdmc(trained, n, options, seed, progress, out)
+        return _told(callbacks, _bdmc(trained, n, options, seed, progress, out))
     x = trained.x_test if split == "test" else trained.x_train
     if split == "train" and trained.config.data.binarize == "dynamic":
         # Dynamic binarization has no fixed training set: score one seeded draw of it.
@@ -159,7 +177,7 @@ def evaluate_run(
     torch.manual_seed(seed + 7919 * info.rank)
     start = time.perf_counter()
     if estimator == "gaps":
-        return _gaps(trained, x, n_points, options, split, seed, start, out, units)
+        return _told(callbacks, _gaps(trained, x, n_points, options, split, seed, start, out, units))
     try:
         est = _ESTIMATE[estimator](trained.vae, x, options, progress)
     except ValueError as e:  # a setting the estimator cannot work with on this model
@@ -170,7 +188,11 @@ def evaluate_run(
         est.settings["world_size"] = info.world_size
     if units is not None:
         est.diagnostics["active_units"] = units
+    if save_chains is not None:
+        est.chains.to_netcdf(str(save_chains))
     result = est.to_dict()
+    if save_chains is not None:
+        result["chains"] = str(save_chains)
     # log p(x) of every point, so that two runs scored on the same points compare point by point
     # (`pyro-vae compare`: the paired error of a difference is a fraction of each estimate's own)
     result["per_datapoint"] = est.per_datapoint.tolist()
@@ -185,7 +207,15 @@ def evaluate_run(
         trained_epochs=trained.epoch,
         trained_samples=trained.samples_seen,
     )
-    return _written(result, Path(out), info.is_main)
+    return _told(callbacks, _written(result, Path(out), info.is_main))
+
+
+def _told(callbacks: Sequence[Callback], result: Dict[str, Any]) -> Dict[str, Any]:
+    """``result``, after every callback has been told of it."""
+    for callback in callbacks:
+        callback.on_evaluation_end(result)
+        callback.close()
+    return result
 
 
 def _written(result: Dict[str, Any], path: Path, is_main: bool) -> Dict[str, Any]:

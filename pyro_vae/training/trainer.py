@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import pyro
 import torch
@@ -37,6 +37,7 @@ from pyro_vae.objectives.base import Objective
 from pyro_vae.runs.load import TrainedRun
 from pyro_vae.runs.records import METRIC_FIELDS, METRICS_NAME, RUN_RECORD_NAME, config_changes, data_changes, read_metrics
 from pyro_vae.speed import allocator, fused_linear
+from pyro_vae.tracking import Callback, TensorBoardLogger
 from pyro_vae.traces import log_importance_weights
 from pyro_vae.runs.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
@@ -84,17 +85,24 @@ class Trainer:
     :param progress: show a progress bar during each epoch.
     :param epoch_lines: print one line per epoch (default: as ``progress``); the command line prints
         them with or without bars.
+    :param callbacks: called at the end of each epoch (:class:`~pyro_vae.tracking.Callback`); a
+        TensorBoard logger is added when the config's ``logging.tensorboard`` asks for one.
     """
 
     def __init__(
         self, config: RunConfig, run_dir: Path | str, data: Optional[Dataset] = None, progress: bool = True,
         dist_info: Optional[distributed.DistInfo] = None, epoch_lines: Optional[bool] = None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = config
         self.run_dir = folder_path(run_dir, "the run folder (--run-dir)")  # before any data is loaded
         self.dist = dist_info if dist_info is not None else distributed.from_env()
         self.progress = progress and self.dist.is_main
         self.epoch_lines = (progress if epoch_lines is None else epoch_lines) and self.dist.is_main
+        self.callbacks = list(callbacks)
+        tensorboard = config.logging.tensorboard
+        if tensorboard and self.dist.is_main:
+            self.callbacks.append(TensorBoardLogger(self.run_dir / "tensorboard" if tensorboard is True else Path(tensorboard)))
         self.device = resolve_device(config.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -401,10 +409,14 @@ class Trainer:
         rows = []
         while self.stop_reason() is None:
             rows.append(self._train_epoch(n, cfg))
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, rows[-1])
             if on_epoch_end is not None:
                 on_epoch_end(self, rows[-1])
         if not rows or self._saved_epoch != self.epoch:
             self.save()
+        for callback in self.callbacks:
+            callback.close()
         return rows
 
     def _sharded_elbo(self, x: torch.Tensor, batch_size: int) -> Tuple[float, float]:

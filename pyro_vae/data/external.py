@@ -1,0 +1,157 @@
+"""Data a user already has: a folder of images (``image_folder``) or a ``torch.utils.data.Dataset``
+class (``torch_dataset``), read once into arrays and cached in the data folder as ``.npz``, keyed
+by what they were read from, so that later runs load the cache (and are fingerprinted like every
+other data set).
+
+    data: {name: image_folder, path: faces/, size: [28, 20], channels: 1}
+    data: {name: torch_dataset, target: "torchvision.datasets:FashionMNIST", kwargs: {root: data, download: true}, split_argument: train}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from pyro_vae.components.registry import DATASETS
+from pyro_vae.data.datasets import Dataset, _load_npz, _save_npz
+from pyro_vae.errors import DataError
+from pyro_vae.files import exclusive_lock
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+def _cache_path(root: Path, kind: str, key: Dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return root / kind / f"{digest}.npz"
+
+
+def _split(x: np.ndarray, y: Optional[np.ndarray], test_fraction: float, seed: int) -> Tuple[np.ndarray, ...]:
+    """A seeded random split: the classes of a folder come in order, so the last rows would be one class."""
+    if not 0 < test_fraction < 1:
+        raise DataError(f"data.test_fraction must lie strictly between 0 and 1, not {test_fraction}")
+    n = len(x)
+    n_test = max(1, int(round(test_fraction * n)))
+    if n - n_test < 1:
+        raise DataError(f"{n} points are too few to hold out {n_test} for testing")
+    order = np.random.default_rng(seed).permutation(n)
+    train, test = order[: n - n_test], order[n - n_test :]
+    return x[train], x[test], (None if y is None else y[train]), (None if y is None else y[test])
+
+
+def _dataset(name: str, arrays: Dict[str, np.ndarray], source: str) -> Dataset:
+    x_train, x_test = arrays["x_train"], arrays["x_test"]
+    shape = tuple(int(s) for s in x_train.shape[1:])
+    flat = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32).reshape(len(v), -1))  # noqa: E731
+    labels = lambda k: torch.from_numpy(arrays[k].astype(np.int64)) if k in arrays else None  # noqa: E731
+    return Dataset(name, flat(x_train), flat(x_test), shape, labels("y_train"), labels("y_test"), info={"source": source})
+
+
+@DATASETS.register("image_folder")
+def image_folder(
+    *, root: Path, download: bool, path: str, size: List[int] = [28, 28], channels: int = 1,  # noqa: B006
+    test_fraction: float = 0.1, split_seed: int = 0,
+) -> Dataset:
+    """Every image below ``path`` (torchvision's ``ImageFolder`` layout: one subfolder per class,
+    whose index becomes the label; images directly in ``path`` are read too, unlabelled), converted
+    to ``channels`` (1: grey, 3: RGB), resized to ``size`` (height, width) and scaled to [0, 1].
+    A seeded random ``test_fraction`` is held out."""
+    from PIL import Image
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data.path {folder} is not a folder of images; point it at one (one subfolder per class, or images)")
+    if channels not in (1, 3) or len(size) != 2 or min(size) < 1:
+        raise DataError(f"image_folder needs channels 1 or 3 and size [height, width] of positive numbers, not {channels}, {size}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) below {folder}")
+    classes = sorted({p.parent.name for p in files if p.parent != folder})
+    key = {"path": str(folder.resolve()), "size": list(size), "channels": channels, "test_fraction": test_fraction,
+           "split_seed": split_seed, "files": [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
+    cache = _cache_path(root, "image_folder", key)
+    with exclusive_lock(cache.parent, "the image cache", wait=True):
+        if not cache.exists():
+            images, labels = [], []
+            for p in files:
+                try:
+                    with Image.open(p) as im:
+                        im = im.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
+                        arr = np.asarray(im, dtype=np.float32) / 255.0
+                except Exception as e:  # a damaged or unreadable file: named, not a traceback
+                    raise DataError(f"cannot read the image {p}: {e}; remove it or replace it") from None
+                images.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
+                labels.append(classes.index(p.parent.name) if p.parent != folder else -1)
+            x, y = np.stack(images), np.asarray(labels)
+            x_train, x_test, y_train, y_test = _split(x, y if classes else None, test_fraction, split_seed)
+            arrays = {"x_train": x_train, "x_test": x_test}
+            if y_train is not None:
+                arrays.update(y_train=y_train, y_test=y_test)
+            _save_npz(cache, **arrays)
+    return _dataset("image_folder", _load_npz(cache, ("x_train", "x_test")), f"{folder} ({len(files)} images, cached in {cache})")
+
+
+def _import_target(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise DataError(f"data.target {target!r} must read module:Class, e.g. 'torchvision.datasets:FashionMNIST'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise DataError(f"data.target {target!r}: {e}; name an importable module and a class in it") from None
+
+
+def _to_arrays(dataset: Any, target: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Every item of a map-style dataset, ``x`` or ``(x, y)``, as arrays (PIL images become [0, 1] grey levels)."""
+    xs, ys = [], []
+    try:
+        for i in range(len(dataset)):
+            item = dataset[i]
+            x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+            if not torch.is_tensor(x):
+                x = np.asarray(x, dtype=np.float32)
+                x = x / 255.0 if x.max(initial=0) > 1 else x
+            xs.append(np.asarray(x, dtype=np.float32))
+            ys.append(y)
+    except Exception as e:
+        raise DataError(f"reading {target}: item {len(xs)} failed ({type(e).__name__}: {e})") from None
+    if not xs:
+        raise DataError(f"{target} holds no items")
+    labelled = all(isinstance(y, (int, np.integer)) or (torch.is_tensor(y) and y.numel() == 1) for y in ys)
+    return np.stack(xs), (np.asarray([int(y) for y in ys]) if labelled else None)
+
+
+@DATASETS.register("torch_dataset")
+def torch_dataset(
+    *, root: Path, download: bool, target: str, kwargs: Dict[str, Any] = {},  # noqa: B006
+    split_argument: Optional[str] = None, test_fraction: float = 0.1, split_seed: int = 0,
+) -> Dataset:
+    """A map-style ``torch.utils.data.Dataset`` class ``target`` (``module:Class``), built with
+    ``kwargs``; its items are ``x`` or ``(x, y)`` tensors or images. With ``split_argument`` the
+    train and test sets are ``Class(**kwargs, <split_argument>=True/False)`` (torchvision's
+    ``train``); otherwise a seeded random ``test_fraction`` of one set is held out. Importing the
+    module runs its code: name only modules you trust."""
+    key = {"target": target, "kwargs": kwargs, "split_argument": split_argument, "test_fraction": test_fraction, "split_seed": split_seed}
+    cache = _cache_path(root, "torch_dataset", key)
+    with exclusive_lock(cache.parent, "the dataset cache", wait=True):
+        if not cache.exists():
+            cls = _import_target(target)
+            try:
+                sets = [cls(**kwargs, **{split_argument: flag}) for flag in (True, False)] if split_argument else [cls(**kwargs)]
+            except Exception as e:
+                raise DataError(f"building {target}(**{kwargs}) failed: {type(e).__name__}: {e}") from None
+            read = [_to_arrays(s, target) for s in sets]
+            if split_argument:
+                (x_train, y_train), (x_test, y_test) = read
+            else:
+                x_train, x_test, y_train, y_test = _split(read[0][0], read[0][1], test_fraction, split_seed)
+            arrays = {"x_train": x_train, "x_test": x_test}
+            if y_train is not None and y_test is not None:
+                arrays.update(y_train=y_train, y_test=y_test)
+            _save_npz(cache, **arrays)
+    return _dataset("torch_dataset", _load_npz(cache, ("x_train", "x_test")), f"{target} (cached in {cache})")
