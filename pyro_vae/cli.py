@@ -262,7 +262,7 @@ def _add_estimator_flags(parser: argparse.ArgumentParser) -> None:
     from pyro_vae.estimators.options import DEFAULTS, EstimatorOptions, describe_setting
 
     for name, field in EstimatorOptions.model_fields.items():
-        choices = typing.get_args(field.annotation)
+        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
         kind = describe_setting(name)
         if choices:
             as_type = None
@@ -274,7 +274,7 @@ def _add_estimator_flags(parser: argparse.ArgumentParser) -> None:
             as_type = positive_float
         default = getattr(DEFAULTS, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=as_type, choices=choices or None, default=default,
-                            help=f"{field.description} (default {default})")
+                            help=field.description + ("" if default is None else f" (default {default})"))
 
 
 def build_parser() -> argparse.ArgumentParser:

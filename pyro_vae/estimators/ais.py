@@ -35,7 +35,7 @@ from pyro_vae.mcmc.hmc import BatchedHMC, to_inference_data
 from pyro_vae.estimators.memory import bytes_per_chain, datapoints_per_chunk
 from pyro_vae.mcmc.potentials import guide_log_density, model_log_densities
 from pyro_vae.estimators.result import Estimate, standard_error
-from pyro_vae.estimators.options import AIS_SCHEDULES, AIS_STARTS, DEFAULTS, AisSchedule as Schedule, AisStart as Start
+from pyro_vae.estimators.options import AIS_SCHEDULES, AIS_STARTS, DEFAULTS, resolved_memory_gb, AisSchedule as Schedule, AisStart as Start
 
 
 def beta_schedule(num_steps: int, kind: Schedule = "sigmoid", sharpness: float = 4.0) -> torch.Tensor:
@@ -128,7 +128,7 @@ def ais(
     pilot_chains: int = 2,
     progress: bool = False,
     step_schedule: Optional[torch.Tensor] = None,
-    memory_gb: float = DEFAULTS.memory_gb,
+    memory_gb: Optional[float] = DEFAULTS.memory_gb,
 ) -> Estimate:
     """AIS estimate of log p(x) per datapoint (rows of ``x``), ``num_chains`` chains each.
 
@@ -143,9 +143,10 @@ def ais(
     if num_chains < 1 or (adapt and step_schedule is None and pilot_chains < 1):
         raise ValueError(f"num_chains and pilot_chains must be >= 1 (got {num_chains}, {pilot_chains})")
     vae.check_points(x)
+    memory_gb = resolved_memory_gb(memory_gb, x.device)
     betas = beta_schedule(num_steps, schedule)
     n = x.shape[0]
-    chunk = datapoints_per_chunk(n, max(num_chains, pilot_chains) * bytes_per_chain(vae, x), memory_gb)
+    chunk = datapoints_per_chunk(n, max(num_chains, pilot_chains) * bytes_per_chain(vae, x), memory_gb, x.device)
     # per datapoint, written chunk by chunk into tensors made before the loop (see `iwae`)
     per_point = torch.empty(n, dtype=torch.float64)
     accept = torch.empty(num_chains, n)
@@ -211,7 +212,7 @@ def bdmc(
     x: Optional[torch.Tensor] = None,
     z: Optional[torch.Tensor] = None,
     progress: bool = False,
-    memory_gb: float = DEFAULTS.memory_gb,
+    memory_gb: Optional[float] = DEFAULTS.memory_gb,
 ) -> dict:
     """BDMC on simulated data: forward AIS (lower bound) and reverse AIS from the exact posterior
     sample (upper bound). Returns both estimates and the gap (upper - lower): its mean over points,
@@ -221,9 +222,10 @@ def bdmc(
         if x is not None:  # a user's own model learns the data's shape from these points
             vae.check_points(x)
         x, z = vae.simulate(num_points)
+    memory_gb = resolved_memory_gb(memory_gb, x.device)
     betas = beta_schedule(num_steps, schedule)
     n = x.shape[0]
-    chunk = datapoints_per_chunk(n, num_chains * bytes_per_chain(vae, x), memory_gb)
+    chunk = datapoints_per_chunk(n, num_chains * bytes_per_chain(vae, x), memory_gb, x.device)
     parts = [slice(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
     steps = torch.cat([pilot_step_sizes(vae, x[p], betas, "prior", num_leapfrog, step_size, target_accept, 2, progress) for p in parts], 1)
     lower = ais(vae, x, num_steps=num_steps, num_chains=num_chains, schedule=schedule, num_leapfrog=num_leapfrog, step_size=step_size,

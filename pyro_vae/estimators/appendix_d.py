@@ -15,7 +15,7 @@ usually is for small z. The paper evaluated with 4 leapfrog steps.
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -26,7 +26,7 @@ from pyro_vae.mcmc.hmc import BatchedHMC, HMCStats, chain_diagnostics, to_infere
 from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
 from pyro_vae.mcmc.potentials import model_log_densities
 from pyro_vae.estimators.result import Estimate
-from pyro_vae.estimators.options import DEFAULTS
+from pyro_vae.estimators.options import DEFAULTS, resolved_memory_gb
 
 
 @accepts_pyro_programs
@@ -42,7 +42,7 @@ def hmc_marginal_likelihood(
     target_accept: float = 0.9,
     thin: int = 1,
     jitter: float = 1e-6,
-    memory_gb: float = DEFAULTS.memory_gb,
+    memory_gb: Optional[float] = DEFAULTS.memory_gb,
 ) -> Estimate:
     """AEVB App. D estimate of log p(x) per row of ``x``; ``num_samples`` per chain for the fit and
     as many again for the estimate (chains start from q(z|x) to shorten warmup).
@@ -53,6 +53,7 @@ def hmc_marginal_likelihood(
     if num_chains < 1 or num_samples < 1:
         raise ValueError(f"num_chains and num_samples must be >= 1 (got {num_chains}, {num_samples})")
     vae.check_points(x)
+    memory_gb = resolved_memory_gb(memory_gb, x.device)
     if num_chains * num_samples <= vae.z_dim:
         # the full-covariance Gaussian fitted to the pooled draws would be singular: its estimate
         # would be any number at all
@@ -62,7 +63,7 @@ def hmc_marginal_likelihood(
     vae.check_points(x)
     n = x.shape[0]
     per_point = max(num_chains * bytes_per_chain(vae, x), num_samples * num_chains * bytes_per_particle(vae, x))
-    chunk = datapoints_per_chunk(n, per_point, memory_gb)
+    chunk = datapoints_per_chunk(n, per_point, memory_gb, x.device)
     per_point_log_px = torch.empty(n, dtype=torch.float64)
     accept, steps = torch.empty(num_chains, n), torch.empty(num_chains, n)
     eval_draws = torch.empty(num_samples, num_chains, n, vae.z_dim)  # for the chains' ESS and R-hat

@@ -33,7 +33,7 @@ FINAL_SAMPLES = 100  # fresh samples per datapoint for q*'s final ELBO
 
 @without_param_store
 def optimise_local_gaussians(
-    vae: VAE, x: torch.Tensor, steps: int = 300, lr: float = 0.05, num_samples: int = 8, memory_gb: float = DEFAULTS.memory_gb
+    vae: VAE, x: torch.Tensor, steps: int = 300, lr: float = 0.05, num_samples: int = 8, memory_gb: Optional[float] = DEFAULTS.memory_gb
 ) -> Estimate:
     """ELBO of q*(z) = N(m_n, diag s_n^2), fitted to each datapoint by Adam on a reparameterized
     ELBO estimate; the final ELBO uses 100 fresh samples per point.
@@ -43,7 +43,7 @@ def optimise_local_gaussians(
     ``num_samples`` particles with their gradient pass, or the final ELBO's 100."""
     vae.check_points(x)
     per_point = max(num_samples * bytes_per_chain(vae, x), FINAL_SAMPLES * bytes_per_particle(vae, x))
-    chunk = datapoints_per_chunk(x.shape[0], per_point, memory_gb)
+    chunk = datapoints_per_chunk(x.shape[0], per_point, memory_gb, x.device)
     values = torch.empty(x.shape[0], dtype=torch.float64)
     for lo in range(0, x.shape[0], chunk):
         values[lo : lo + chunk] = _local_gaussian_elbo(vae, x[lo : lo + chunk], steps, lr, num_samples).cpu()
@@ -80,7 +80,7 @@ def _local_gaussian_elbo(vae: VAE, x: torch.Tensor, steps: int, lr: float, num_s
 
 @without_param_store
 def gap_report(
-    vae: VAE, x: torch.Tensor, k: int = DEFAULTS.k, ais_steps: Optional[int] = None, memory_gb: float = DEFAULTS.memory_gb, **ais_options: object
+    vae: VAE, x: torch.Tensor, k: int = DEFAULTS.k, ais_steps: Optional[int] = None, memory_gb: Optional[float] = DEFAULTS.memory_gb, **ais_options: object
 ) -> Dict[str, object]:
     """ELBO, IWAE-k, (AIS,) q* ELBO and the gaps, per datapoint and on average.
 

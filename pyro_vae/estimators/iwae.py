@@ -24,7 +24,7 @@ from pyro_vae.programs import accepts_pyro_programs
 from pyro_vae.traces import log_importance_weights
 from pyro_vae.estimators.memory import bytes_per_particle
 from pyro_vae.estimators.result import Estimate
-from pyro_vae.estimators.options import DEFAULTS, check_memory_gb
+from pyro_vae.estimators.options import DEFAULTS, memory_budget, resolved_memory_gb
 
 
 # On CPU, chunks of about this much working memory: for the paper's model all k = 5000 particles
@@ -33,10 +33,13 @@ from pyro_vae.estimators.options import DEFAULTS, check_memory_gb
 CPU_CHUNK_BYTES = 128 * 2**20
 
 
-def plan_chunks(k: int, n: int, bytes_per_pair: int, memory_gb: float, target_bytes: Optional[int] = None) -> Tuple[int, int]:
+def plan_chunks(
+    k: int, n: int, bytes_per_pair: int, memory_gb: Optional[float], target_bytes: Optional[int] = None,
+    device: torch.device = torch.device("cpu"),
+) -> Tuple[int, int]:
     """(particles per chunk, datapoints per chunk) with ``kc * nc * bytes_per_pair <= memory``
     (and ``<= target_bytes`` when given)."""
-    budget = int(memory_gb * 2**30)
+    budget = memory_budget(memory_gb, device)
     if target_bytes is not None:
         budget = min(budget, target_bytes)
     pairs = max(1, budget // max(1, bytes_per_pair))
@@ -74,7 +77,7 @@ def iwae(
     vae: VAE,
     x: torch.Tensor,
     k: int = DEFAULTS.k,
-    memory_gb: float = DEFAULTS.memory_gb,
+    memory_gb: Optional[float] = DEFAULTS.memory_gb,
     progress: bool = False,
     chunks: Optional[Tuple[int, int]] = None,
 ) -> Estimate:
@@ -84,11 +87,11 @@ def iwae(
     """
     if k < 1:
         raise ValueError("k must be >= 1")
-    check_memory_gb(memory_gb)
     vae.check_points(x)
+    memory_gb = resolved_memory_gb(memory_gb, x.device)
     n = x.shape[0]
     target = CPU_CHUNK_BYTES if x.device.type == "cpu" else None
-    kc, nc = chunks or plan_chunks(k, n, bytes_per_particle(vae, x), memory_gb, target)
+    kc, nc = chunks or plan_chunks(k, n, bytes_per_particle(vae, x), memory_gb, target, x.device)
     # The results go into buffers made before the loop, not a list of per-chunk tensors: a small
     # tensor kept from each chunk would land between the chunks' big blocks on the heap, so the
     # freed blocks could not merge and the heap would keep growing.
@@ -108,13 +111,14 @@ def iwae(
 
 @accepts_pyro_programs
 @without_param_store
-def elbo(vae: VAE, x: torch.Tensor, num_samples: int = 1, memory_gb: float = DEFAULTS.memory_gb) -> Estimate:
+def elbo(vae: VAE, x: torch.Tensor, num_samples: int = 1, memory_gb: Optional[float] = DEFAULTS.memory_gb) -> Estimate:
     """The Monte Carlo ELBO per datapoint, averaged over ``num_samples`` draws of q (a lower bound)."""
     if num_samples < 1:
         raise ValueError("num_samples must be >= 1")
-    check_memory_gb(memory_gb)
     vae.check_points(x)
-    kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae, x), memory_gb, CPU_CHUNK_BYTES if x.device.type == "cpu" else None)
+    memory_gb = resolved_memory_gb(memory_gb, x.device)
+    kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae, x), memory_gb, CPU_CHUNK_BYTES if x.device.type == "cpu" else None,
+                         x.device)
     per_point = _result_buffer(x.shape[0], x.device)  # as in `iwae`: no list of results
     with torch.no_grad():
         for start in range(0, x.shape[0], nc):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -27,7 +27,7 @@ from pyro_vae.model import VAE
 from pyro_vae.programs import latents_of
 from pyro_vae.traces import log_densities, log_importance_weights
 from pyro_vae.mcmc.hmc import potential_and_grad
-from pyro_vae.estimators.options import check_memory_gb
+from pyro_vae.estimators.options import memory_budget
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -135,9 +135,8 @@ def bytes_per_chain(vae: VAE, x: torch.Tensor) -> int:
     return max(4 * vae.x_dim, -(-(peaks[1] - peaks[0]) // (_MORE - _FEW)))
 
 
-def datapoints_per_chunk(n: int, bytes_per_point: int, memory_gb: float) -> int:
+def datapoints_per_chunk(n: int, bytes_per_point: int, memory_gb: Optional[float], device: torch.device = torch.device("cpu")) -> int:
     """How many of ``n`` datapoints, each taking ``bytes_per_point``, one chunk under ``memory_gb``
     holds (at least one): for the estimators whose datapoints never interact (AIS, BDMC, App. D,
     the gap report's local Gaussians)."""
-    check_memory_gb(memory_gb, "one chunk of datapoints")
-    return max(1, min(n, int(memory_gb * 2**30) // max(1, bytes_per_point)))
+    return max(1, min(n, memory_budget(memory_gb, device, "one chunk of datapoints") // max(1, bytes_per_point)))

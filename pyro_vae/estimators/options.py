@@ -7,8 +7,9 @@ estimator functions take their defaults from ``DEFAULTS``, so a default changes 
 
 from __future__ import annotations
 
-from typing import Any, Literal, Tuple, get_args
+from typing import Any, Literal, Optional, Tuple, get_args, get_origin
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pyro_vae.errors import ConfigError
@@ -23,14 +24,18 @@ AIS_SCHEDULES: Tuple[str, ...] = get_args(AisSchedule)
 AIS_STARTS: Tuple[str, ...] = get_args(AisStart)
 
 
+CPU_MEMORY_GB = 2.0  # a chunk's memory cap on CPU when none is given
+
+
 class EstimatorOptions(BaseModel):
     """The estimators' settings (Burda et al. 2015 for IWAE-k, Neal 2001 for AIS, AEVB App. D for
     the HMC estimator). Whole numbers are strict: ``true`` is no count."""
 
     model_config = ConfigDict(extra="forbid")
     k: int = Field(5000, gt=0, strict=True, description="IWAE particles per datapoint")
-    memory_gb: float = Field(2.0, gt=0, allow_inf_nan=False, description=(
-        "memory cap (GiB) of one chunk: IWAE and ELBO particles; AIS, bdmc, hmc and gap-report datapoints"))
+    memory_gb: Optional[float] = Field(None, gt=0, allow_inf_nan=False, description=(
+        "memory cap (GiB) of one chunk: IWAE and ELBO particles; AIS, bdmc, hmc and gap-report datapoints "
+        f"(unset: {CPU_MEMORY_GB:g} on CPU, half the free memory of a GPU)"))
     ais_steps: int = Field(1000, gt=0, strict=True, description="AIS transitions (temperatures)")
     ais_chains: int = Field(16, gt=0, strict=True, description="AIS chains per datapoint")
     ais_start: AisStart = Field("prior", description='AIS from the prior or from q(z|x) ("AIS + encoder")')
@@ -56,24 +61,43 @@ SETTINGS_USED = {
 BDMC_POINTS = 100  # points bdmc simulates when no n is given (each costs two AIS runs)
 
 
-def check_memory_gb(memory_gb: float, what: str = "one chunk") -> None:
-    """``memory_gb`` must be a finite number > 0 (GiB)."""
+def check_memory_gb(memory_gb: Optional[float], what: str = "one chunk") -> None:
+    """``memory_gb`` must be a finite number > 0 (GiB), or None for the device's own budget."""
+    if memory_gb is None:
+        return
     if isinstance(memory_gb, bool) or not isinstance(memory_gb, (int, float)) or not 0 < memory_gb < float("inf"):
         raise ValueError(f"memory_gb (the memory cap of {what}, in GiB) must be a finite number > 0, not {memory_gb!r}")
+
+
+def resolved_memory_gb(memory_gb: Optional[float], device: torch.device) -> float:
+    """The cap in GiB that an estimator on ``device`` uses (and records) for ``memory_gb``."""
+    return memory_budget(memory_gb, device) / 2**30
+
+
+def memory_budget(memory_gb: Optional[float], device: torch.device, what: str = "one chunk") -> int:
+    """Bytes one chunk may hold: ``memory_gb`` where given; otherwise, on a GPU, half of the memory
+    it has free now (the estimators' chunks then fill the card rather than a CPU-sized share of
+    it), and on CPU ``CPU_MEMORY_GB``."""
+    check_memory_gb(memory_gb, what)
+    if memory_gb is None:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return int(free // 2)
+        memory_gb = CPU_MEMORY_GB
+    return int(memory_gb * 2**30)
 
 
 def describe_setting(name: str) -> str:
     """What a setting must be, in a message's words: "a whole number >= 1", "'prior' or 'encoder'"."""
     field = EstimatorOptions.model_fields[name]
-    choices = get_args(field.annotation)
-    if choices:
-        return " or ".join(map(repr, choices))
+    if get_origin(field.annotation) is Literal:
+        return " or ".join(map(repr, get_args(field.annotation)))
     if field.annotation is int:
         least = next((m.ge for m in field.metadata if getattr(m, "ge", None) is not None), None)
         if least is None:
             least = next(m.gt for m in field.metadata if getattr(m, "gt", None) is not None) + 1
         return f"a whole number >= {least}"
-    return "a finite number > 0"
+    return "a finite number > 0" if field.annotation is float else "a finite number > 0, or unset"
 
 
 def estimator_options(**settings: Any) -> EstimatorOptions:
