@@ -71,6 +71,42 @@ def train_to_end(trainer: Trainer, on_epoch_end: Optional[Callable[[Trainer, Row
         return reason
 
 
+PAPER_STEP_SIZES = (0.01, 0.02, 0.1)  # AEVB Sec. 5: Adagrad's step size chosen from these
+
+
+def choose_step_size(config: RunConfig, runs: Path, step_sizes: Sequence[float], pilot_budget: int) -> Tuple[float, Dict[float, float]]:
+    """The paper's protocol (AEVB Sec. 5): for one method and latent size, a short pilot run at
+    each candidate step size, and the one with the best training-set bound after ``pilot_budget``
+    samples. The pilots are run folders of their own (``<runs>/<name>_pilot_lr<lr>``), resumed
+    when the script runs again. Returns the choice and every pilot's final train bound (a pilot
+    that diverged scores minus infinity)."""
+    scores: Dict[float, float] = {}
+    for lr in step_sizes:
+        pilot = config.model_copy(deep=True, update={"name": f"{config.name}_pilot_lr{lr:g}"})
+        pilot.optimizer = pilot.optimizer.model_copy(update={"lr": lr})
+        pilot.training = pilot.training.model_copy(update={"sample_budget": int(pilot_budget), "epochs": None,
+                                                           "eval_train_points": pilot.training.eval_train_points or 1000})
+        _, stopped = train(pilot, runs / pilot.name)
+        rows = read_metrics(runs / pilot.name)
+        bound = float(rows[-1]["train_elbo"]) if rows else -math.inf
+        scores[lr] = -math.inf if stopped or not math.isfinite(bound) else bound
+    return max(scores, key=lambda lr: scores[lr]), scores
+
+
+def step_size_note(method: str, z: Any, chosen: float, scores: Dict[float, float], pilot_budget: int) -> str:
+    """One line of a figure's notes: the pilots' train bounds and the step size chosen."""
+    tried = ", ".join(f"{lr:g}: {score:.2f}" for lr, score in scores.items())
+    return f"Step size of {method}, Nz = {z}: {chosen:g} (train bound after {pilot_budget} samples at each: {tried})."
+
+
+def add_step_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--step-sizes`` (the candidates, or none to keep the config's) and ``--pilot-budget``."""
+    parser.add_argument("--step-sizes", type=float, nargs="*", default=list(PAPER_STEP_SIZES),
+                        help="Adagrad step sizes tried in pilot runs for each method and latent size, the best by training "
+                             "bound kept (the paper's protocol; default 0.01 0.02 0.1); give none to keep the config's 0.02")
+    parser.add_argument("--pilot-budget", type=float, default=2e4, help="training samples of each pilot run (default 2e4)")
+
+
 def stopped_notes(stopped: Dict[str, Optional[str]]) -> List[str]:
     """Lines for a figure's notes: each run that stopped early (run name -> reason, or None for a
     run that ran to its end)."""

@@ -28,13 +28,19 @@ SETTINGS = {
     "frey": ("aevb_frey", [2, 5, 10, 20]),
 }
 METHODS = {"aevb": "trace_meanfield", "wake_sleep": "wake_sleep"}
+# The paper's test lower bounds where its MNIST curves end (read off its Fig. 2, about +-1 nat), marked
+# on the figure as open circles at PAPER_SAMPLES.
+PAPER_SAMPLES = 2.5e8
+PAPER_FIG2 = {"mnist": {("aevb", 3): -134.0, ("wake_sleep", 3): -139.0, ("aevb", 5): -119.0, ("wake_sleep", 5): -121.5,
+                        ("aevb", 10): -103.6, ("wake_sleep", 10): -106.5, ("aevb", 20): -99.7, ("wake_sleep", 20): -104.0,
+                        ("aevb", 200): -99.7, ("wake_sleep", 200): -103.8}}
 
 
 def main(args: argparse.Namespace) -> None:
     base, default_z = SETTINGS[args.dataset]
     z_dims = args.z_dims or default_z
     out = Path(args.out)
-    rows, stopped = [], {}
+    rows, stopped, step_notes = [], {}, []
     for z in z_dims:
         for method in args.methods:
             cfg = X.variant(base, [
@@ -42,6 +48,11 @@ def main(args: argparse.Namespace) -> None:
                 "training.epochs=null", f"training.sample_budget={int(args.budget)}", "training.eval_train_points=1000",
                 f"seed={args.seed}", *args.set,
             ], args.data)
+            if args.step_sizes:
+                lr, scores = X.choose_step_size(cfg, out / "runs", args.step_sizes, int(args.pilot_budget))
+                cfg.optimizer = cfg.optimizer.model_copy(update={"lr": lr})
+                step_notes.append(X.step_size_note(method, z, lr, scores, int(args.pilot_budget)))
+                print(step_notes[-1])
             run_dir = out / "runs" / cfg.name
             trainer, stopped[cfg.name] = X.train(cfg, run_dir)
             for r in X.read_metrics(run_dir):
@@ -62,6 +73,9 @@ def main(args: argparse.Namespace) -> None:
             banded = [r for r in pts if math.isfinite(r["test_elbo_stderr"])]
             ax.fill_between([r["samples_seen"] for r in banded], [r["test_elbo"] - 2 * r["test_elbo_stderr"] for r in banded],
                             [r["test_elbo"] + 2 * r["test_elbo_stderr"] for r in banded], color=colour, alpha=0.2, linewidth=0)
+            paper = PAPER_FIG2.get(args.dataset, {}).get((method, z))
+            if paper is not None:  # where the paper's curve ends, at about 2.5e8 samples
+                ax.plot([PAPER_SAMPLES], [paper], "o", color=colour, markerfacecolor="none", label=f"{method}, paper")
         ax.set_xscale("log")
         ax.set_title(f"{args.dataset}, Nz = {z}")
         ax.set_xlabel("training samples evaluated")
@@ -77,7 +91,7 @@ def main(args: argparse.Namespace) -> None:
                      f"Fig. 2 ({args.dataset}): lower bound after {int(args.budget)} training samples",
                      [f"Data: {cfg_data.name}, binarize={cfg_data.binarize}; train bound on the first 1000 training points; "
                       f"command: `{X.command_text(args, 'fig2_lower_bound.py', f'--dataset {args.dataset}')}`",
-                      *X.stopped_notes(stopped)])
+                      *step_notes, *X.stopped_notes(stopped)])
     print(f"wrote {stem}.csv, .png, .md")
 
 
@@ -88,5 +102,6 @@ if __name__ == "__main__":
     p.add_argument("--z-dims", type=positive_int, nargs="*", help="latent sizes (default: the paper's)")
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--out", type=folder_arg, default="results/fig2")
+    X.add_step_size_arguments(p)  # --step-sizes, --pilot-budget
     X.add_run_arguments(p)  # --seed, --data, --set, --device
     X.run_script(main, p)

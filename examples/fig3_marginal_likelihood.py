@@ -66,7 +66,7 @@ def minus_aevb(row: dict, aevb: dict | None) -> str:
 
 def main(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    rows, stopped = [], {}
+    rows, stopped, step_notes = [], {}, []
     for n_train in args.n_train:
         for method in args.methods:
             cfg = X.variant("aevb_mnist", [
@@ -74,6 +74,11 @@ def main(args: argparse.Namespace) -> None:
                 f"objective.name={METHODS[method]}", f"data.n_train={n_train}", "training.epochs=null",
                 f"training.sample_budget={int(args.budget)}", f"seed={args.seed}", *args.set,
             ], args.data)
+            if args.step_sizes:
+                lr, scores = X.choose_step_size(cfg, out / "runs", args.step_sizes, int(args.pilot_budget))
+                cfg.optimizer = cfg.optimizer.model_copy(update={"lr": lr})
+                step_notes.append(X.step_size_note(method, f"3, Ntrain = {n_train}", lr, scores, int(args.pilot_budget)))
+                print(step_notes[-1])
             run_dir = out / "runs" / cfg.name
             trainer = Trainer(cfg, run_dir, progress=False)
             # Evaluations are kept beside the checkpoint, so a resumed or repeated run keeps them.
@@ -142,7 +147,7 @@ def main(args: argparse.Namespace) -> None:
                       f"whose chains disagree (R-hat > {RHAT_THRESHOLD:g} in some latent dimension); there the estimate may come out "
                       "low. Command: "
                       f"`{X.command_text(args, 'fig3_marginal_likelihood.py')}`",
-                      *X.stopped_notes(stopped)])
+                      *step_notes, *X.stopped_notes(stopped)])
     print(f"wrote {out}/fig3.csv, .png, .md")
 
 
@@ -156,5 +161,6 @@ if __name__ == "__main__":
     p.add_argument("--hmc-samples", type=positive_int, default=50)
     p.add_argument("--k", type=positive_int, default=1000, help="IWAE particles")
     p.add_argument("--out", type=folder_arg, default="results/fig3")
+    X.add_step_size_arguments(p)  # --step-sizes, --pilot-budget
     X.add_run_arguments(p)  # --seed, --data, --set, --device
     X.run_script(main, p)

@@ -3,6 +3,7 @@
 import argparse
 import csv
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def test_fig2(tmp_path, tiny_images, monkeypatch):
     bands = []  # each test-ELBO curve is shaded by +- 2 standard errors
     monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda self, x, low, high, **kw: bands.append((list(x), low, high)))
     _load("fig2_lower_bound").main(argparse.Namespace(dataset="mnist", budget=100, z_dims=[2, 3], methods=["aevb", "wake_sleep"],
-                                                      out=str(tmp_path), seed=0, data=tiny_images, set=SMALL))
+                                                      out=str(tmp_path), seed=0, data=tiny_images, set=SMALL, step_sizes=[]))
     rows = _rows(tmp_path / "fig2_mnist.csv")
     assert {r["method"] for r in rows} == {"aevb", "wake_sleep"} and {r["z_dim"] for r in rows} == {"2", "3"}
     assert all(r["train_elbo"] != "nan" and r["test_elbo"] != "nan" and float(r["test_elbo_stderr"]) > 0 for r in rows)
@@ -54,10 +55,34 @@ def test_fig2(tmp_path, tiny_images, monkeypatch):
     assert [float(r["test_elbo"]) - 2 * float(r["test_elbo_stderr"]) for r in aevb_2] == pytest.approx(list(bands[0][1]))
 
 
+def test_fig2_chooses_each_methods_step_size_by_pilot_runs_and_marks_the_papers_values(tmp_path, tiny_images, monkeypatch):
+    """The paper's protocol: a pilot run at each candidate step size, the best training bound kept
+    and named in the figure's notes; the paper's final values drawn as points."""
+    import matplotlib.axes
+
+    real_plot, marked = matplotlib.axes.Axes.plot, []
+
+    def plot(self, *args, **kwargs):
+        if kwargs.get("label", "").endswith("paper"):
+            marked.append((args[0][0], args[1][0]))
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    fig2 = _load("fig2_lower_bound")
+    fig2.main(argparse.Namespace(dataset="mnist", budget=80, z_dims=[3], methods=["aevb"], out=str(tmp_path), seed=0,
+                                 data=tiny_images, set=SMALL, step_sizes=[0.01, 0.1], pilot_budget=40))
+    notes = (tmp_path / "fig2_mnist.md").read_text()
+    chosen = float(re.search(r"Step size of aevb, Nz = 3: ([0-9.]+) \(train bound after 40 samples at each: 0.01: -?[0-9.]+, 0.1: -?[0-9.]+\)",
+                             notes).group(1))
+    assert chosen in (0.01, 0.1) and (tmp_path / "runs" / "fig2_mnist_aevb_z3_pilot_lr0.1" / "checkpoint.pt").exists()
+    assert "lr: " + str(chosen) in (tmp_path / "runs" / "fig2_mnist_aevb_z3" / "config.yaml").read_text()
+    assert marked == [(fig2.PAPER_SAMPLES, -134.0)]
+
+
 def test_fig3(tmp_path, tiny_images):
     _load("fig3_marginal_likelihood").main(argparse.Namespace(budget=100, n_train=[40], methods=["aevb", "wake_sleep", "mcem"],
                                                               eval_points=5, per_decade=2, hmc_samples=3, k=5, out=str(tmp_path), seed=0,
-                                                              data=tiny_images, set=SMALL))
+                                                              data=tiny_images, set=SMALL, step_sizes=[]))
     rows = _rows(tmp_path / "fig3.csv")
     assert {r["method"] for r in rows} == {"aevb", "wake_sleep", "mcem"}
     assert {r["estimator"] for r in rows} == {"hmc", "iwae"} and {r["split"] for r in rows} == {"train", "test"}
