@@ -256,6 +256,18 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bounded(as_type: typing.Callable[[str], int], most: int) -> typing.Callable[[str], int]:
+    """argparse type: ``as_type`` with an upper bound."""
+
+    def parse(text: str) -> int:
+        value = as_type(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"expected at most {most}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _add_estimator_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per estimator setting (``--k``, ``--ais-steps``, ...), with the type, bounds,
     default and help that :class:`~pyro_vae.estimators.options.EstimatorOptions` declares."""
@@ -273,6 +285,9 @@ def _add_estimator_flags(parser: argparse.ArgumentParser) -> None:
         else:
             as_type = positive_float
         default = getattr(DEFAULTS, name)
+        most = next((m.le for m in field.metadata if getattr(m, "le", None) is not None), None)
+        if as_type is not None and most is not None:
+            as_type = _bounded(as_type, most)
         parser.add_argument(f"--{name.replace('_', '-')}", type=as_type, choices=choices or None, default=default,
                             help=field.description + ("" if default is None else f" (default {default})"))
 

@@ -20,7 +20,7 @@ def test_a_chunk_on_a_gpu_takes_half_its_free_memory_unless_told(monkeypatch):
 
 def test_settings_are_checked_with_one_line_errors():
     assert DEFAULTS.k == 5000 and DEFAULTS.memory_gb is None and estimator_options(k=3).k == 3
-    for settings, message in [({"k": True}, "k must be a whole number >= 1, not True"),
+    for settings, message in [({"k": True}, "k must be a whole number >= 1 and <= 10000000, not True"), ({"k": 10**8}, "k must be a whole number >= 1 and <= 10000000"),
                               ({"memory_gb": -1.0}, "memory_gb must be a finite number > 0, or unset"),
                               ({"kk": 1}, "unknown estimator setting")]:
         with pytest.raises(ConfigError, match=message):
