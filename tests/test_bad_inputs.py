@@ -284,7 +284,7 @@ VALUES = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=3))
 def test_any_set_values_give_a_config_or_one_line_error(overrides):
     try:
@@ -297,7 +297,7 @@ FLAGS = ["--k", "--n", "--seed", "--memory-gb", "--ais-steps", "--ais-chains", "
          "--hmc-chains", "--hmc-warmup", "--split", "--estimator", "--device"]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(FLAGS), st.sampled_from(["0", "-1", "2", "3", "1.5", "nan", "inf", "x", "", "prior", "linear",
                                                                     "train", "bdmc", "exact", "hmc", "cpu", "cuda:x", "99999999999999999999"])),
                 max_size=3))
@@ -316,7 +316,7 @@ def test_any_evaluate_flags_give_a_result_or_one_line_error(tmp_path_factory, fl
     assert code in (0, 2)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=st.lists(st.integers(min_value=0, max_value=5), min_size=1, max_size=3),
        dtype=st.sampled_from(["float32", "float64", "uint8", "int64", "complex64", "bool", "U1"]),
        fill=st.sampled_from([0.0, 0.5, 1.0, float("nan"), float("inf"), 300.0]))
