@@ -15,7 +15,6 @@ which keeps the forward pass's activations for the backward one (1.8-2.5x a part
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Any, Callable, Dict, Optional
 

@@ -11,9 +11,8 @@ re-traces at every step.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
+from typing import Any, Callable, Optional, Set, Tuple
 
-import pyro
 import torch
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
