@@ -84,7 +84,8 @@ def choose_step_size(config: RunConfig, runs: Path, step_sizes: Sequence[float],
     for lr in step_sizes:
         pilot = config.model_copy(deep=True, update={"name": f"{config.name}_pilot_lr{lr:g}"})
         pilot.optimizer = pilot.optimizer.model_copy(update={"lr": lr})
-        pilot.training = pilot.training.model_copy(update={"sample_budget": int(pilot_budget), "epochs": None,
+        # bounds measured once, at the pilot's end: the choice needs no curve
+        pilot.training = pilot.training.model_copy(update={"sample_budget": int(pilot_budget), "epochs": None, "eval_every": 10**9,
                                                            "eval_train_points": pilot.training.eval_train_points or 1000})
         _, stopped = train(pilot, runs / pilot.name)
         rows = read_metrics(runs / pilot.name)
