@@ -12,17 +12,13 @@ import torch
 
 from pyro_vae import distributed
 from pyro_vae.config import RunConfig, load as load_config
-from pyro_vae.config.build import dataset_from_config, vae_from_config
+from pyro_vae.config.build import dataset_from_config, objective_from_config, vae_from_config
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.errors import CheckpointError, DataError
 from pyro_vae.hardware import resolve_device
 from pyro_vae.model import VAE, set_validation
 from pyro_vae.runs.records import config_changes, data_changes
 from pyro_vae.runs.checkpoint import CHECKPOINT_NAME, load_checkpoint
-
-# Objectives that leave q(z|x) as initialised (MCEM trains no encoder): bounds drawn from it are loose.
-OBJECTIVES_WITHOUT_GUIDE = ("mcem",)
-
 
 @dataclass
 class TrainedRun:
@@ -50,8 +46,10 @@ class TrainedRun:
 
     @property
     def trains_guide(self) -> bool:
-        """Whether the run's objective trained q(z|x) (not MCEM's)."""
-        return self.config.objective.name not in OBJECTIVES_WITHOUT_GUIDE
+        """Whether the run's objective trained q(z|x) (MCEM's does not: bounds drawn from it are
+        loose). Read from the objective itself, so an objective of the user's own answers too; the
+        objective is a small object of settings, built without the model."""
+        return objective_from_config(self.config.objective).trains_guide
 
 
 def load_run(run_dir: Path | str, device: Optional[str] = None, data: Optional[Dataset] = None) -> TrainedRun:
