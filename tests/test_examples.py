@@ -130,6 +130,34 @@ def _saved_rows(csv_rows):
     return [{k: value(k, v) for k, v in r.items()} for r in csv_rows]
 
 
+def test_wake_sleep_study(tmp_path, tiny_images):
+    """Every variant trains, its early look and final scores are tabled with the paired difference to
+    AEVB, and a second invocation reads the saved scores instead of evaluating again."""
+    study = _load("wake_sleep_study")
+    args = argparse.Namespace(budget=80, early=20, z_dim=2, variants=list(study.VARIANTS), n=6, k=4, out=str(tmp_path), seed=0,
+                              data=tiny_images, set=SMALL)
+    study.main(args)
+    rows = {r["variant"]: r for r in _rows(tmp_path / "wake_sleep_study.csv")}
+    assert set(rows) == set(study.VARIANTS)
+    for name, r in rows.items():
+        assert int(r["samples_seen"]) == 94 and 0 < float(r["q_std_early"]) and 0 <= float(r["dream_ones_early"]) <= 1
+        assert float(r["log_px"]) >= float(r["test_elbo"]) - 3 * float(r["log_px_stderr"])  # IWAE-4 above the ELBO, up to noise
+        assert (r["minus_aevb"] == "") is (name == "aevb")
+    assert rows["lr0.01"]["lr"] == "0.01" and rows["paper"]["lr"] == "0.02"
+    early = tmp_path / "runs" / "ws_study_paper_first20" / "metrics.csv"
+    assert int(_rows(early)[-1]["samples_seen"]) == 20
+    # the annealed variant's step size falls to a tenth over the budget (2 epochs of the 54 training points)
+    assert study.annealing_rate(80, 20) == pytest.approx(0.1 ** 0.25)
+    config = (tmp_path / "runs" / "ws_study_annealed" / "config.yaml").read_text()
+    assert f"gamma: {0.1 ** 0.5}" in config and "name: exponential" in config
+    # the dream batch reaches the objective
+    assert "dream_batch_size: 1000" in (tmp_path / "runs" / "ws_study_dreams10x" / "config.yaml").read_text()
+    before = (tmp_path / "wake_sleep_study.md").read_text()
+    study.estimators = None  # a second invocation evaluates nothing: the saved scores are read back
+    study.main(args)
+    assert (tmp_path / "wake_sleep_study.md").read_text() == before
+
+
 def test_fig4_and_fig5(tmp_path, tiny_images):
     _load("fig4_manifolds").main(argparse.Namespace(datasets=["mnist"], budget=60, grid=4, out=str(tmp_path / "f4"), seed=0,
                                                     data=tiny_images, set=SMALL))
@@ -139,7 +167,7 @@ def test_fig4_and_fig5(tmp_path, tiny_images):
     assert (tmp_path / "f5" / "fig5_z5.png").exists() and len(_rows(tmp_path / "f5" / "fig5.csv")) >= 2
 
 
-@pytest.mark.parametrize("script", ["fig2_lower_bound", "fig3_marginal_likelihood", "fig4_manifolds", "fig5_samples"])
+@pytest.mark.parametrize("script", ["fig2_lower_bound", "fig3_marginal_likelihood", "fig4_manifolds", "fig5_samples", "wake_sleep_study"])
 def test_example_flags_are_checked_before_any_training(tmp_path, script):
     """A file where the output folder should go, or a count below one, stops the script at once."""
     import subprocess
@@ -155,7 +183,7 @@ def test_example_flags_are_checked_before_any_training(tmp_path, script):
     assert done.returncode == 2 and "argument --budget: expected a finite number > 0, got '0'" in done.stderr
 
 
-@pytest.mark.parametrize("script", ["fig2_lower_bound", "fig3_marginal_likelihood", "fig4_manifolds", "fig5_samples"])
+@pytest.mark.parametrize("script", ["fig2_lower_bound", "fig3_marginal_likelihood", "fig4_manifolds", "fig5_samples", "wake_sleep_study"])
 def test_examples_refuse_a_bad_device_flag(script, monkeypatch, capsys):
     import runpy
     import sys

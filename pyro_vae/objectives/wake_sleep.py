@@ -10,7 +10,19 @@ registry (AEVB Sec. 5, Fig. 2), registered as ``wake_sleep`` and ``rws``.
   wake-phi (sum_k w_k log q(z_k|x)) and sleep-phi, weighted ``wake_phi_weight`` : 1 - it.
 
 All terms come from Pyro traces (:mod:`pyro_vae.traces`). Minibatch sums are scaled by N/M like
-the ELBO objectives, so the optimizers see gradients of the same size.
+the ELBO objectives, so the optimizers see gradients of the same size; the sleep term, a sum over
+D dreams, is scaled by N/D. The wake term's gradient reaches only the generative parameters and the
+sleep term's only the recognition parameters (tested), so under Adagrad, whose update
+``lr * g / sqrt(sum g^2)`` is unchanged by a constant factor on g, a relative weight between the two
+phases would move nothing but their balance against the weight prior.
+
+Wake-sleep's sleep phase fits q(z|x) to dreams, which at the start are noise from an untrained
+decoder (about half the pixels on, where MNIST has about 13%). Adagrad's first steps move every
+weight by about the step size whatever its gradient's size, so a step size that suits AEVB can
+leave the recognition model, on real data, far from the prior; the wake phase then fits the decoder
+at latents the prior never draws, and the dreams stay noise. ``examples/wake_sleep_study.py``
+measures this (``docs/results.md``); the paper's protocol of choosing each method's step size from
+{0.01, 0.02, 0.1} avoids it.
 """
 
 from __future__ import annotations
@@ -37,7 +49,8 @@ def _reject_encoder_prior(vae: VAE, name: str) -> None:
 
 def _sleep_term(vae: VAE, dream_batch_size: int) -> torch.Tensor:
     """sum over dreams of log q(z | x), (z, x) ~ p(z) p(x|z): gradients reach the guide only."""
-    x_dream, z_dream = vae.simulate(dream_batch_size)
+    with torch.no_grad():  # the dreams are the sleep phase's data: nothing flows back through them
+        x_dream, z_dream = vae.simulate(dream_batch_size)
     return guide_log_prob(vae.guide, {"z": z_dream.unsqueeze(0)}, x_dream).sum()
 
 
