@@ -9,6 +9,10 @@ on the same binarized data, one epoch at a time, interleaved (A B C A B C ...):
 * plain torch + pyro-vae's Adagrad: the same, with our optimizer, which isolates what Pyro's
   traces cost from what the optimizer saves.
 
+With ``--cuda-graphs`` (CUDA only) pyro-vae trains with ``training.cuda_graphs: true`` and a fourth
+side, the plain twin with our Adagrad captured as a PyTorch user would capture it (the ``torch.cuda``
+documentation's whole-network recipe), gives the ratio of replayed steps against replayed steps.
+
 Prints median seconds per epoch, steps/s, the ratios (with the quartiles of the epochs' paired
 ratios: the run's own noise, ``paired.py``), the time of the first step and the training ELBO curve
 of each: all sides start from the same weights and see the same minibatches, and
@@ -64,15 +68,49 @@ class PlainVAE(nn.Module):
         return -(rec - kl).sum() * (num_data / x.shape[0])
 
 
-def plain_epoch(vae: PlainVAE, opt, x: torch.Tensor, batch: int, gen: torch.Generator, analytic_kl: bool = True) -> float:
+def plain_step(vae: PlainVAE, opt, x: torch.Tensor, num_data: int, analytic_kl: bool = True) -> torch.Tensor:
+    loss = vae.loss(x, num_data, analytic_kl)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+class PlainGraphedStep:
+    """The plain step as a CUDA graph, as the ``torch.cuda`` documentation captures a whole network:
+    three eager steps on a side stream, one capture reading a static input, then replays; a
+    minibatch of another size (an epoch's last) runs eagerly."""
+
+    def __init__(self, step, warmup: int = 3) -> None:
+        self.step, self.warmup = step, warmup
+        self.graph = self.static_x = self.static_loss = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.warmup > 0:
+            self.warmup -= 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss = self.step(x)
+            torch.cuda.current_stream().wait_stream(side)
+            return loss
+        if self.graph is None:
+            self.static_x, self.graph = x.clone(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_loss = self.step(self.static_x)
+        if x.shape != self.static_x.shape:
+            return self.step(x)
+        self.static_x.copy_(x)
+        self.graph.replay()
+        return self.static_loss
+
+
+def plain_epoch(step, x: torch.Tensor, batch: int, gen: torch.Generator) -> float:
+    """One epoch of ``step(minibatch) -> loss`` in the order ``gen`` shuffles; the mean loss per point."""
     n = x.shape[0]
     total = torch.zeros((), device=x.device)
     for idx in torch.randperm(n, generator=gen).to(x.device).split(batch):
-        loss = vae.loss(x[idx], n, analytic_kl)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += loss.detach() * (idx.shape[0] / n)
+        total += step(x[idx]) * (idx.shape[0] / n)
     return -total.item() / n
 
 
@@ -184,14 +222,16 @@ def main(args: argparse.Namespace) -> None:
                   "encoder": {"name": "mlp", "hidden": [args.hidden], "activation": act_name},
                   "decoder": {"name": "mlp", "hidden": [args.hidden], "activation": act_name}},
         "objective": {"name": args.objective}, "optimizer": {"name": "adagrad", "lr": 0.02},
-        "training": {"epochs": 10**6, "batch_size": args.batch, "eval_every": 10**6, "log_every": 10**6, "checkpoint_every": 10**6},
+        "training": {"epochs": 10**6, "batch_size": args.batch, "eval_every": 10**6, "log_every": 10**6, "checkpoint_every": 10**6,
+                     "cuda_graphs": args.cuda_graphs},
     })
     analytic = "meanfield" in args.objective
     # pyro-vae and plain torch draw their z from two copies of one random stream: both draw one
     # (batch, Nz) normal per step, so they see the same draws, and their curves may differ only by
     # float rounding (amplified over the steps). The twin draws from a stream of its own: the gap
     # between the two plain runs is the Monte Carlo noise.
-    draws = {"ours": RandomStream(device, seed=0), "plain": RandomStream(device, seed=0), "twin": RandomStream(device, seed=1)}
+    draws = {"ours": RandomStream(device, seed=0), "plain": RandomStream(device, seed=0), "twin": RandomStream(device, seed=1),
+             "graphed": RandomStream(device, seed=2)}
     t0 = time.perf_counter()
     ours = Trainer(cfg, tempfile.mkdtemp(prefix="pyro_vae_bench_"), data=data, progress=False)
     # every side starts from pyro-vae's initial weights (the MLPs' state_dict keys match nn.Sequential's)
@@ -223,15 +263,22 @@ def main(args: argparse.Namespace) -> None:
         twin_opt.step()
 
     # the same minibatch order as pyro-vae's trainer
-    gen, twin_gen = torch.Generator(), torch.Generator()
-    gen.set_state(ours.shuffle_generator.get_state()), twin_gen.set_state(ours.shuffle_generator.get_state())
+    gens = {side: torch.Generator() for side in ("plain", "twin", "graphed")}
+    for g in gens.values():
+        g.set_state(ours.shuffle_generator.get_state())
     epochs = {
         "ours": lambda: ours.train_epoch()["train_elbo"],
-        "plain": lambda: plain_epoch(plain, plain_opt, x, args.batch, gen, analytic),
-        "twin": lambda: plain_epoch(twin, twin_opt, x, args.batch, twin_gen, analytic),
+        "plain": lambda: plain_epoch(lambda xb: plain_step(plain, plain_opt, xb, args.n, analytic), x, args.batch, gens["plain"]),
+        "twin": lambda: plain_epoch(lambda xb: plain_step(twin, twin_opt, xb, args.n, analytic), x, args.batch, gens["twin"]),
     }
-    times = {"ours": [], "plain": [], "twin": []}
-    curves = {"ours": [], "plain": [], "twin": []}
+    if args.cuda_graphs:  # the plain twin (our Adagrad), captured: replayed steps against replayed steps
+        graphed = PlainVAE(784, args.hidden, args.z, act).to(device)
+        graphed.enc.load_state_dict(start["enc"]), graphed.dec.load_state_dict(start["dec"])
+        graphed_opt = Adagrad(graphed.parameters(), lr=0.02)
+        graphed_step = PlainGraphedStep(lambda xb: plain_step(graphed, graphed_opt, xb, args.n, analytic))
+        epochs["graphed"] = lambda: plain_epoch(graphed_step, x, args.batch, gens["graphed"])
+    times = {side: [] for side in epochs}
+    curves = {side: [] for side in epochs}
     for _ in range(args.epochs):
         for side, epoch in epochs.items():
             with draws[side].active():
@@ -249,7 +296,12 @@ def main(args: argparse.Namespace) -> None:
     print(f"{'pyro-vae':34s}{med['ours']:10.3f}{steps / med['ours']:10.1f}{first_ours:14.3f}{elbo['ours']:12.2f}")
     print(f"{'plain torch':34s}{med['plain']:10.3f}{steps / med['plain']:10.1f}{first_plain:14.3f}{elbo['plain']:12.2f}")
     print(f"{'plain torch + pyro-vae Adagrad':34s}{med['twin']:10.3f}{steps / med['twin']:10.1f}{'':14s}{elbo['twin']:12.2f}")
-    for name, label in (("ours", "pyro-vae"), ("plain", "plain torch"), ("twin", "plain + our Adagrad")):
+    if args.cuda_graphs:
+        print(f"{'plain + our Adagrad, CUDA graph':34s}{med['graphed']:10.3f}{steps / med['graphed']:10.1f}{'':14s}{elbo['graphed']:12.2f}")
+    labels = {"ours": "pyro-vae", "plain": "plain torch", "twin": "plain + our Adagrad", "graphed": "plain, CUDA graph"}
+    for name, label in labels.items():
+        if name not in curves:
+            continue
         print(f"train ELBO by epoch, {label:20s} " + " ".join(f"{v:8.2f}" for v in curves[name]))
     if args.epochs > 1:
         # Epoch 1 averages the first steps, where Adagrad's sign-sized moves make runs that differ
@@ -264,6 +316,9 @@ def main(args: argparse.Namespace) -> None:
     print(f"ratio pyro-vae / plain torch with the same optimizer: {med['ours'] / med['twin']:.3f}")
     print(paired_ratios_line("pyro-vae / plain torch", times["ours"], times["plain"], "epochs"))
     print(paired_ratios_line("pyro-vae / plain torch with the same optimizer", times["ours"], times["twin"], "epochs"))
+    if args.cuda_graphs:
+        print(f"ratio pyro-vae / plain torch, both as CUDA graphs: {med['ours'] / med['graphed']:.3f}")
+        print(paired_ratios_line("pyro-vae / plain torch, both as CUDA graphs", times["ours"], times["graphed"], "epochs"))
     print("first step: " + (f"median of {FIRST_STEP_PROCESSES} fresh processes a side, from after `import torch` (pyro-vae's "
                              "includes importing pyro), with Python's bytecode cache as an installed package has it"
                             if args.fresh_first_step else "in this process (plain torch ran second)"))
@@ -281,4 +336,5 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--fresh-first-step", action="store_true", help="time each first step in a fresh process")
+    p.add_argument("--cuda-graphs", action="store_true", help="pyro-vae with training.cuda_graphs, and a captured plain twin (CUDA)")
     main(p.parse_args())

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.test_devices import DEVICES
 
@@ -37,7 +38,7 @@ def test_training_benchmark_runs_on_tiny_data(capsys, device):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.main(argparse.Namespace(epochs=2, n=200, batch=50, hidden=16, z=2, activation="relu", objective="trace", threads=1, device=device,
-                                fresh_first_step=False))
+                                fresh_first_step=False, cuda_graphs=False))
     out = capsys.readouterr().out
     assert "ratio pyro-vae / plain torch:" in out and "with the same optimizer" in out
     curves = [line for line in out.splitlines() if line.startswith("train ELBO by epoch")]
@@ -59,6 +60,25 @@ def test_training_benchmark_runs_on_tiny_data(capsys, device):
     runs = [cmd for _, cmd in run_all.training_runs(quick=True)]
     # 2 shapes x (4 objectives at batch 100 + the 2 eager ones at batch 1000)
     assert len(runs) == 12 and sum("jit_trace" in cmd for cmd in runs) == 2
+    # on CUDA, the paper's model replayed as CUDA graphs too (both ELBO estimators)
+    graphed = [cmd for _, cmd in run_all.training_runs(quick=True, device="cuda") if "--cuda-graphs" in cmd]
+    assert len(graphed) == 2 and all("--n" in cmd for cmd in graphed)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+def test_training_benchmark_with_cuda_graphs_runs_on_tiny_data(capsys):
+    """pyro-vae's replayed steps against a captured plain twin; 230 points at batch 50 end each epoch
+    with a short minibatch, which both sides train eagerly."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(argparse.Namespace(epochs=3, n=230, batch=50, hidden=16, z=2, activation="tanh", objective="trace_meanfield", threads=1,
+                                device="cuda", fresh_first_step=False, cuda_graphs=True))
+    out = capsys.readouterr().out
+    assert "ratio pyro-vae / plain torch, both as CUDA graphs:" in out
+    curves = [line for line in out.splitlines() if line.startswith("train ELBO by epoch")]
+    assert len(curves) == 4 and all(math.isfinite(float(v)) for line in curves for v in line.split()[-3:])
 
 
 @pytest.mark.parametrize("device", DEVICES)

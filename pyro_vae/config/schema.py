@@ -94,6 +94,7 @@ class TrainingConfig(BaseModel):
     eval_train_points: int = Field(0, ge=0, strict=True)
     log_every: int = Field(50, gt=0, strict=True)  # steps between loss syncs (progress bar, NaN check)
     validate_distributions: bool = Field(False, strict=True)  # torch/Pyro argument checks: slower, for debugging
+    cuda_graphs: bool = Field(False, strict=True)  # replay each training step as a CUDA graph (training/cuda_graphs.py)
 
     @model_validator(mode="after")
     def _one_stopping_rule(self) -> "TrainingConfig":
@@ -274,6 +275,7 @@ RESUMABLE_SETTINGS = (
     "training.eval_train_points",
     "training.log_every",
     "training.validate_distributions",
+    "training.cuda_graphs",
     "evaluation",
     "logging",
 )

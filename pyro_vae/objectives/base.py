@@ -34,6 +34,9 @@ class Objective:
     supports_distributed: bool = True  # False for objectives with per-datapoint state
     needs_param_store: bool = False  # True if parameters must appear as Pyro param sites (JIT)
     trains_guide: bool = True  # False where q(z|x) is left as initialised (MCEM): estimators drawing from it are loose
+    # True where every step launches the same kernels (one optimizer step per minibatch, no
+    # per-datapoint state), so that training.cuda_graphs may replay it (training/cuda_graphs.py)
+    capturable: bool = False
 
     def loss(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> torch.Tensor:
         raise NotImplementedError

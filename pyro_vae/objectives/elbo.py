@@ -29,6 +29,7 @@ class ElboObjective(Objective):
     parameter, a quarter of the step time)."""
 
     loss_is_elbo = True
+    capturable = True
 
     def __init__(self, name: str, elbo: ELBO, needs_param_store: bool = False) -> None:
         self.name = name

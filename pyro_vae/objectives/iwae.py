@@ -23,6 +23,7 @@ class IWAEObjective(Objective):
     """
 
     name = "iwae"
+    capturable = True
 
     def __init__(self, num_particles: int) -> None:
         self.num_particles = num_particles

@@ -57,6 +57,8 @@ def _sleep_term(vae: VAE, dream_batch_size: int) -> torch.Tensor:
 class _WakeSleepFamily(Objective):
     """What wake-sleep and RWS share: K particles from q with no gradient path, and dreams."""
 
+    capturable = True
+
     def __init__(self, num_particles: int, dream_batch_size: Optional[int]) -> None:
         self.num_particles = num_particles
         self.dream_batch_size = dream_batch_size

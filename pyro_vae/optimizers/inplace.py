@@ -147,6 +147,8 @@ class _InPlaceOptimizer(Optimizer):
 class Adagrad(_InPlaceOptimizer):
     """Adagrad (Duchi, Hazan & Singer 2011): ``s += g^2;  theta -= lr * g / (sqrt(s) + eps)``."""
 
+    capturable = True  # its update reads no host value: a CUDA graph may replay it
+
     def __init__(self, params: Iterable, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0) -> None:
         if not _finite_and_nonnegative(lr, eps, weight_decay, initial_accumulator_value):
@@ -173,7 +175,8 @@ class Adagrad(_InPlaceOptimizer):
 
 
 class Adam(_InPlaceOptimizer):
-    """Adam (Kingma & Ba 2015) with bias correction; ``weight_decay`` is L2 (added to the gradient)."""
+    """Adam (Kingma & Ba 2015) with bias correction; ``weight_decay`` is L2 (added to the gradient).
+    Off the CPU the bias correction reads the step count on the host, so a CUDA graph cannot replay it."""
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
@@ -216,6 +219,8 @@ class Adam(_InPlaceOptimizer):
 
 class SGD(_InPlaceOptimizer):
     """SGD with optional (heavy-ball) momentum: ``b = m b + g;  theta -= lr * b``."""
+
+    capturable = True  # after its first step (which creates the momentum buffers) it reads no host value
 
     def __init__(self, params: Iterable, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         if not _finite_and_nonnegative(lr, momentum, weight_decay):

@@ -38,6 +38,7 @@ from pyro_vae.runs.load import TrainedRun
 from pyro_vae.runs.records import METRIC_FIELDS, METRICS_NAME, RUN_RECORD_NAME, config_changes, data_changes, read_metrics
 from pyro_vae.speed import allocator, fused_linear
 from pyro_vae.tracking import Callback, TensorBoardLogger
+from pyro_vae.training.cuda_graphs import GraphedStep, check_capturable
 from pyro_vae.traces import log_importance_weights
 from pyro_vae.runs.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
@@ -122,6 +123,9 @@ class Trainer:
         self.optimizer, self.scheduler = optimizer_from_config(
             config.optimizer, list(self.vae.parameters()), config.objective.weight_prior_std
         )
+        if config.training.cuda_graphs:
+            check_capturable(self.device, self.objective, self.optimizer, self.dist.enabled)
+        self._graphed: Optional[GraphedStep] = None  # made at the first step (after any resume)
         self.x_train = self.data.x_train.to(self.device)
         self.x_test = self.data.x_test.to(self.device)
         # A fixed slice of the training set for train-ELBO evaluations (binarized once if dynamic).
@@ -186,6 +190,7 @@ class Trainer:
         try:
             self.vae.load_state_dict(state["vae"])
             self.optimizer.load_state_dict(state["optimizer"])
+            self._graphed = None  # a captured step holds the optimizer's former state tensors
             if self.scheduler and state.get("scheduler"):
                 self.scheduler.load_state_dict(state["scheduler"])
             self.objective.load_state_dict(state.get("objective") or {})
@@ -431,6 +436,16 @@ class Trainer:
         ``train`` calls it until ``finished``; benchmarks call it directly."""
         return self._train_epoch(self.x_train.shape[0], self.config.training)
 
+    def _eager_step(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The optimizer steps of one minibatch (one for every objective but MCEM); the last loss."""
+        n, params = self.x_train.shape[0], list(self.vae.parameters())
+        for loss in self.objective.step_losses(self.vae, x, idx, n):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            distributed.average_gradients(params, self.dist)
+            self.optimizer.step()
+        return loss
+
     def _train_epoch(self, n: int, cfg) -> Dict[str, Any]:
         start = time.perf_counter()
         vae, opt, objective = self.vae, self.optimizer, self.objective
@@ -440,6 +455,9 @@ class Trainer:
         world, rank = self.dist.world_size, self.dist.rank
         params = list(vae.parameters())
         budget = cfg.sample_budget
+        if cfg.cuda_graphs and self._graphed is None:
+            self._graphed = GraphedStep(self._eager_step, binarize_dynamic if dynamic else _unchanged, opt, cfg.batch_size)
+        graphed = self._graphed
         running = torch.zeros((), device=self.device)
         epoch_sum = torch.zeros((), device=self.device)
         seen_this_epoch = 0
@@ -453,14 +471,11 @@ class Trainer:
                     continue
             idx = global_idx[rank::world]
             x = self.x_train[idx]
-            if dynamic:
-                x = binarize_dynamic(x)
             try:
-                for loss in objective.step_losses(vae, x, idx, n):  # one step for all but MCEM
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    distributed.average_gradients(params, self.dist)
-                    opt.step()
+                if graphed is not None:
+                    loss = graphed.step(x, idx)
+                else:
+                    loss = self._eager_step(binarize_dynamic(x) if dynamic else x, idx)
             except (RuntimeError, ValueError) as e:
                 # Parameters that diverged between two loss checks surface as errors of whatever
                 # meets them first (sampling a mixture's NaN weights, a Cholesky factor, a
@@ -521,6 +536,10 @@ class Trainer:
             self.save()
             self._saved_epoch = self.epoch
         return row
+
+
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def describe_epoch(row: Dict[str, Any], objective_name: str) -> str:

@@ -1,0 +1,136 @@
+"""Training steps replayed as CUDA graphs (``training.cuda_graphs: true``).
+
+A step of a fixed-structure objective launches the same kernels on tensors of the same shapes at
+every minibatch. On a GPU the paper's model is a few microseconds of arithmetic per step, and the
+Python that launches it (Pyro's effect handlers, the autograd engine, the optimizer's loops) costs
+milliseconds. ``torch.cuda.CUDAGraph`` records the kernels of one step once and replays them with
+one launch: the step's Python runs only when it is captured.
+
+The recipe is PyTorch's whole-network capture (``torch.cuda`` documentation, *CUDA Graphs*):
+
+1. warm-up: the first ``WARMUP_STEPS`` minibatches train eagerly on a side stream, so that state
+   created on first use (the optimizer's accumulators, cuBLAS workspaces, Pyro's JIT graphs) exists
+   before capture;
+2. capture: dynamic binarization, loss, backward and optimizer step of one minibatch read from a
+   static input buffer, with every gradient left unset before (so that backward writes it afresh);
+3. each later minibatch of that size: copied into the buffer, the graph replayed, its static loss
+   read (no host synchronisation: the trainer reads losses every ``log_every`` steps).
+
+Random draws inside the graph (``z ~ q(z|x)``, the binarization) use torch's CUDA generator, whose
+Philox offset each replay advances by what the captured kernels consume, as the eager step would;
+the replayed and the eager training agree to float rounding (tested on CUDA).
+
+A graph holds the values it was captured with, so what would change them is handled here:
+
+* the learning rate (a Python number in the optimizer's kernels): captured again when a schedule
+  changes it;
+* a minibatch of another size (the last, short one of an epoch): trained eagerly;
+* the CPU step counters of the optimizer's state (updated by host code the graph does not run):
+  advanced by one after each replay, so checkpoints count steps as the eager path does.
+
+What cannot be replayed is refused at the start, with the reason (:func:`check_capturable`):
+objectives with several optimizer steps per minibatch or per-datapoint state (MCEM), optimizers
+whose update reads a host value (Adam's bias correction), distributed training, non-CUDA devices.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+import torch
+
+from pyro_vae.errors import ConfigError
+
+WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's documentation uses 3)
+
+# (minibatch, its indices in the data set) -> the step's loss, after its optimizer step
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_capturable(device: torch.device, objective, optimizer: torch.optim.Optimizer, distributed: bool) -> None:
+    """Raise a ConfigError naming why a training step of this setup cannot be a CUDA graph."""
+    fix = "set training.cuda_graphs: false"
+    if device.type != "cuda":
+        raise ConfigError(f"training.cuda_graphs needs a CUDA device (the run's is {device}); {fix}.")
+    if distributed:
+        raise ConfigError(f"training.cuda_graphs is not supported in distributed training yet; {fix}, or train in one process.")
+    if not getattr(objective, "capturable", False):
+        raise ConfigError(f"objective {objective.name!r} cannot be replayed as a CUDA graph (several optimizer steps per "
+                          f"minibatch or per-datapoint state); {fix}.")
+    if not getattr(optimizer, "capturable", False):
+        raise ConfigError(f"optimizer {type(optimizer).__name__} reads host values in its update (a step count for bias "
+                          f"correction) and cannot be replayed as a CUDA graph; use adagrad or sgd, or {fix}.")
+
+
+class GraphedStep:
+    """``step(x, idx)``: one training step on minibatch ``x`` (rows ``idx`` of the data set), eager
+    during warm-up and for minibatches of another size than the captured one, a replayed CUDA graph
+    otherwise. Returns the loss tensor (for replays the graph's static output: read it before the
+    next step)."""
+
+    def __init__(self, eager_step: StepFn, prepare: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+                 batch_size: int, warmup_steps: int = WARMUP_STEPS) -> None:
+        """
+        :param eager_step: one step as the trainer takes it eagerly (zero grads, loss, backward, optimizer
+            step) on a prepared minibatch and its indices; returns the loss.
+        :param prepare: what is done to a minibatch before the step (dynamic binarization); inside the graph.
+        :param batch_size: the minibatch size that is captured; minibatches of other sizes run eagerly.
+        """
+        self.batch_size = batch_size
+        self.eager_step = eager_step
+        self.prepare = prepare
+        self.optimizer = optimizer
+        self.warmup_left = warmup_steps
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.static_x: Optional[torch.Tensor] = None
+        self.static_idx: Optional[torch.Tensor] = None
+        self.static_loss: Optional[torch.Tensor] = None
+        self.captured_lrs: List[float] = []
+        self.replays = 0
+
+    def _lrs(self) -> List[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def _step_counters(self) -> List[torch.Tensor]:
+        return [s["step"] for s in self.optimizer.state.values() if torch.is_tensor(s.get("step")) and s["step"].device.type == "cpu"]
+
+    def step(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if self.warmup_left > 0:
+            self.warmup_left -= 1
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                loss = self.eager_step(self.prepare(x), idx)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            return loss
+        if x.shape[0] != self.batch_size:
+            return self.eager_step(self.prepare(x), idx)
+        if self.graph is None or self._lrs() != self.captured_lrs:
+            self._capture(x, idx)
+        self.static_x.copy_(x)
+        self.static_idx.copy_(idx)
+        self.graph.replay()
+        counters = self._step_counters()
+        if counters:
+            torch._foreach_add_(counters, 1.0)
+        self.replays += 1
+        return self.static_loss
+
+    def _capture(self, x: torch.Tensor, idx: torch.Tensor) -> None:
+        self.static_x, self.static_idx = x.detach().clone(), idx.clone()
+        self.optimizer.zero_grad(set_to_none=True)  # backward inside the graph allocates the gradients it writes
+        graph = torch.cuda.CUDAGraph()
+        counters = [c.clone() for c in self._step_counters()]
+        try:
+            with torch.cuda.graph(graph):
+                self.static_loss = self.eager_step(self.prepare(self.static_x), self.static_idx).detach()
+        except RuntimeError as e:
+            message = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(f"training.cuda_graphs: the training step could not be captured ({message}); "
+                              "set training.cuda_graphs: false.") from e
+        # the host code of the optimizer ran once at capture: its step counters are put back, and
+        # each replay advances them
+        for c, saved in zip(self._step_counters(), counters):
+            c.copy_(saved)
+        self.graph = graph
+        self.captured_lrs = self._lrs()
