@@ -55,6 +55,22 @@ def test_fig2(tmp_path, tiny_images, monkeypatch):
     assert [float(r["test_elbo"]) - 2 * float(r["test_elbo_stderr"]) for r in aevb_2] == pytest.approx(list(bands[0][1]))
 
 
+def test_fig2_goes_further_from_where_a_smaller_budget_stopped(tmp_path, tiny_images):
+    """Run again with a larger --budget into the same --out, each run resumes from its checkpoint:
+    the first invocation's epochs stay as they were and training goes on from there."""
+    fig2 = _load("fig2_lower_bound")
+    args = dict(dataset="mnist", z_dims=[2], methods=["aevb"], out=str(tmp_path), seed=0, data=tiny_images, set=SMALL, step_sizes=[])
+    fig2.main(argparse.Namespace(budget=100, **args))
+    metrics = tmp_path / "runs" / "fig2_mnist_aevb_z2" / "metrics.csv"
+    first = _rows(metrics)
+    fig2.main(argparse.Namespace(budget=250, **args))
+    both = _rows(metrics)
+    assert both[: len(first)] == first and len(both) > len(first)
+    assert [int(r["epoch"]) for r in both] == list(range(1, len(both) + 1))
+    assert int(both[-1]["samples_seen"]) >= 250 > int(first[-1]["samples_seen"])
+    assert [int(r["samples_seen"]) for r in _rows(tmp_path / "fig2_mnist.csv")] == [int(r["samples_seen"]) for r in both]
+
+
 def test_fig2_chooses_each_methods_step_size_by_pilot_runs_and_marks_the_papers_values(tmp_path, tiny_images, monkeypatch):
     """The paper's protocol: a pilot run at each candidate step size, the best training bound kept
     and named in the figure's notes; the paper's final values drawn as points."""
