@@ -156,7 +156,8 @@ def test_wake_sleep_study(tmp_path, tiny_images):
     rows = {r["variant"]: r for r in _rows(tmp_path / "wake_sleep_study.csv")}
     assert set(rows) == set(study.VARIANTS)
     for name, r in rows.items():
-        assert int(r["samples_seen"]) == 94 and 0 < float(r["q_std_early"]) and 0 <= float(r["dream_ones_early"]) <= 1
+        assert int(r["samples_seen"]) == 94 and 0 < float(r["q_std_early"]) and 0 < float(r["q_std_dreams_early"])
+        assert 0 <= float(r["dream_ones_early"]) <= 1
         assert float(r["log_px"]) >= float(r["test_elbo"]) - 3 * float(r["log_px_stderr"])  # IWAE-4 above the ELBO, up to noise
         assert (r["minus_aevb"] == "") is (name == "aevb")
     assert rows["lr0.01"]["lr"] == "0.01" and rows["paper"]["lr"] == "0.02"

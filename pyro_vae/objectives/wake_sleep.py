@@ -16,13 +16,14 @@ sleep term's only the recognition parameters (tested), so under Adagrad, whose u
 ``lr * g / sqrt(sum g^2)`` is unchanged by a constant factor on g, a relative weight between the two
 phases would move nothing but their balance against the weight prior.
 
-Wake-sleep's sleep phase fits q(z|x) to dreams, which at the start are noise from an untrained
-decoder (about half the pixels on, where MNIST has about 13%). Adagrad's first steps move every
-weight by about the step size whatever its gradient's size, so a step size that suits AEVB can
-leave the recognition model, on real data, far from the prior; the wake phase then fits the decoder
-at latents the prior never draws, and the dreams stay noise. ``examples/wake_sleep_study.py``
-measures this (``docs/results.md``); the paper's protocol of choosing each method's step size from
-{0.01, 0.02, 0.1} avoids it.
+At the start the sleep gradient is noise around zero: dreams from an untrained decoder do not depend
+on z, and q(z|x) = p(z) already fits them. Adagrad scales each coordinate's step to about the step
+size whatever the gradient's size, so the first sleep steps move the recognition model at random,
+coherently over the hidden units that feed each output. At a step size that suits AEVB (0.02 on the
+paper's MNIST model) that carries q far from the prior, on dreams and data alike; the wake phase
+then fits the decoder at latents the prior never draws, and the dreams stay noise.
+``examples/wake_sleep_study.py`` measures this (``docs/results.md``); the paper's protocol of
+choosing each method's step size from {0.01, 0.02, 0.1} avoids it.
 """
 
 from __future__ import annotations
