@@ -107,16 +107,25 @@ def test_fig3(tmp_path, tiny_images):
     assert all(r["rhat_above"].isdigit() and 0 <= int(r["rhat_above"]) <= 5 for r in rows if r["estimator"] == "hmc")
     assert all(r["rhat_above"] == "" for r in rows if r["estimator"] == "iwae")
     table = (tmp_path / "fig3.md").read_text()
-    assert "| stderr | minus_aevb | rhat_above |" in table
+    assert "| stderr | minus_aevb | rhat_above | minus_iwae |" in table
     # the baselines' log p(x) minus AEVB's on the same points, with its paired error; AEVB's own rows leave it empty
+    checked = 0
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 9 and cells[1] in ("aevb", "wake_sleep", "mcem"):
+        if len(cells) == 10 and cells[1] in ("aevb", "wake_sleep", "mcem"):
+            checked += 1
             assert (cells[7] == "") is (cells[1] == "aevb"), line
+            # HMC rows carry their difference to the IWAE bound on the same points, paired
+            hmc, iwae = (read_json_rows(tmp_path, cells[1], cells[2], est) for est in ("hmc", "iwae"))
+            if cells[3] == "hmc":
+                assert cells[9].startswith(f"{sum(h - i for h, i in zip(hmc, iwae)) / 5:+.2f} +- "), line
+            else:
+                assert cells[9] == "", line
             if cells[1] != "aevb":
                 mine, aevb = (read_json_rows(tmp_path, method, cells[2], cells[3]) for method in (cells[1], "aevb"))
                 diffs = [b - a for a, b in zip(aevb, mine)]
                 assert cells[7].startswith(f"{sum(diffs) / 5:+.2f} +- "), line
+    assert checked == 3 * 2 * 2  # methods x splits x estimators
     # the evaluations saved beside each run are read back when the script is run again
     fig3 = _load("fig3_marginal_likelihood")
     saved = tmp_path / "runs" / "fig3_n40_aevb" / "fig3_rows.json"
