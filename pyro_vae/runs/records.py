@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from pyro_vae.config import changed_settings, from_dict as config_from_dict
-from pyro_vae.errors import ConfigError
+from pyro_vae import __version__
+from pyro_vae.errors import CheckpointError, ConfigError
 
 RUN_RECORD_NAME = "run.json"
 METRICS_NAME = "metrics.csv"
@@ -44,8 +45,14 @@ def config_changes(checkpoint_config: Dict[str, Any], config: Any) -> Dict[str, 
     old = checkpoint_config or {}
     try:  # fill in defaults (also those this version added since the checkpoint was written)
         old = config_from_dict(old).to_dict_with_option_defaults()
-    except ConfigError:
-        pass
+    except ConfigError as e:
+        if old:
+            # a setting this version does not know (a run written by a newer pyro-vae) would otherwise
+            # show every default as a change
+            raise CheckpointError(
+                f"the checkpoint's config is not valid for pyro-vae {__version__} ({e}); the run was probably written by "
+                "another version of pyro-vae: resume or load it with that version, or start a new run folder."
+            ) from None
     return changed_settings(old, config.to_dict_with_option_defaults())
 
 

@@ -116,6 +116,25 @@ def test_resume_refuses_changed_settings_unless_allowed(tmp_path):
     assert json.loads((run / "run.json").read_text())["resumed_with_changes"] == history
 
 
+def test_a_run_written_by_another_version_is_named_as_such_not_listed_as_changes(tmp_path):
+    """A checkpoint whose config holds a setting this version does not know (a run written by a
+    newer pyro-vae) is refused in one line that says so, on resume and on load, instead of listing
+    every default as a changed setting."""
+    from pyro_vae.runs.checkpoint import save_checkpoint
+
+    run = tmp_path / "r"
+    Trainer(tiny_config(training={"epochs": 1}), run, progress=False).train()
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["config"]["training"]["a_setting_from_the_future"] = True
+    save_checkpoint(state, run / "checkpoint.pt")
+    message = r"the checkpoint's config is not valid for pyro-vae .*a_setting_from_the_future.*written by another version of pyro-vae"
+    with pytest.raises(CheckpointError, match=message) as refused:
+        Trainer(tiny_config(training={"epochs": 2}), run, progress=False).train(resume=True)
+    assert "\n" not in str(refused.value) and "->" not in str(refused.value)
+    with pytest.raises(CheckpointError, match=message):
+        load_run(run)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny_config(training={"epochs": 3, "batch_size": 20})
     trainer = Trainer(cfg, tmp_path / "r", progress=False)
