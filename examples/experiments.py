@@ -19,6 +19,7 @@ from pyro_vae.speed import allocator
 from pyro_vae.cli import device_arg
 from pyro_vae.config import RunConfig, load, parse_yaml, syntax_error_text
 from pyro_vae.runs.checkpoint import CHECKPOINT_NAME
+from pyro_vae.runs.compare import paired_difference
 from pyro_vae.errors import ConfigError, PyroVAEError, TrainingError, one_line_warnings
 from pyro_vae.files import write_text_atomically
 from pyro_vae.runs.records import read_metrics as read_run_metrics
@@ -142,6 +143,16 @@ def run_script(main: Callable[[argparse.Namespace], None], parser: argparse.Argu
         main(args)
     except PyroVAEError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def paired_text(base: Optional[Sequence[float]], other: Optional[Sequence[float]]) -> str:
+    """``other - base`` over the same points, ``+1.23 +- 0.04`` (the mean of the per-point differences
+    with its paired standard error), or empty where there is nothing to pair (a missing side, rows
+    saved without per-point values, other points)."""
+    if not base or not other or len(base) != len(other):
+        return ""
+    paired = paired_difference(base, other)
+    return f"{paired['difference']:+.2f} +- {paired['stderr']:.2f}"
 
 
 def log_points(budget: int, first: int, per_decade: int = 4) -> List[int]:

@@ -25,7 +25,6 @@ import torch  # noqa: E402
 from pyro_vae import estimators  # noqa: E402
 import experiments as X  # noqa: E402
 from pyro_vae.cli import folder_arg, positive_float, positive_int  # noqa: E402
-from pyro_vae.runs.compare import paired_difference  # noqa: E402
 from pyro_vae.data.datasets import binarize  # noqa: E402
 from pyro_vae.mcmc.hmc import RHAT_THRESHOLD  # noqa: E402
 from pyro_vae.errors import ConfigError  # noqa: E402
@@ -57,11 +56,7 @@ def minus_aevb(row: dict, aevb: dict | None) -> str:
     by an older version without per-point values)."""
     if aevb is None or row is aevb or row["samples_seen"] != aevb["samples_seen"]:
         return ""
-    a, b = aevb.get("per_datapoint"), row.get("per_datapoint")
-    if not a or not b or len(a) != len(b):
-        return ""
-    paired = paired_difference(a, b)
-    return f"{paired['difference']:+.2f} +- {paired['stderr']:.2f}"
+    return X.paired_text(aevb.get("per_datapoint"), row.get("per_datapoint"))
 
 
 def minus_iwae(row: dict, rows: list) -> str:
@@ -72,11 +67,7 @@ def minus_iwae(row: dict, rows: list) -> str:
         return ""
     key = (row["n_train"], row["method"], row["split"], row["samples_seen"])
     iwae = next((r for r in rows if r["estimator"] == "iwae" and (r["n_train"], r["method"], r["split"], r["samples_seen"]) == key), None)
-    a, b = (iwae or {}).get("per_datapoint"), row.get("per_datapoint")
-    if not a or not b or len(a) != len(b):
-        return ""
-    paired = paired_difference(a, b)
-    return f"{paired['difference']:+.2f} +- {paired['stderr']:.2f}"
+    return X.paired_text((iwae or {}).get("per_datapoint"), row.get("per_datapoint"))
 
 
 def main(args: argparse.Namespace) -> None:

@@ -51,7 +51,6 @@ from pyro_vae.cli import folder_arg, positive_float, positive_int
 from pyro_vae.config.build import dataset_from_config
 from pyro_vae.errors import ConfigError
 from pyro_vae.files import write_text_atomically
-from pyro_vae.runs.compare import paired_difference
 from pyro_vae.training.trainer import Trainer
 
 VARIANTS: Dict[str, List[str]] = {
@@ -140,10 +139,8 @@ def main(args: argparse.Namespace) -> None:
               f"{saved['samples_seen']}: test ELBO {saved['test_elbo']:.2f}, log p(x) {saved['log_px']:.2f}")
     aevb = next((r for r in rows if r["variant"] == "aevb"), None)
     for r in rows:
-        r["minus_aevb"] = ""
-        if aevb is not None and r is not aevb and r["samples_seen"] == aevb["samples_seen"]:
-            d = paired_difference(aevb["per_datapoint"], r["per_datapoint"])
-            r["minus_aevb"] = f"{d['difference']:+.2f} +- {d['stderr']:.2f}"
+        paired = aevb is not None and r is not aevb and r["samples_seen"] == aevb["samples_seen"]
+        r["minus_aevb"] = X.paired_text(aevb["per_datapoint"], r["per_datapoint"]) if paired else ""
     table = [{k: v for k, v in r.items() if k != "per_datapoint"} for r in rows]
     X.write_csv(table, out / "wake_sleep_study.csv")
     X.write_markdown(table, ["variant", "lr", "q_std_early", "q_std_dreams_early", "dream_ones_early", "samples_seen", "train_elbo", "test_elbo", "log_px",

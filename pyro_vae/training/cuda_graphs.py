@@ -86,6 +86,7 @@ class GraphedStep:
         self.static_idx: Optional[torch.Tensor] = None
         self.static_loss: Optional[torch.Tensor] = None
         self.captured_lrs: List[float] = []
+        self.counters: List[torch.Tensor] = []  # the optimizer's CPU step counts, advanced after each replay
         self.replays = 0
 
     def _lrs(self) -> List[float]:
@@ -110,9 +111,8 @@ class GraphedStep:
         self.static_x.copy_(x)
         self.static_idx.copy_(idx)
         self.graph.replay()
-        counters = self._step_counters()
-        if counters:
-            torch._foreach_add_(counters, 1.0)
+        if self.counters:
+            torch._foreach_add_(self.counters, 1.0)
         self.replays += 1
         return self.static_loss
 
@@ -120,7 +120,8 @@ class GraphedStep:
         self.static_x, self.static_idx = x.detach().clone(), idx.clone()
         self.optimizer.zero_grad(set_to_none=True)  # backward inside the graph allocates the gradients it writes
         graph = torch.cuda.CUDAGraph()
-        counters = [c.clone() for c in self._step_counters()]
+        self.counters = self._step_counters()
+        saved = [c.clone() for c in self.counters]
         try:
             with torch.cuda.graph(graph):
                 self.static_loss = self.eager_step(self.prepare(self.static_x), self.static_idx).detach()
@@ -130,7 +131,7 @@ class GraphedStep:
                               "set training.cuda_graphs: false.") from e
         # the host code of the optimizer ran once at capture: its step counters are put back, and
         # each replay advances them
-        for c, saved in zip(self._step_counters(), counters):
-            c.copy_(saved)
+        for counter, before in zip(self.counters, saved):
+            counter.copy_(before)
         self.graph = graph
         self.captured_lrs = self._lrs()

@@ -126,6 +126,7 @@ class Trainer:
         if config.training.cuda_graphs:
             check_capturable(self.device, self.objective, self.optimizer, self.dist.enabled)
         self._graphed: Optional[GraphedStep] = None  # made at the first step (after any resume)
+        self._params = list(self.vae.parameters())  # loading a checkpoint copies into these tensors
         self.x_train = self.data.x_train.to(self.device)
         self.x_test = self.data.x_test.to(self.device)
         # A fixed slice of the training set for train-ELBO evaluations (binarized once if dynamic).
@@ -438,22 +439,20 @@ class Trainer:
 
     def _eager_step(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The optimizer steps of one minibatch (one for every objective but MCEM); the last loss."""
-        n, params = self.x_train.shape[0], list(self.vae.parameters())
-        for loss in self.objective.step_losses(self.vae, x, idx, n):
+        for loss in self.objective.step_losses(self.vae, x, idx, self.x_train.shape[0]):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            distributed.average_gradients(params, self.dist)
+            distributed.average_gradients(self._params, self.dist)
             self.optimizer.step()
         return loss
 
     def _train_epoch(self, n: int, cfg) -> Dict[str, Any]:
         start = time.perf_counter()
-        vae, opt, objective = self.vae, self.optimizer, self.objective
+        opt, objective = self.optimizer, self.objective
         dynamic = self.config.data.binarize == "dynamic"
         perm = torch.randperm(n, generator=self.shuffle_generator).to(self.device)
         batches = perm.split(cfg.batch_size)  # global minibatches, identical on every rank
         world, rank = self.dist.world_size, self.dist.rank
-        params = list(vae.parameters())
         budget = cfg.sample_budget
         if cfg.cuda_graphs and self._graphed is None:
             self._graphed = GraphedStep(self._eager_step, binarize_dynamic if dynamic else _unchanged, opt, cfg.batch_size)
@@ -480,7 +479,7 @@ class Trainer:
                 # Parameters that diverged between two loss checks surface as errors of whatever
                 # meets them first (sampling a mixture's NaN weights, a Cholesky factor, a
                 # distribution's argument check): report the divergence, not the symptom.
-                if isinstance(e, PyroVAEError) or all(bool(torch.isfinite(p).all()) for p in params):
+                if isinstance(e, PyroVAEError) or all(bool(torch.isfinite(p).all()) for p in self._params):
                     raise
                 symptom = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]  # Pyro appends its trace's shapes
                 self._stop_diverged(f"the parameters became non-finite (epoch {self.epoch + 1}, step {self.step + 1}: {symptom})")
