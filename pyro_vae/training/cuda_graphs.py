@@ -18,7 +18,8 @@ The recipe is PyTorch's whole-network capture (``torch.cuda`` documentation, *CU
 
 Random draws inside the graph (``z ~ q(z|x)``, the binarization) use torch's CUDA generator, whose
 Philox offset each replay advances by what the captured kernels consume, as the eager step would;
-the replayed and the eager training agree to float rounding (tested on CUDA).
+the replayed and the eager training agree to float rounding (tested on CUDA, and bit for bit on
+the CPU through a stand-in for the graph that records and replays the step's tensor operations).
 
 A graph holds the values it was captured with, so what would change them is handled here:
 
@@ -35,7 +36,8 @@ whose update reads a host value (Adam's bias correction), distributed training, 
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+import contextlib
+from typing import Any, Callable, ContextManager, Iterator, List, Optional
 
 import torch
 
@@ -62,6 +64,26 @@ def check_capturable(device: torch.device, objective, optimizer: torch.optim.Opt
                           f"correction) and cannot be replayed as a CUDA graph; use adagrad or sgd, or {fix}.")
 
 
+class CudaGraphs:
+    """What :class:`GraphedStep` needs of ``torch.cuda``: warm-up on a side stream, a new graph,
+    capture into it (the graph's ``replay()`` runs it). Tests of the step's bookkeeping pass a
+    stand-in with the same methods that records and replays on the CPU."""
+
+    @contextlib.contextmanager
+    def side_stream(self, device: torch.device) -> Iterator[None]:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream(device).wait_stream(side)
+
+    def new_graph(self) -> Any:
+        return torch.cuda.CUDAGraph()
+
+    def capture(self, graph: Any) -> ContextManager:
+        return torch.cuda.graph(graph)
+
+
 class GraphedStep:
     """``step(x, idx)``: one training step on minibatch ``x`` (rows ``idx`` of the data set), eager
     during warm-up and for minibatches of another size than the captured one, a replayed CUDA graph
@@ -69,19 +91,21 @@ class GraphedStep:
     next step)."""
 
     def __init__(self, eager_step: StepFn, prepare: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
-                 batch_size: int, warmup_steps: int = WARMUP_STEPS) -> None:
+                 batch_size: int, warmup_steps: int = WARMUP_STEPS, graphs: Optional[CudaGraphs] = None) -> None:
         """
         :param eager_step: one step as the trainer takes it eagerly (zero grads, loss, backward, optimizer
             step) on a prepared minibatch and its indices; returns the loss.
         :param prepare: what is done to a minibatch before the step (dynamic binarization); inside the graph.
         :param batch_size: the minibatch size that is captured; minibatches of other sizes run eagerly.
+        :param graphs: how graphs are made, captured and warmed up for (default: ``torch.cuda``'s).
         """
+        self.graphs = graphs if graphs is not None else CudaGraphs()
         self.batch_size = batch_size
         self.eager_step = eager_step
         self.prepare = prepare
         self.optimizer = optimizer
         self.warmup_left = warmup_steps
-        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.graph: Any = None
         self.static_x: Optional[torch.Tensor] = None
         self.static_idx: Optional[torch.Tensor] = None
         self.static_loss: Optional[torch.Tensor] = None
@@ -98,12 +122,8 @@ class GraphedStep:
     def step(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if self.warmup_left > 0:
             self.warmup_left -= 1
-            side = torch.cuda.Stream(x.device)
-            side.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(side):
-                loss = self.eager_step(self.prepare(x), idx)
-            torch.cuda.current_stream(x.device).wait_stream(side)
-            return loss
+            with self.graphs.side_stream(x.device):
+                return self.eager_step(self.prepare(x), idx)
         if x.shape[0] != self.batch_size:
             return self.eager_step(self.prepare(x), idx)
         if self.graph is None or self._lrs() != self.captured_lrs:
@@ -119,11 +139,11 @@ class GraphedStep:
     def _capture(self, x: torch.Tensor, idx: torch.Tensor) -> None:
         self.static_x, self.static_idx = x.detach().clone(), idx.clone()
         self.optimizer.zero_grad(set_to_none=True)  # backward inside the graph allocates the gradients it writes
-        graph = torch.cuda.CUDAGraph()
+        graph = self.graphs.new_graph()
         self.counters = self._step_counters()
         saved = [c.clone() for c in self.counters]
         try:
-            with torch.cuda.graph(graph):
+            with self.graphs.capture(graph):
                 self.static_loss = self.eager_step(self.prepare(self.static_x), self.static_idx).detach()
         except RuntimeError as e:
             message = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

@@ -1,28 +1,38 @@
 """Training steps replayed as CUDA graphs (``training.cuda_graphs``): refused with the reason where
-a graph cannot replay the step (on every machine), and on a GPU the same training as the eager path."""
+a graph cannot replay the step, and the same training as the eager path, on a GPU and on the CPU
+through a stand-in that records and replays the step as a CUDA graph does."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import pytest
 import torch
 
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.errors import ConfigError
+from pyro_vae.runs.records import read_metrics
+from pyro_vae.training.cuda_graphs import check_capturable
 from pyro_vae.training.trainer import Trainer
+from tests.components.test_registry import GUIDE_CASES, LIKELIHOOD_CASES, PRIOR_CASES
 from tests.conftest import tiny_config
+from tests.training.graph_stand_in import StandInGraphs
 
 NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
 
 
-def _images(n_train: int = 70) -> Dataset:
-    """Grey-level 4x4 images (dynamically binarized by the configs below: inside the graph too)."""
-    x = torch.rand(n_train + 10, 16, generator=torch.Generator().manual_seed(0))
-    return Dataset("images", x[:n_train], x[n_train:], (1, 4, 4))
+def _images(n_train: int = 70, side: int = 4, binary_test: bool = True) -> Dataset:
+    """Grey-level training images in (0, 1) (dynamically binarized by most configs below: inside the
+    graph too) and binary or grey test images."""
+    x = torch.rand(n_train + 10, side * side, generator=torch.Generator().manual_seed(0)).clamp(0.01, 0.99)
+    test = (x[n_train:] > 0.5).float() if binary_test else x[n_train:]
+    return Dataset("images", x[:n_train], test, (1, side, side))
 
 
-def _config(objective: str = "trace_meanfield", schedule: str = "none", epochs: int = 4, cuda_graphs: bool = True):
-    return tiny_config(device="cuda", data={"name": "synthetic", "binarize": "dynamic"},
-                       model={"z_dim": 2, "likelihood": {"name": "bernoulli"}}, objective={"name": objective},
+def _config(objective: str = "trace_meanfield", schedule: str = "none", epochs: int = 4, cuda_graphs: bool = True,
+            device: str = "cuda", model: Optional[dict] = None, binarize: str = "dynamic"):
+    return tiny_config(device=device, data={"name": "synthetic", "binarize": binarize},
+                       model={"z_dim": 2, "likelihood": {"name": "bernoulli"}, **(model or {})}, objective={"name": objective},
                        optimizer={"name": "adagrad", "lr": 0.05, "schedule": {"name": schedule, "gamma": 0.5}},
                        training={"epochs": epochs, "batch_size": 20, "log_every": 2, "cuda_graphs": cuda_graphs})
 
@@ -44,8 +54,6 @@ def test_a_step_that_cannot_be_replayed_is_refused_in_one_line(tmp_path, section
 ])
 def test_objectives_and_optimizers_that_a_graph_cannot_replay_are_named(objective, optimizer, message):
     from pyro_vae.config.build import objective_from_config, optimizer_from_config
-    from pyro_vae.training.cuda_graphs import check_capturable
-
     cfg = tiny_config(objective=objective, optimizer=optimizer)
     params = [torch.nn.Parameter(torch.zeros(2))]
     built, _ = optimizer_from_config(cfg.optimizer, params, None)
@@ -64,36 +72,101 @@ def test_every_objective_but_mcem_and_the_papers_optimizers_can_be_replayed():
     assert Adagrad.capturable and SGD.capturable and not getattr(Adam, "capturable", False)
 
 
-@NO_GPU
+# Where the training is replayed: on a GPU, CUDA graphs; everywhere, the CPU stand-in (which
+# records and replays the step's operations as a CUDA graph does, see graph_stand_in.py).
+DEVICES = [pytest.param("cpu", id="cpu-stand-in"), pytest.param("cuda", id="cuda", marks=NO_GPU)]
+
+
+@pytest.fixture
+def replay_on(monkeypatch):
+    """``replay_on(device)``: prepares training with ``cuda_graphs: true`` on ``device``. On the CPU,
+    graphs are the stand-in's, and the optimizer runs the foreach update that CUDA runs (not the
+    fused CPU kernel); returns the stand-in (None on CUDA)."""
+    def prepare(device: str):
+        if device == "cuda":
+            return None
+        from pyro_vae.optimizers import inplace
+        from pyro_vae.training import cuda_graphs, trainer
+
+        holder = {}
+        graphs = StandInGraphs(lambda: [s["step"] for s in holder["trainer"].optimizer.state.values()])
+        monkeypatch.setattr(inplace, "_fused_cpu_kernel_applies", lambda params, steps: False)
+        monkeypatch.setattr(cuda_graphs, "CudaGraphs", lambda: graphs)
+        monkeypatch.setattr(trainer, "check_capturable", lambda device, *rest: check_capturable(torch.device("cuda"), *rest))
+        graphs.holder = holder
+        return graphs
+    return prepare
+
+
+def _same(a: torch.Tensor, b: torch.Tensor, device: str) -> bool:
+    """Bitwise on the CPU stand-in (the same operations replayed); to float rounding on CUDA."""
+    return torch.equal(a, b) if device == "cpu" else torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _trainer(cfg, run_dir, data, graphs) -> Trainer:
+    trainer = Trainer(cfg, run_dir, data=data, progress=False)
+    if graphs is not None:
+        graphs.holder["trainer"] = trainer
+    return trainer
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("objective", ["trace_meanfield", "jit_trace_meanfield", "iwae", "wake_sleep", "rws"])
 @pytest.mark.parametrize("schedule", ["none", "exponential"])
-def test_replayed_training_is_the_eager_training(tmp_path, objective, schedule):
+def test_replayed_training_is_the_eager_training(tmp_path, replay_on, device, objective, schedule):
     """Same seed, same data: the parameters after 4 epochs (3 warm-up steps, a capture, replays, each
     epoch's short last minibatch eager, a new capture whenever the schedule changes the step size)
-    agree with eager training to float rounding, and so do the optimizer's step counts."""
-    def train(cuda_graphs: bool, run: str) -> Trainer:
-        trainer = Trainer(_config(objective, schedule, cuda_graphs=cuda_graphs), tmp_path / run, data=_images(), progress=False)
-        trainer.train()
-        return trainer
-
-    eager, replayed = train(False, "eager"), train(True, "graphs")
+    are those of eager training, and so are the optimizer's step counts and the logged rows."""
+    graphs = replay_on(device)
+    eager = _trainer(_config(objective, schedule, cuda_graphs=False, device=device), tmp_path / "eager", _images(), None)
+    eager.train()
+    replayed = _trainer(_config(objective, schedule, device=device), tmp_path / "graphs", _images(), graphs)
+    replayed.train()
     assert replayed._graphed is not None and replayed._graphed.replays >= 4 * 3 - 3 - 1
+    if graphs is not None:
+        assert graphs.captures == (3 if schedule == "exponential" else 1)  # epoch 1 is warm-up and a short batch
     for (name, a), b in zip(eager.vae.named_parameters(), replayed.vae.parameters()):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
+        assert _same(a, b, device), name
     steps = lambda t: [float(s["step"]) for s in t.optimizer.state.values()]  # noqa: E731
     assert steps(replayed) == steps(eager) == [16.0] * len(steps(eager))
-    rows_eager, rows_replayed = (t.run_dir / "metrics.csv" for t in (eager, replayed))
-    assert rows_eager.read_text().count("\n") == rows_replayed.read_text().count("\n")
+    logged = [[float(r[key]) for r in read_metrics(t.run_dir / "metrics.csv")[0] for key in ("train_objective", "test_elbo")]
+              for t in (eager, replayed)]
+    assert len(logged[0]) == 2 * 4 and _same(torch.tensor(logged[0]), torch.tensor(logged[1]), device)
 
 
-@NO_GPU
-def test_a_replayed_run_resumes_and_ends_as_the_eager_one(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_prior_likelihood_guide_and_network_can_be_replayed(tmp_path, replay_on, device):
+    """Each component of the registry, in the paper's objective: captured (no read-back, no host
+    branch on a value) and replayed to the parameters of eager training."""
+    cases = [{"prior": c, "likelihood": {"name": "continuous_bernoulli"}} for c in PRIOR_CASES]
+    cases += [{"likelihood": c} for c in LIKELIHOOD_CASES]
+    cases += [{"guide": c, "likelihood": {"name": "continuous_bernoulli"}} for c in GUIDE_CASES]
+    cases += [{"encoder": {"name": "conv", "channels": 4, "hidden": 16}, "decoder": {"name": "conv", "channels": 4, "hidden": 16},
+               "likelihood": {"name": "bernoulli"}}]
+    graphs = replay_on(device)
+    for i, model in enumerate(cases):
+        binary = model["likelihood"]["name"] == "bernoulli"
+        data = _images(side=8 if "encoder" in model else 4, binary_test=binary)
+        trained = []
+        for cuda_graphs in (False, True):
+            cfg = _config(epochs=2, cuda_graphs=cuda_graphs, device=device, model=model, binarize="dynamic" if binary else "none")
+            trainer = _trainer(cfg, tmp_path / f"{i}-{cuda_graphs}", data, graphs if cuda_graphs else None)
+            trainer.train()
+            trained.append(trainer)
+        assert trained[1]._graphed.replays == 3, model
+        for (name, a), b in zip(trained[0].vae.named_parameters(), trained[1].vae.parameters()):
+            assert _same(a, b, device), (model, name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_replayed_run_resumes_and_ends_as_the_eager_one(tmp_path, replay_on, device):
     """A checkpoint written by replayed training resumes (the graph is captured again on the loaded
     optimizer state) and ends where eager training does."""
-    Trainer(_config(epochs=2), tmp_path / "split", data=_images(60), progress=False).train()
-    resumed = Trainer(_config(epochs=4), tmp_path / "split", data=_images(60), progress=False)
+    graphs = replay_on(device)
+    _trainer(_config(epochs=2, device=device), tmp_path / "split", _images(60), graphs).train()
+    resumed = _trainer(_config(epochs=4, device=device), tmp_path / "split", _images(60), graphs)
     resumed.train(resume=True)
-    eager = Trainer(_config(epochs=4, cuda_graphs=False), tmp_path / "eager", data=_images(60), progress=False)
+    eager = _trainer(_config(epochs=4, cuda_graphs=False, device=device), tmp_path / "eager", _images(60), None)
     eager.train()
     for (name, a), b in zip(eager.vae.named_parameters(), resumed.vae.parameters()):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
+        assert _same(a, b, device), name
