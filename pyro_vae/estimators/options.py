@@ -78,12 +78,18 @@ def resolved_memory_gb(memory_gb: Optional[float], device: torch.device) -> floa
 def memory_budget(memory_gb: Optional[float], device: torch.device, what: str = "one chunk") -> int:
     """Bytes one chunk may hold: ``memory_gb`` where given; otherwise, on a GPU, half of the memory
     it has free now (the estimators' chunks then fill the card rather than a CPU-sized share of
-    it), and on CPU ``CPU_MEMORY_GB``."""
+    it), and on CPU ``CPU_MEMORY_GB``.
+
+    Free on a GPU means free to this process: what the driver reports free plus what torch's
+    caching allocator holds without using it (``memory_reserved - memory_allocated``: blocks freed
+    by earlier work, which the driver counts as taken), so that a first estimate in a process and a
+    later one get the same chunks."""
     check_memory_gb(memory_gb, what)
     if memory_gb is None:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
-            return int(free // 2)
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            return int((free + max(0, cached)) // 2)
         memory_gb = CPU_MEMORY_GB
     return int(memory_gb * 2**30)
 
