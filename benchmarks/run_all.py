@@ -8,8 +8,10 @@ interleaved within its own run):
   analytic KL (``trace_meanfield``) and Monte Carlo KL (``trace``), and at batch 100 their JIT
   variants;
   first step in a fresh process;
-* IWAE-5000 against the matrix-product bound and a hand-written PyTorch IWAE;
-* HMC against a plain-torch leapfrog loop, at 100 chains (an MCEM minibatch) and 1000 (AIS).
+* IWAE-5000 against the matrix-product bound and a hand-written PyTorch IWAE (on a GPU with a
+  trained run: over its whole test set);
+* HMC against a plain-torch leapfrog loop, at 100 chains (an MCEM minibatch) and 1000 (AIS);
+* the AIS estimator against a plain-torch AIS loop on the same potential.
 
     python benchmarks/run_all.py            # about 4 minutes on 2 CPU threads (5 with --run)
     python benchmarks/run_all.py --quick    # smaller sizes, for a smoke test
@@ -24,7 +26,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,6 +54,31 @@ def training_runs(quick: bool, device: str = "cpu") -> List[Tuple[str, List[str]
     return runs
 
 
+def iwae_runs(quick: bool, device: str = "cpu", run: Optional[str] = None) -> List[Tuple[str, List[str]]]:
+    """IWAE-5000 on an untrained paper model and random images; with ``run``, on that trained model
+    and its own test images, as ``pyro-vae evaluate`` runs it: the first 100 on CPU, all 10k on a
+    GPU (the target's measure: the whole test set against the tuned loop)."""
+    runs = [("IWAE-5000" if not quick else "IWAE-500",
+             ["bench_iwae.py", "--random", "--n", "10" if quick else "100", "--k", "500" if quick else "5000"])]
+    if run:
+        n = "10000" if device.startswith("cuda") and not quick else "100"
+        runs.append((f"IWAE-5000, trained model, {n} test images", ["bench_iwae.py", "--run", run, "--n", n, "--k", "5000"]))
+    return runs
+
+
+def ais_runs(quick: bool, device: str = "cpu") -> List[Tuple[str, List[str]]]:
+    """AIS from the prior on the main job's networks (20-500-784) against a plain-torch AIS loop:
+    50 points x 4 chains on CPU; on a GPU 1000 points x 16 chains (Wu et al.'s chain count)."""
+    if quick:
+        points, chains, steps = "10", "2", "10"
+    elif device.startswith("cuda"):
+        points, chains, steps = "1000", "16", "100"
+    else:
+        points, chains, steps = "50", "4", "50"
+    return [(f"AIS, {points} points x {chains} chains, {steps} steps",
+             ["bench_ais.py", "--points", points, "--chains", chains, "--steps", steps, "--repeats", "3" if quick else "5"])]
+
+
 def summarize(label: str, output: str, with_first_step: bool) -> str:
     """One markdown row from a benchmark's printed output: its ratio lines, each with the quartiles
     of its rounds' paired ratios where the benchmark prints them (and the first step)."""
@@ -65,16 +92,13 @@ def summarize(label: str, output: str, with_first_step: bool) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    runs = training_runs(args.quick, args.device)
-    runs.append(("IWAE-5000" if not args.quick else "IWAE-500",
-                 ["bench_iwae.py", "--random", "--n", "10" if args.quick else "100", "--k", "500" if args.quick else "5000"]))
-    if args.run:  # a trained model on its own test images, as `pyro-vae evaluate` runs it
-        runs.append(("IWAE-5000, trained model", ["bench_iwae.py", "--run", args.run, "--n", "100", "--k", "5000"]))
+    runs = training_runs(args.quick, args.device) + iwae_runs(args.quick, args.device, args.run)
     # 100 chains: one per datapoint of an MCEM minibatch (compiled potentials); 1000: AIS-sized (eager, fused layers)
     for chains in (["200"] if args.quick else ["100", "1000"]):
         # 100 chains: 50 trajectories (about 0.4 s a side; 10 made single runs swing by 0.15)
         trajectories = "5" if args.quick else ("50" if chains == "100" else "10")
         runs.append((f"HMC, {chains} chains", ["bench_hmc.py", "--points", chains, "--trajectories", trajectories]))
+    runs += ais_runs(args.quick, args.device)
     rows = []
     for label, cmd in runs:
         out = subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:], "--threads", str(args.threads), "--device", args.device],

@@ -63,6 +63,9 @@ def test_training_benchmark_runs_on_tiny_data(capsys, device):
     # on CUDA, the paper's model replayed as CUDA graphs too (both ELBO estimators)
     graphed = [cmd for _, cmd in run_all.training_runs(quick=True, device="cuda") if "--cuda-graphs" in cmd]
     assert len(graphed) == 2 and all("--n" in cmd for cmd in graphed)
+    # a trained run's IWAE: 100 test images on CPU, the whole test set on a GPU
+    trained = {device: run_all.iwae_runs(False, device, "runs/x")[-1][1] for device in ("cpu", "cuda")}
+    assert trained["cpu"][trained["cpu"].index("--n") + 1] == "100" and trained["cuda"][trained["cuda"].index("--n") + 1] == "10000"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
@@ -91,6 +94,7 @@ def test_iwae_benchmark_runs_on_tiny_data(capsys, device):
     out = capsys.readouterr().out
     assert "ratio pyro-vae / matmul bound" in out and "ratio pyro-vae / plain torch" in out
     assert "ratio pyro-vae / networks + softplus" in out and "ratio pyro-vae / tuned torch" in out
+    assert "ratio pyro-vae iwae() call / tuned torch" in out  # the estimator as users call it
     assert "paired pyro-vae / matmul bound: median " in out and "over 1 datapoint chunks" in out  # 4 points, one chunk
     # the hand-written IWAEs and the estimator are the same estimator: their means agree
     ours, plain, tuned = _mean_log_px(out)
@@ -167,3 +171,23 @@ def test_paired_ratios_are_per_round_and_their_quartiles():
     assert paired.paired_ratios_line("a / b", [3.0], [2.0], "epochs") == "paired a / b: median 1.500, quartiles 1.500-1.500 over 1 epochs"
     with pytest.raises(ValueError, match="one time per round on each side"):
         paired.paired_ratios_line("a / b", [1.0, 2.0], [1.0], "rounds")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ais_benchmark_runs_on_tiny_data(capsys, device):
+    """The estimator and the plain AIS loop estimate the same log p(x) (different draws) and the
+    suite summarises the ratio line."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ais.py"
+    spec = importlib.util.spec_from_file_location("bench_ais", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(argparse.Namespace(points=3, chains=2, steps=4, leapfrog=2, step_size=0.05, z=2, hidden=8, repeats=2, threads=1, device=device))
+    out = capsys.readouterr().out
+    estimates = [float(line.split("mean log p(x)")[1].strip(" )")) for line in out.splitlines() if "mean log p(x)" in line]
+    assert len(estimates) == 2 and all(math.isfinite(v) for v in estimates) and abs(estimates[0] - estimates[1]) < 5.0
+    assert "over 2 rounds" in out
+    spec = importlib.util.spec_from_file_location("run_all", path.parent / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    assert re.search(r"\| tiny \| pyro-vae ais\(\) / plain loop \(time\) [0-9.]+ \(rounds [0-9.]+-[0-9.]+\) \|", run_all.summarize("tiny", out, False))
+    assert [cmd[cmd.index("--chains") + 1] for _, cmd in (run_all.ais_runs(False, "cpu") + run_all.ais_runs(False, "cuda"))] == ["4", "16"]
