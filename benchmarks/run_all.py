@@ -32,13 +32,15 @@ HERE = Path(__file__).resolve().parent
 
 
 def training_runs(quick: bool, device: str = "cpu") -> List[Tuple[str, List[str]]]:
-    """The training benchmarks: two network shapes, two batch sizes, the ELBO objectives; on CUDA
-    also the paper's model with its steps replayed as CUDA graphs, on 50k-point epochs (the paper's
-    epoch: the target is under 0.3 s)."""
+    """The training benchmarks: two network shapes, two batch sizes, the ELBO objectives. On CUDA
+    the paper's model at batch 100 only (the GPU's time is short, and the host-bound case is the
+    one its target is about), and the same with its steps replayed as CUDA graphs, on 50k-point
+    epochs (the paper's epoch: the target is under 0.3 s)."""
     n, epochs = ("2000", "3") if quick else ("10000", "7")
+    cuda = device.startswith("cuda")
     runs = []
-    for act, hidden in (("tanh", "500"), ("relu", "400")):
-        for batch in ("100", "1000"):
+    for act, hidden in (("tanh", "500"),) if cuda else (("tanh", "500"), ("relu", "400")):
+        for batch in ("100",) if cuda else ("100", "1000"):
             for objective in ("trace_meanfield", "jit_trace_meanfield", "trace", "jit_trace"):
                 if batch == "1000" and objective.startswith("jit"):  # JIT pays off below about 256 rows
                     continue
@@ -46,7 +48,7 @@ def training_runs(quick: bool, device: str = "cpu") -> List[Tuple[str, List[str]
                 runs.append((label, ["bench_train.py", "--activation", act, "--hidden", hidden, "--batch", batch,
                                      "--objective", objective, "--n", n, "--epochs", epochs]))
     runs[0][1].append("--fresh-first-step")
-    if device.startswith("cuda"):
+    if cuda:
         for objective in ("trace_meanfield", "jit_trace_meanfield"):
             runs.append((f"train 784-500-20 tanh, batch 100, {objective}, CUDA graphs, 50k points",
                          ["bench_train.py", "--batch", "100", "--objective", objective, "--n", "5000" if quick else "50000",

@@ -61,8 +61,10 @@ def test_training_benchmark_runs_on_tiny_data(capsys, device):
     # 2 shapes x (4 objectives at batch 100 + the 2 eager ones at batch 1000)
     assert len(runs) == 12 and sum("jit_trace" in cmd for cmd in runs) == 2
     # on CUDA, the paper's model replayed as CUDA graphs too (both ELBO estimators)
-    graphed = [cmd for _, cmd in run_all.training_runs(quick=True, device="cuda") if "--cuda-graphs" in cmd]
+    on_gpu = [cmd for _, cmd in run_all.training_runs(quick=True, device="cuda")]
+    graphed = [cmd for cmd in on_gpu if "--cuda-graphs" in cmd]
     assert len(graphed) == 2 and all("--n" in cmd for cmd in graphed)
+    assert len(on_gpu) == 4 + 2 and all(cmd[cmd.index("--batch") + 1] == "100" for cmd in on_gpu)  # the paper's model only
     # a trained run's IWAE: 100 test images on CPU, the whole test set on a GPU
     trained = {device: run_all.iwae_runs(False, device, "runs/x")[-1][1] for device in ("cpu", "cuda")}
     assert trained["cpu"][trained["cpu"].index("--n") + 1] == "100" and trained["cuda"][trained["cuda"].index("--n") + 1] == "10000"
