@@ -69,11 +69,19 @@ def site_log_probs(trace: Trace, observed: bool | None = None, names: Collection
     return total  # type: ignore[return-value]
 
 
+def _particle_plate(size: int, *values: Any) -> pyro.plate:
+    """The outer plate of particles or chains at ``dim=-2``, told the device of the first tensor
+    among ``values`` (Pyro otherwise finds the default device by making an empty tensor at every
+    plate)."""
+    device = next((v.device for v in values if torch.is_tensor(v)), None)
+    return pyro.plate(PARTICLE_PLATE, size, dim=-2, device=device)
+
+
 def traced_pair(
     model: Callable, guide: Callable, *args: Any, num_particles: int = 1, **kwargs: Any
 ) -> Tuple[Trace, Trace]:
     """Run the guide and the model replayed on it, with ``num_particles`` vectorized particles."""
-    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-2):
+    with _particle_plate(num_particles, *args):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return model_trace, guide_trace
@@ -102,7 +110,7 @@ def log_densities(
     AIS tempers the second term.
     """
     chains = next(iter(latents.values())).shape[0]
-    with pyro.plate(PARTICLE_PLATE, chains, dim=-2):
+    with _particle_plate(chains, *latents.values()):
         trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(*args, **kwargs)
     log_prior: torch.Tensor | float = 0.0
     log_lik: torch.Tensor | float = 0.0
@@ -117,7 +125,7 @@ def log_densities(
 def guide_log_prob(guide: Callable, latents: Dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
     """log q(z | x) per chain and datapoint at given latent values (chains, batch, ...)."""
     chains = next(iter(latents.values())).shape[0]
-    with pyro.plate(PARTICLE_PLATE, chains, dim=-2):
+    with _particle_plate(chains, *latents.values()):
         trace = poutine.trace(poutine.condition(guide, data=latents)).get_trace(*args, **kwargs)
     return site_log_probs(trace, names=latents.keys())
 
@@ -125,7 +133,7 @@ def guide_log_prob(guide: Callable, latents: Dict[str, torch.Tensor], *args: Any
 def sample_latents(program: Callable, num_samples: int, *args: Any, **kwargs: Any) -> Dict[str, torch.Tensor]:
     """Draw the latent sites of ``program`` (the model: from the prior; the guide: from q(z|x)),
     vectorized over ``num_samples`` in the outer plate: values of shape (num_samples, batch, ...)."""
-    with pyro.plate(PARTICLE_PLATE, num_samples, dim=-2):
+    with _particle_plate(num_samples, *args):
         trace = poutine.trace(program).get_trace(*args, **kwargs)
     return {
         name: site["value"].expand((num_samples,) + site["fn"].batch_shape[-1:] + site["fn"].event_shape)
