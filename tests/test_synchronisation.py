@@ -3,7 +3,8 @@
 On a GPU, reading a value back (``.item()``, ``bool(tensor)``, ``float(tensor)``, ``nonzero``,
 ``torch.equal``) waits for every queued kernel, and a step then runs at the host's pace. These
 tests count the operations that would synchronise, on CPU, with a dispatch mode that sees every
-tensor operation (Pyro's and torch's included). Integer scalars of no dimension are left out: they
+tensor operation (Pyro's and torch's included), and the tensors made from Python data inside
+them (on a GPU a copy from host memory). Integer scalars of no dimension are left out: they
 are shape arithmetic in traced graphs (``NumToTensor`` of a size), which stays on the host on a GPU
 too. On CUDA the same steps run under ``torch.cuda.set_sync_debug_mode("error")``.
 """
@@ -22,6 +23,9 @@ from pyro_vae.training.trainer import Trainer
 from tests.conftest import tiny_config
 
 SYNCHRONISING = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.is_nonzero.default", "aten.equal.default"}
+# A tensor made from Python data (``torch.tensor(...)``): on a GPU, one on the device is a copy from
+# pageable host memory, which waits for the stream and cannot be captured in a CUDA graph.
+FROM_HOST_DATA = {"aten.lift_fresh.default", "aten.lift_fresh_copy.default"}
 
 
 class CountSynchronisations(TorchDispatchMode):
@@ -32,7 +36,7 @@ class CountSynchronisations(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         first = args[0] if args and torch.is_tensor(args[0]) else None
         shape_scalar = first is not None and first.dim() == 0 and not first.is_floating_point() and first.dtype != torch.bool
-        if str(func) in SYNCHRONISING and not shape_scalar:
+        if (str(func) in SYNCHRONISING and not shape_scalar) or str(func) in FROM_HOST_DATA:
             self.calls[str(func)] += 1
         return func(*args, **(kwargs or {}))
 
@@ -76,11 +80,12 @@ def test_an_iwae_chunk_and_an_hmc_transition_read_nothing_back(tmp_path):
     assert not counter.calls and not hmc_counter.calls, (counter.calls, hmc_counter.calls)
 
 
-def test_the_counter_sees_a_read_back():
+def test_the_counter_sees_a_read_back_and_a_tensor_from_host_data():
     with CountSynchronisations() as counter:
         float(torch.ones(3).sum())
         bool(torch.ones(1) > 0)
-    assert counter.calls["aten._local_scalar_dense.default"] == 2
+        torch.tensor([0.5])
+    assert counter.calls["aten._local_scalar_dense.default"] == 2 and counter.calls["aten.lift_fresh.default"] == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
