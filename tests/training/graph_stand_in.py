@@ -12,7 +12,8 @@ arguments. Its semantics, which this stand-in reproduces on the CPU's tensors:
 * **host code runs at capture only**: a replay runs the recorded operations on the same tensors
   with the same arguments, in order, and nothing else: no Python branch, no ``param.grad = None``,
   no update of the optimizer's host-side step counters (``host_tensors``, which a CUDA run keeps
-  on the CPU);
+  on the CPU); a host tensor that a recorded operation reads keeps its value at capture, as a
+  kernel's scalar argument does;
 * **no reading back while capturing**: ``.item()``, ``bool(tensor)``, ``nonzero`` on a recorded
   tensor raise, as CUDA refuses a synchronisation while a stream captures;
 * **random draws advance the generator**: each replay draws afresh from torch's generator, as the
@@ -28,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 SYNCHRONISING = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.is_nonzero.default", "aten.equal.default"}
 
@@ -101,8 +102,14 @@ class _Recorder(TorchDispatchMode):
         result = func(*args, **kwargs)
         outputs = [] if _returns_alias(func) else _tensors(result)
         self.made.update(t.untyped_storage().data_ptr() for t in outputs)
-        self.graph.operations.append(_Recorded(func, args, kwargs, outputs))
+        # a host tensor in a device kernel's arguments is read when the kernel is launched: the
+        # graph keeps its value at capture
+        baked_args, baked_kwargs = tree_map(self._baked, (args, kwargs))
+        self.graph.operations.append(_Recorded(func, baked_args, baked_kwargs, outputs))
         return result
+
+    def _baked(self, value: Any) -> Any:
+        return value.clone() if isinstance(value, torch.Tensor) and self._is_host(value) else value
 
     @torch.no_grad()
     def restore(self) -> None:

@@ -9,6 +9,7 @@ from typing import Optional
 import pytest
 import torch
 
+from pyro_vae.components.registry import OPTIMIZERS
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.errors import ConfigError
 from pyro_vae.runs.records import read_metrics
@@ -156,6 +157,27 @@ def test_every_prior_likelihood_guide_and_network_can_be_replayed(tmp_path, repl
         assert trained[1]._graphed.replays == 3, model
         for (name, a), b in zip(trained[0].vae.named_parameters(), trained[1].vae.parameters()):
             assert _same(a, b, device), (model, name)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS.names())
+def test_an_optimizer_says_it_is_capturable_exactly_when_a_replay_trains_as_eager(tmp_path, replay_on, monkeypatch, optimizer):
+    """Through the CPU stand-in, with the refusal switched off: Adagrad and SGD replay to the eager
+    parameters; Adam's bias correction, computed on the host from the step count at capture, stays
+    frozen in the graph, so its replays drift (which is why it is refused)."""
+    from pyro_vae.training import trainer as trainer_module
+
+    graphs = replay_on("cpu")
+    monkeypatch.setattr(trainer_module, "check_capturable", lambda *args: None)
+    trained = []
+    for cuda_graphs in (False, True):
+        cfg = _config(device="cpu", cuda_graphs=cuda_graphs)
+        cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"name": optimizer, "lr": 0.01})})
+        trainer = _trainer(cfg, tmp_path / str(cuda_graphs), _images(), graphs if cuda_graphs else None)
+        trainer.train()
+        trained.append(trainer)
+    assert trained[1]._graphed.replays == 9
+    same = all(torch.equal(a, b) for a, b in zip(trained[0].vae.parameters(), trained[1].vae.parameters()))
+    assert same == getattr(trained[1].optimizer, "capturable", False)
 
 
 @pytest.mark.parametrize("device", DEVICES)

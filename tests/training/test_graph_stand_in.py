@@ -56,11 +56,13 @@ def test_a_python_number_is_baked_in_and_host_code_runs_at_capture_only():
 
     with graphs.capture(graph):
         step()
+        scaled = x * counter  # a host tensor read by a device operation
     assert float(counter) == 1.0
     state["lr"] = 0.0  # a replay does not read it again: the graph keeps 0.01
+    counter.fill_(5.0)  # nor the host tensor: the graph keeps 1.0
     before = w.detach().clone()
     graph.replay()
-    assert float(counter) == 1.0 and not torch.equal(w, before)
+    assert float(counter) == 5.0 and not torch.equal(w, before) and torch.equal(scaled, x)
 
 
 @pytest.mark.parametrize("read_back", [lambda t: t.item(), lambda t: bool(t > 0), lambda t: t.nonzero()])
