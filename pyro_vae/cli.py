@@ -188,7 +188,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                           f"({', '.join('.' + f for f in image_formats)}).")
     as_array = out.suffix.lower() == ".npy"
     trained = load_run(args.run, device=args.device)
-    if not as_array and is_image(trained.vae.x_shape) and args.n > MAX_PICTURE_SAMPLES:
+    if not as_array and is_image(trained.vae) and args.n > MAX_PICTURE_SAMPLES:
         raise ConfigError(f"--n {args.n}: a picture shows at most {MAX_PICTURE_SAMPLES} samples (a 50 x 50 grid); "
                           f"for more, write them as an array with --out {out.with_suffix('.npy')}.")
     torch.manual_seed(args.seed)

@@ -68,6 +68,17 @@ class VAE(nn.Module):
     def x_dim(self) -> int:
         return self.likelihood.x_dim
 
+    @property
+    def image_shape(self) -> Optional[Tuple[int, int, int]]:
+        """``(channels, height, width)`` when a datapoint is an image: grey ``(h, w)`` or
+        ``(1, h, w)``, colour ``(3, h, w)``; None for other data (plain vectors)."""
+        shape = self.x_shape
+        if len(shape) == 2:
+            return (1,) + shape  # type: ignore[return-value]
+        if len(shape) == 3 and shape[0] in (1, 3):
+            return shape  # type: ignore[return-value]
+        return None
+
     def check_points(self, x: torch.Tensor) -> None:
         """Raise a ValueError unless ``x`` holds datapoints as this model takes them: a floating-point
         tensor of shape ``(n, x_dim)`` with n >= 1, on the model's device (the estimators' entry

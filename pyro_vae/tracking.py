@@ -12,7 +12,7 @@ a config, or ``--tensorboard DIR``, turns it on.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict
 
 import torch
 
@@ -20,15 +20,6 @@ from pyro_vae.errors import ConfigError
 
 # the metric fields written as TensorBoard scalars (NaN where an epoch did not measure one)
 SCALARS = ("train_objective", "train_elbo", "test_elbo", "test_elbo_stderr", "lr", "epoch_seconds")
-
-
-def _image_shape(x_shape: Tuple[int, ...]) -> Optional[Tuple[int, int, int]]:
-    """(channels, height, width) of image data, (h, w) read as one channel; None for other data."""
-    if len(x_shape) == 2:
-        return (1,) + x_shape  # type: ignore[return-value]
-    if len(x_shape) == 3 and x_shape[0] in (1, 3):
-        return x_shape  # type: ignore[return-value]
-    return None
 
 
 class Callback:
@@ -67,7 +58,7 @@ class TensorBoardLogger(Callback):
             if isinstance(value, (int, float)) and value == value:  # NaN: not measured this epoch
                 self.writer.add_scalar(f"train/{key}", value, step)
         vae = trainer.vae
-        shape = _image_shape(tuple(vae.x_shape))
+        shape = vae.image_shape
         if shape is not None:
             devices = [trainer.device] if trainer.device.type == "cuda" else []
             # drawn on a forked random stream: training goes on with the draws it would have had

@@ -4,7 +4,7 @@ and a latent scatter coloured by label. All written as PNG files with matplotlib
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import matplotlib
 
@@ -21,30 +21,22 @@ MAX_PICTURE_SAMPLES = 2500
 DPI = 120
 
 
-def _image_shape(x_shape: Sequence[int]) -> Optional[tuple]:
-    shape = tuple(x_shape)
-    if len(shape) == 3 and shape[0] == 1:
-        return shape[1:]
-    if len(shape) == 2:
-        return shape
-    return None
+def is_image(vae: VAE) -> bool:
+    """Whether the model's data can be drawn as images (grey or colour)."""
+    return vae.image_shape is not None
 
 
-def is_image(x_shape: Sequence[int]) -> bool:
-    """Whether data of shape ``x_shape`` (one datapoint, unflattened) can be drawn as a grey image."""
-    return _image_shape(x_shape) is not None
-
-
-def image_grid(images: torch.Tensor, x_shape: Sequence[int], nrow: int) -> torch.Tensor:
-    """Tile ``(n, x_dim)`` images into one ``(H*rows, W*nrow)`` array (blank cells are zero)."""
-    h, w = _image_shape(x_shape)  # type: ignore[misc]
+def image_grid(images: torch.Tensor, image_shape: Tuple[int, int, int], nrow: int) -> torch.Tensor:
+    """Tile ``(n, x_dim)`` images of ``(channels, height, width)`` into one array, ``(H*rows,
+    W*nrow)`` for grey images and ``(H*rows, W*nrow, 3)`` for colour ones (blank cells are zero)."""
+    c, h, w = image_shape
     n = images.shape[0]
     rows = (n + nrow - 1) // nrow
-    grid = torch.zeros(rows * h, nrow * w)
+    grid = torch.zeros(rows * h, nrow * w, c)
     for i in range(n):
-        r, c = divmod(i, nrow)
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = images[i].reshape(h, w).clamp(0, 1)
-    return grid
+        r, col = divmod(i, nrow)
+        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = images[i].reshape(c, h, w).permute(1, 2, 0).clamp(0, 1)
+    return grid[..., 0] if c == 1 else grid
 
 
 def _save_image(grid: torch.Tensor, path: Path, title: str) -> Path:
@@ -52,7 +44,7 @@ def _save_image(grid: torch.Tensor, path: Path, title: str) -> Path:
     # about 550 pixels); the axes take about three quarters of the figure's width
     width = max(6.0, grid.shape[1] / (0.75 * DPI))
     fig, ax = plt.subplots(figsize=(width, width * grid.shape[0] / max(grid.shape[1], 1)))
-    ax.imshow(grid.cpu().numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(grid.cpu().numpy(), cmap="gray" if grid.dim() == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
@@ -97,9 +89,9 @@ def picture_formats() -> List[str]:
 
 
 def why_not_drawn(vae: VAE, needs_2d_latents: bool = False) -> Optional[str]:
-    """Why a picture of this model cannot be drawn (None if it can): the data are not grey images,
-    or (for the manifold) the latent space is not 2-D."""
-    if _image_shape(vae.x_shape) is None:
+    """Why a picture of this model cannot be drawn (None if it can): the data are not images, or
+    (for the manifold) the latent space is not 2-D."""
+    if not is_image(vae):
         return f"the data (shape {tuple(vae.x_shape)}) are not images"
     if needs_2d_latents and vae.z_dim != 2:
         return f"the latent space has {vae.z_dim} dimensions and the manifold needs 2 (model.z_dim=2)"
@@ -110,7 +102,7 @@ def why_not_drawn(vae: VAE, needs_2d_latents: bool = False) -> Optional[str]:
 def plot_samples(vae: VAE, path: Path, n: int = 100, nrow: int = 10) -> Optional[Path]:
     if why_not_drawn(vae):
         return None
-    return _save_image(image_grid(vae.sample_means(n).cpu(), vae.x_shape, nrow), path, f"samples (E[x|z], z ~ p(z)), Nz={vae.z_dim}")
+    return _save_image(image_grid(vae.sample_means(n).cpu(), vae.image_shape, nrow), path, f"samples (E[x|z], z ~ p(z)), Nz={vae.z_dim}")
 
 
 @torch.no_grad()
@@ -119,7 +111,7 @@ def plot_reconstructions(vae: VAE, x: torch.Tensor, path: Path, n: int = 10) -> 
         return None
     x = x[:n]
     both = torch.cat([x.cpu(), vae.reconstruct(x).cpu()])
-    return _save_image(image_grid(both, vae.x_shape, n), path, "data (top) and reconstructions (bottom)")
+    return _save_image(image_grid(both, vae.image_shape, n), path, "data (top) and reconstructions (bottom)")
 
 
 @torch.no_grad()
@@ -132,7 +124,7 @@ def plot_manifold(vae: VAE, path: Path, n: int = 20) -> Optional[Path]:
     u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, device=device)
     z1 = torch.distributions.Normal(0.0, 1.0).icdf(u)
     z = torch.stack(torch.meshgrid(z1, z1.flip(0), indexing="xy"), dim=-1).reshape(-1, 2)
-    return _save_image(image_grid(vae.decode_means(z).cpu(), vae.x_shape, n), path, "learned 2-D manifold")
+    return _save_image(image_grid(vae.decode_means(z).cpu(), vae.image_shape, n), path, "learned 2-D manifold")
 
 
 @torch.no_grad()

@@ -21,3 +21,22 @@ def test_the_curves_plot_shades_the_test_elbo_by_its_standard_error(tmp_path, mo
     expected_low = [float(r["test_elbo"]) - 2 * float(r["test_elbo_stderr"]) for r in rows]
     assert len(bands) == 1 and bands[0][0] == [float(r["samples_seen"]) for r in rows]
     assert bands[0][1] == pytest.approx(expected_low) and all(h > lo for lo, h in zip(bands[0][1], bands[0][2]))
+
+
+def test_grey_and_colour_images_are_tiled_and_vectors_are_not_drawn(tmp_path):
+    import torch
+
+    from pyro_vae.config.build import vae_from_config
+    from pyro_vae.runs.plotting import image_grid, plot_samples, why_not_drawn
+
+    grey = torch.arange(3 * 6, dtype=torch.float32).reshape(3, 6) / 17  # three 2 x 3 images
+    grid = image_grid(grey, (1, 2, 3), nrow=2)
+    assert grid.shape == (4, 6) and torch.equal(grid[:2, :3], grey[0].reshape(2, 3)) and torch.equal(grid[2:, 3:], torch.zeros(2, 3))
+    colour = torch.rand(2, 3 * 2 * 2)  # two 2 x 2 RGB images, channels first as the data hold them
+    grid = image_grid(colour, (3, 2, 2), nrow=2)
+    assert grid.shape == (2, 4, 3) and torch.equal(grid[1, 2], colour[1].reshape(3, 2, 2)[:, 1, 0])
+    model = tiny_config(model={"likelihood": {"name": "bernoulli"}}).model
+    for x_shape, drawn in (((28, 28), True), ((1, 4, 4), True), ((3, 4, 4), True), ((6,), False), ((2, 4, 4), False)):
+        vae = vae_from_config(model, x_shape)
+        assert (vae.image_shape is not None) == drawn and (why_not_drawn(vae) is None) == drawn, x_shape
+        assert (plot_samples(vae, tmp_path / "s.png", n=4, nrow=2) is not None) == drawn, x_shape
