@@ -22,6 +22,22 @@ class BusyError(PyroVAEError):
     """Another process holds the lock of a run folder."""
 
 
+def current_umask() -> int:
+    """The process's file-creation mask, read without changing it where Linux shows it
+    (``/proc/self/status``, kernel 4.7+): ``os.umask`` can only read it by setting it, and for
+    that moment a file another thread creates (TensorBoard's writer, say) would get mode 0o666."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def replaced_atomically(path: Path | str, sync: bool = False) -> Iterator[BinaryIO]:
     """A binary file to write ``path``'s new content into: a temporary file beside ``path``,
@@ -36,9 +52,7 @@ def replaced_atomically(path: Path | str, sync: bool = False) -> Iterator[Binary
     # file never share a temporary one, and the last complete file wins.
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(handle, 0o666 & ~umask)  # as open() would make it (mkstemp makes it private)
+    os.fchmod(handle, 0o666 & ~current_umask())  # as open() would make it (mkstemp makes it private)
     try:
         with os.fdopen(handle, "wb") as f:
             yield f

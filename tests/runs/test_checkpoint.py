@@ -108,3 +108,21 @@ def test_an_error_while_writing_leaves_the_old_file_whole(tmp_path):
     with replaced_atomically(path, sync=True) as f:
         f.write(b"new content")
     assert path.read_bytes() == b"new content" and [p.name for p in tmp_path.iterdir()] == ["cache.npz"]
+
+
+def test_a_replaced_file_gets_the_mode_open_would_give_it(tmp_path):
+    """The temporary file (private, as mkstemp makes it) takes 0o666 less the process's umask, read
+    without setting it (another thread creating a file meanwhile would get that setting)."""
+    import os
+    import stat
+
+    from pyro_vae.files import current_umask, replaced_atomically
+
+    saved = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027
+        with replaced_atomically(tmp_path / "run.json") as f:
+            f.write(b"{}")
+        assert stat.S_IMODE((tmp_path / "run.json").stat().st_mode) == 0o640
+    finally:
+        os.umask(saved)
