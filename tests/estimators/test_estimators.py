@@ -97,7 +97,7 @@ def test_the_memory_measure_counts_what_is_live_at_once_views_and_in_place_resul
     outside = torch.ones(5000)  # made before: neither it nor views of it count
 
     def work():
-        view, _ = outside[:100].t(), outside.add_(1)
+        outside[:100].t(), outside.add_(1)  # a view of it and an in-place result on it
         a = torch.ones(1000)  # 4000 bytes
         b = a[:10]  # a view: no new memory
         a.mul_(2)  # in place: none either
