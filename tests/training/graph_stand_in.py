@@ -25,7 +25,7 @@ What it does not reproduce is CUDA's own: streams, the graph's memory pool, kern
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Set, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -138,7 +138,7 @@ class StandInGraphs:
     @contextlib.contextmanager
     def capture(self, graph: StandInGraph) -> Iterator[None]:
         recorder = _Recorder(graph, {id(t) for t in self.host_tensors()})
-        rng: Optional[torch.Tensor] = torch.get_rng_state()
+        rng = torch.get_rng_state()
         try:
             with recorder:
                 yield
