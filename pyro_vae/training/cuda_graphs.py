@@ -37,7 +37,7 @@ whose update reads a host value (Adam's bias correction), distributed training, 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Iterator, List, Optional
+from typing import Any, Callable, ContextManager, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -80,7 +80,10 @@ class CudaGraphs:
     def new_graph(self) -> Any:
         return torch.cuda.CUDAGraph()
 
-    def capture(self, graph: Any) -> ContextManager:
+    def capture(self, graph: Any, host_tensors: Sequence[torch.Tensor] = ()) -> ContextManager:
+        """Record the kernels launched inside the block into ``graph``. ``host_tensors``: what the
+        step updates on the host (the optimizer's CPU step counts); a CUDA graph records device work
+        only, so they need nothing here (a stand-in that runs on the CPU tells them apart by it)."""
         return torch.cuda.graph(graph)
 
 
@@ -143,7 +146,7 @@ class GraphedStep:
         self.counters = self._step_counters()
         saved = [c.clone() for c in self.counters]
         try:
-            with self.graphs.capture(graph):
+            with self.graphs.capture(graph, self.counters):
                 self.static_loss = self.eager_step(self.prepare(self.static_x), self.static_idx).detach()
         except RuntimeError as e:
             message = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

@@ -11,9 +11,9 @@ arguments. Its semantics, which this stand-in reproduces on the CPU's tensors:
   accumulators, the random generator) is left as it was;
 * **host code runs at capture only**: a replay runs the recorded operations on the same tensors
   with the same arguments, in order, and nothing else: no Python branch, no ``param.grad = None``,
-  no update of the optimizer's host-side step counters (``host_tensors``, which a CUDA run keeps
-  on the CPU); a host tensor that a recorded operation reads keeps its value at capture, as a
-  kernel's scalar argument does;
+  no update of the optimizer's host-side step counters (the ``host_tensors`` of a capture, which
+  a CUDA run keeps on the CPU); a host tensor that a recorded operation reads keeps its value at
+  capture, as a kernel's scalar argument does;
 * **no reading back while capturing**: ``.item()``, ``bool(tensor)``, ``nonzero`` on a recorded
   tensor raise, as CUDA refuses a synchronisation while a stream captures;
 * **random draws advance the generator**: each replay draws afresh from torch's generator, as the
@@ -25,7 +25,7 @@ What it does not reproduce is CUDA's own: streams, the graph's memory pool, kern
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, List, Set, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Set, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -118,14 +118,11 @@ class _Recorder(TorchDispatchMode):
 
 
 class StandInGraphs:
-    """The stand-in for :class:`pyro_vae.training.cuda_graphs.CudaGraphs`.
+    """The stand-in for :class:`pyro_vae.training.cuda_graphs.CudaGraphs`. The ``host_tensors``
+    given to ``capture`` (the optimizer's step counts, which a CUDA run keeps on the CPU) are host
+    code's: their operations run at capture and are never replayed."""
 
-    :param host_tensors: returns the tensors that a CUDA run keeps on the host (the optimizer's
-        step counts), whose operations are host code: run at capture, never replayed.
-    """
-
-    def __init__(self, host_tensors: Callable[[], List[torch.Tensor]] = list) -> None:
-        self.host_tensors = host_tensors
+    def __init__(self) -> None:
         self.captures = 0
 
     @contextlib.contextmanager
@@ -136,8 +133,8 @@ class StandInGraphs:
         return StandInGraph()
 
     @contextlib.contextmanager
-    def capture(self, graph: StandInGraph) -> Iterator[None]:
-        recorder = _Recorder(graph, {id(t) for t in self.host_tensors()})
+    def capture(self, graph: StandInGraph, host_tensors: Sequence[torch.Tensor] = ()) -> Iterator[None]:
+        recorder = _Recorder(graph, {id(t) for t in host_tensors})
         rng = torch.get_rng_state()
         try:
             with recorder:

@@ -45,7 +45,7 @@ def test_capture_records_without_computing_and_replays_compute_like_the_eager_st
 
 def test_a_python_number_is_baked_in_and_host_code_runs_at_capture_only():
     counter = torch.tensor(0.0)
-    graphs = StandInGraphs(lambda: [counter])
+    graphs = StandInGraphs()
     w, x = torch.ones(3, 1, requires_grad=True), torch.ones(4, 3)
     state = {"lr": 0.01}
     graph = graphs.new_graph()
@@ -54,7 +54,7 @@ def test_a_python_number_is_baked_in_and_host_code_runs_at_capture_only():
         counter.add_(1.0)  # host code (the optimizer's step count)
         _sgd_step(w, x, state["lr"])
 
-    with graphs.capture(graph):
+    with graphs.capture(graph, [counter]):
         step()
         scaled = x * counter  # a host tensor read by a device operation
     assert float(counter) == 1.0
