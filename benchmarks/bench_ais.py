@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from pyro_vae import config as C
 from pyro_vae.config.build import vae_from_config
@@ -36,22 +35,14 @@ from pyro_vae.model import set_validation
 from pyro_vae.speed import allocator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers, also when loaded by path
-from bench_hmc import plain_hmc  # noqa: E402
+from bench_hmc import plain_hmc, plain_log_densities  # noqa: E402
 from paired import paired_ratios_line  # noqa: E402
 
 
 def plain_ais(vae, x: torch.Tensor, chains: int, steps: int, leapfrog: int, step_size: float) -> torch.Tensor:
     """log p(x) per datapoint by AIS from the prior, written inline: ``(points,)``."""
-    lin1, lin2 = vae.decoder[0], vae.decoder[2]
+    log_prior, log_lik = plain_log_densities(vae, x)
     d = vae.z_dim
-
-    def log_prior(z: torch.Tensor) -> torch.Tensor:
-        return -0.5 * (z * z).sum(-1) - 0.5 * d * math.log(2 * math.pi)
-
-    def log_lik(z: torch.Tensor) -> torch.Tensor:
-        logits = lin2(torch.tanh(lin1(z)))
-        return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
-
     betas = beta_schedule(steps, "sigmoid")
     z = torch.randn(chains, x.shape[0], d, device=x.device)
     log_w = torch.zeros(chains, x.shape[0], dtype=torch.float64, device=x.device)
