@@ -11,17 +11,24 @@ import torch
 
 from tests.test_devices import DEVICES
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    """A benchmark script (``benchmarks/<name>.py``) as a module, as ``python`` would load it by path."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 def test_first_step_is_timed_in_fresh_processes_with_a_bytecode_cache_outside_the_source_tree(tmp_path, monkeypatch):
     """Each side's first step runs in fresh processes sharing a bytecode cache (as an installed
     package has one), written under the given folder, not beside the sources."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
-    spec = importlib.util.spec_from_file_location("bench_train", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load("bench_train")
     monkeypatch.setattr(mod, "FIRST_STEP_PROCESSES", 1)  # one warm-up and one timed process
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # as on the machine this was found on
-    sources = path.parents[1] / "pyro_vae"
+    sources = BENCHMARKS.parent / "pyro_vae"
     had_cache = (sources / "__pycache__").exists()
     args = argparse.Namespace(hidden=8, z=2, batch=4, device="cpu")
     seconds = mod.first_step_seconds("pyro-vae", args, str(tmp_path))
@@ -33,10 +40,7 @@ def test_first_step_is_timed_in_fresh_processes_with_a_bytecode_cache_outside_th
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_training_benchmark_runs_on_tiny_data(capsys, device):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
-    spec = importlib.util.spec_from_file_location("bench_train", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load("bench_train")
     mod.main(argparse.Namespace(epochs=2, n=200, batch=50, hidden=16, z=2, activation="relu", objective="trace", threads=1, device=device,
                                 fresh_first_step=False, cuda_graphs=False))
     out = capsys.readouterr().out
@@ -49,9 +53,7 @@ def test_training_benchmark_runs_on_tiny_data(capsys, device):
     assert "largest gap from epoch 2 on" in out
 
     # the suite's summary reads these lines
-    spec = importlib.util.spec_from_file_location("run_all", path.parent / "run_all.py")
-    run_all = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_all)
+    run_all = _load("run_all")
     row = run_all.summarize("tiny", out, with_first_step=True)
     assert row.startswith("| tiny | pyro-vae / plain torch ") and "same optimizer" in row and "first step" in row
     # each ratio carries the quartiles of its 2 paired epochs
@@ -74,10 +76,7 @@ def test_training_benchmark_runs_on_tiny_data(capsys, device):
 def test_training_benchmark_with_cuda_graphs_runs_on_tiny_data(capsys):
     """pyro-vae's replayed steps against a captured plain twin; 230 points at batch 50 end each epoch
     with a short minibatch, which both sides train eagerly."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
-    spec = importlib.util.spec_from_file_location("bench_train", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load("bench_train")
     mod.main(argparse.Namespace(epochs=3, n=230, batch=50, hidden=16, z=2, activation="tanh", objective="trace_meanfield", threads=1,
                                 device="cuda", fresh_first_step=False, cuda_graphs=True))
     out = capsys.readouterr().out
@@ -88,10 +87,7 @@ def test_training_benchmark_with_cuda_graphs_runs_on_tiny_data(capsys):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_iwae_benchmark_runs_on_tiny_data(capsys, device):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_iwae.py"
-    spec = importlib.util.spec_from_file_location("bench_iwae", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load("bench_iwae")
     mod.main(argparse.Namespace(k=10, n=4, repeats=1, memory_gb=0.01, threads=1, random=True, device=device, run=None))
     out = capsys.readouterr().out
     assert "ratio pyro-vae / matmul bound" in out and "ratio pyro-vae / plain torch" in out
@@ -120,10 +116,7 @@ def test_iwae_benchmark_times_a_trained_run(tmp_path, capsys):
     run = tmp_path / "run"
     Trainer(tiny_config(data={"name": "npz", "path": str(tmp_path / "d.npz"), "n_test": 4}, model={"likelihood": {"name": "bernoulli"}},
                         objective={"name": "trace_meanfield"}, training={"epochs": 1, "batch_size": 10}), run, progress=False).train()
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_iwae.py"
-    spec = importlib.util.spec_from_file_location("bench_iwae", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load("bench_iwae")
     mod.main(argparse.Namespace(k=10, n=4, repeats=1, memory_gb=0.01, threads=1, random=False, device="cpu", run=str(run)))
     out = capsys.readouterr().out
     assert f"trained model of {run}" in out and "on 4 points" in out
@@ -136,10 +129,7 @@ def test_hmc_benchmark_runs_on_tiny_data(capsys, monkeypatch, device):
     from pyro_vae.mcmc import potentials
 
     monkeypatch.setattr(potentials.switched_on, "value", True)  # compiled, whatever PYRO_VAE_COMPILE_POTENTIALS says
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hmc.py"
-    spec = importlib.util.spec_from_file_location("bench_hmc", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load("bench_hmc")
     mod.main(argparse.Namespace(points=5, z=2, hidden=8, leapfrog=2, trajectories=2, repeats=1, threads=1, device=device))
     out = capsys.readouterr().out
     assert "ratio batched HMC / plain loop" in out and "ratio batched HMC, eager traces / plain loop" in out
@@ -163,10 +153,7 @@ def test_device_scripts_parse_and_name_files_that_exist():
 
 
 def test_paired_ratios_are_per_round_and_their_quartiles():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paired.py"
-    spec = importlib.util.spec_from_file_location("paired", path)
-    paired = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paired)
+    paired = _load("paired")
     # rounds' ratios 1.0, 2.0, 3.0, 4.0, 5.0 (in another order): median 3, inclusive quartiles 2 and 4
     line = paired.paired_ratios_line("a / b", [4.0, 1.0, 10.0, 9.0, 10.0], [1.0, 1.0, 5.0, 3.0, 2.0], "rounds")
     assert line == "paired a / b: median 3.000, quartiles 2.000-4.000 over 5 rounds"
@@ -179,17 +166,12 @@ def test_paired_ratios_are_per_round_and_their_quartiles():
 def test_ais_benchmark_runs_on_tiny_data(capsys, device):
     """The estimator and the plain AIS loop estimate the same log p(x) (different draws) and the
     suite summarises the ratio line."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ais.py"
-    spec = importlib.util.spec_from_file_location("bench_ais", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load("bench_ais")
     mod.main(argparse.Namespace(points=3, chains=2, steps=4, leapfrog=2, step_size=0.05, z=2, hidden=8, repeats=2, threads=1, device=device))
     out = capsys.readouterr().out
     estimates = [float(line.split("mean log p(x)")[1].strip(" )")) for line in out.splitlines() if "mean log p(x)" in line]
     assert len(estimates) == 2 and all(math.isfinite(v) for v in estimates) and abs(estimates[0] - estimates[1]) < 5.0
     assert "over 2 rounds" in out
-    spec = importlib.util.spec_from_file_location("run_all", path.parent / "run_all.py")
-    run_all = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_all)
+    run_all = _load("run_all")
     assert re.search(r"\| tiny \| pyro-vae ais\(\) / plain loop \(time\) [0-9.]+ \(rounds [0-9.]+-[0-9.]+\) \|", run_all.summarize("tiny", out, False))
     assert [cmd[cmd.index("--chains") + 1] for _, cmd in (run_all.ais_runs(False, "cpu") + run_all.ais_runs(False, "cuda"))] == ["4", "16"]
