@@ -28,6 +28,11 @@ SYNCHRONISING = {"aten._local_scalar_dense.default", "aten.nonzero.default", "at
 FROM_HOST_DATA = {"aten.lift_fresh.default", "aten.lift_fresh_copy.default"}
 
 
+def is_shape_scalar(t: torch.Tensor) -> bool:
+    """An integer scalar of no dimension: shape arithmetic, which stays on the host on a GPU too."""
+    return t.dim() == 0 and not t.is_floating_point() and t.dtype != torch.bool
+
+
 class CountSynchronisations(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -35,7 +40,7 @@ class CountSynchronisations(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         first = args[0] if args and torch.is_tensor(args[0]) else None
-        shape_scalar = first is not None and first.dim() == 0 and not first.is_floating_point() and first.dtype != torch.bool
+        shape_scalar = first is not None and is_shape_scalar(first)
         if (str(func) in SYNCHRONISING and not shape_scalar) or str(func) in FROM_HOST_DATA:
             self.calls[str(func)] += 1
         return func(*args, **(kwargs or {}))

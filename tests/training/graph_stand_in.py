@@ -31,7 +31,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
-SYNCHRONISING = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.is_nonzero.default", "aten.equal.default"}
+from tests.test_synchronisation import SYNCHRONISING, is_shape_scalar
+
 
 
 def _tensors(value: Any) -> List[torch.Tensor]:
@@ -85,8 +86,7 @@ class _Recorder(TorchDispatchMode):
         self.saved_ids: Set[int] = set()
 
     def _is_host(self, t: torch.Tensor) -> bool:
-        # shape arithmetic of traced graphs (integer scalars) stays on the host on a GPU too
-        return id(t) in self.host or (t.dim() == 0 and not t.is_floating_point() and t.dtype != torch.bool)
+        return id(t) in self.host or is_shape_scalar(t)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
