@@ -42,6 +42,7 @@ from typing import Any, Callable, ContextManager, Iterator, List, Optional, Sequ
 import torch
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.objectives.base import Objective
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's documentation uses 3)
 
@@ -49,7 +50,7 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's docum
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def check_capturable(device: torch.device, objective, optimizer: torch.optim.Optimizer, distributed: bool) -> None:
+def check_capturable(device: torch.device, objective: Objective, optimizer: torch.optim.Optimizer, distributed: bool) -> None:
     """Raise a ConfigError naming why a training step of this setup cannot be a CUDA graph."""
     fix = "set training.cuda_graphs: false"
     if device.type != "cuda":
