@@ -3,33 +3,74 @@
 The estimators reach a model only through Pyro traces (:mod:`pyro_vae.traces`), so they need of it
 what this wrapper gives: ``model(x)`` and ``guide(x)``, the datapoints in ``pyro.plate("data", n)``
 (the innermost plate, ``dim=-1``), and continuous latent sample sites whose shape beyond that plate
-is their event shape (``dist.Normal(loc, scale).to_event(1)``). The latent sites are seen by the
-samplers as one flat vector per datapoint, ``z`` of shape ``(chains, n, D)``, ``D`` the sum of the
-sites' sizes, in the order the model samples them. A trained :class:`~pyro_vae.model.VAE` offers
-the same interface with its one site ``z``.
+is their event shape (``dist.Normal(loc, scale).to_event(1)``). The guide samples the model's
+latent sites, each of the same shape, and no others: IWAE's weight is p(x, z) / q(z | x) over
+exactly those sites. Both broadcast over batch dimensions left of the data plate, where the
+estimators put their particles and chains (``pyro.plate("particles", dim=-2)``).
+
+The samplers (AIS, the App. D estimator) see the latent sites as one flat vector per datapoint,
+``u`` of shape ``(chains, n, D)``, in the order the model samples them. A site whose support is
+not the real line (``LogNormal``: positive; ``Beta``: an interval; ``Dirichlet``: the simplex) is
+mapped there by ``T = biject_to(support)`` (as Pyro's own HMC does): its value is ``T(u)``, and its
+densities in ``u`` carry ``log |det dT/du|``, so the potentials are smooth on all of R^D and every
+draw is in the support. ``D`` counts the unconstrained sizes (a Dirichlet over K categories takes
+K - 1). A trained :class:`~pyro_vae.model.VAE` offers the same interface with its one real site
+``z``, where ``u`` is ``z``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple, TypeVar
 
+import pyro
 import pyro.poutine as poutine
+from pyro.distributions.util import sum_rightmost
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 import torch
+from torch.distributions import biject_to, constraints
+from torch.distributions.transforms import Transform
 
 from pyro_vae.model import VAE
-from pyro_vae.traces import DATA_PLATE, sample_latents
+from pyro_vae.traces import DATA_PLATE, guide_log_prob, log_densities, sample_latents, traced_pair
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _is_real(support: constraints.Constraint) -> bool:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return isinstance(support, type(constraints.real))
+
+
+def _latent_sites(trace: Trace) -> Dict[str, Dict[str, Any]]:
+    return {name: site for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)}
+
+
+def _check_local(program: str, name: str, site: Dict[str, Any]) -> None:
+    """Raise a ValueError unless the latent site is inside the data plate at dim -1."""
+    plates = [frame for frame in site["cond_indep_stack"] if frame.vectorized]
+    if any(frame.name == DATA_PLATE and frame.dim == -1 for frame in plates):
+        return
+    if any(frame.name == DATA_PLATE for frame in plates):
+        raise ValueError(f"the {program}'s latent site {name!r} is in pyro.plate({DATA_PLATE!r}) at another dim than -1; "
+                         f"the estimators put their particles at dim -2, so the data plate has to be the innermost (dim=-1)")
+    inside = ""
+    if plates:
+        names = ", ".join(f"pyro.plate({frame.name!r})" for frame in plates)
+        inside = f" (it is in {names}: name the datapoints' plate {DATA_PLATE!r})"
+    raise ValueError(f"the {program}'s latent site {name!r} is outside pyro.plate({DATA_PLATE!r}){inside}: the estimators "
+                     "score log p(x) per datapoint, so every latent site must be a datapoint's own")
 
 
 class PyroModel:
     """``model(x)`` and ``guide(x)`` of a user's own, for :func:`~pyro_vae.estimators.iwae`,
     :func:`~pyro_vae.estimators.ais`, :func:`~pyro_vae.estimators.bdmc` and
-    :func:`~pyro_vae.estimators.hmc_marginal_likelihood`. The latent sites are found by running the
-    model once on the first datapoint, at the first estimate.
+    :func:`~pyro_vae.estimators.hmc_marginal_likelihood`. The latent sites are found, and the
+    guide checked against them, by running both once on the first datapoint, at the first estimate.
 
     :param guide: ``guide(x)``, a distribution q(z | x) over the same latent sites; IWAE draws from
         it, AIS from it with ``start="encoder"``, and the App. D estimator starts its chains there.
@@ -37,59 +78,119 @@ class PyroModel:
 
     def __init__(self, model: Callable[..., Any], guide: Callable[..., Any]) -> None:
         self.model, self.guide = model, guide
-        self.sites: Optional[Dict[str, torch.Size]] = None  # name -> shape per datapoint
+        self.sites: Optional[Dict[str, torch.Size]] = None  # name -> shape per datapoint (constrained)
         self.x_dim: int = 0
+        self._transforms: Dict[str, Transform] = {}  # name -> T, unconstrained to the site's support
+        self._flat_shapes: Dict[str, torch.Size] = {}  # name -> shape per datapoint of its u
+        self._constrained = False  # whether any site's T is not the identity
         self._template: Optional[torch.Tensor] = None  # one datapoint, for simulated data of its shape
-        self._observed: list = []  # the model's observed sites
+        self._observed: List[str] = []  # the model's observed sites
 
     def check_points(self, x: torch.Tensor) -> None:
         """Raise a ValueError unless ``x`` holds n >= 1 datapoints along its first dimension;
-        find the model's latent sites on the first."""
+        on the first, find the model's latent sites and check the guide against them."""
         if not torch.is_tensor(x) or x.dim() < 1 or x.shape[0] < 1:
             raise ValueError(f"x must be a tensor of n >= 1 datapoints along its first dimension, got {getattr(x, 'shape', x)!r}")
-        if self.sites is None:
-            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():
-                trace = poutine.trace(self.model).get_trace(x[:1])
-            self.sites = {}
-            self._observed = [name for name, site in trace.nodes.items() if site["type"] == "sample" and site["is_observed"]]
-            for name, site in trace.nodes.items():
-                if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
-                    continue
+        if self.sites is not None:
+            return
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():
+            model_trace = poutine.trace(self.model).get_trace(x[:1])
+            model_sites = _latent_sites(model_trace)
+            for name, site in model_sites.items():
                 if site["fn"].support.is_discrete:
                     raise ValueError(f"latent site {name!r} is discrete; the estimators need continuous latents "
                                      "(enumerate or marginalise discrete ones in the model)")
-                if not any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"]):
-                    raise ValueError(f"latent site {name!r} is outside pyro.plate({DATA_PLATE!r}): the estimators score "
-                                     "log p(x) per datapoint, so every latent site must be a datapoint's own")
-                self.sites[name] = site["value"].shape[1:]
-            if not self.sites:
-                raise ValueError("the model has no latent sample sites inside pyro.plate('data'); nothing to integrate out")
-            self.x_dim = int(x[0].numel())
-            self._template = x[:1].detach()
+                _check_local("model", name, site)
+            if not model_sites:
+                raise ValueError(f"the model has no latent sample sites inside pyro.plate({DATA_PLATE!r}); nothing to integrate out")
+            self._check_guide(model_sites, _latent_sites(poutine.trace(self.guide).get_trace(x[:1])))
+            self._check_broadcasting(x[:1])
+        self._observed = [name for name, site in model_trace.nodes.items() if site["type"] == "sample" and site["is_observed"]]
+        self.sites = {name: site["value"].shape[1:] for name, site in model_sites.items()}
+        self._transforms = {name: biject_to(site["fn"].support) for name, site in model_sites.items()}
+        self._flat_shapes = {name: self._transforms[name].inverse_shape(site["value"].shape)[1:] for name, site in model_sites.items()}
+        self._constrained = not all(_is_real(site["fn"].support) for site in model_sites.values())
+        self.x_dim = int(x[0].numel())
+        self._template = x[:1].detach()
+
+    @staticmethod
+    def _check_guide(model_sites: Dict[str, Dict[str, Any]], guide_sites: Dict[str, Dict[str, Any]]) -> None:
+        """The guide proposes exactly the model's latent sites, each of its shape and in its support."""
+        missing = [name for name in model_sites if name not in guide_sites]
+        if missing:
+            raise ValueError(f"the guide samples no site {', '.join(map(repr, missing))} of the model's latents; q(z | x) must "
+                             "propose every latent site (a site left out would be drawn from the prior and weighed as if "
+                             "proposed, a wrong estimate)")
+        extra = [name for name in guide_sites if name not in model_sites]
+        if extra:
+            raise ValueError(f"the guide samples {', '.join(map(repr, extra))}, which the model does not (or observes); the "
+                             "importance weight p(x, z) / q(z | x) needs q over the model's latent sites only")
+        for name, site in guide_sites.items():
+            _check_local("guide", name, site)
+            model_shape, guide_shape = model_sites[name]["value"].shape[1:], site["value"].shape[1:]
+            if model_shape != guide_shape:
+                raise ValueError(f"latent site {name!r} has shape {tuple(model_shape)} per datapoint in the model and "
+                                 f"{tuple(guide_shape)} in the guide; they must agree")
+            if not _is_real(model_sites[name]["fn"].support) and _is_real(site["fn"].support):
+                raise ValueError(f"latent site {name!r} has support {model_sites[name]['fn'].support} in the model but the "
+                                 "guide's distribution is over the whole real line; give it a distribution on the same "
+                                 "support (LogNormal or Gamma for a positive site, Beta for (0, 1), Dirichlet for the simplex)")
+
+    def _check_broadcasting(self, point: torch.Tensor) -> None:
+        """Model and guide run with two particles left of the data plate, as the estimators run them."""
+        try:
+            traced_pair(self.model, self.guide, point, num_particles=2)
+        except Exception as e:  # noqa: BLE001 - whatever fails, the cause is the missing particle dimension
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"the model and guide fail with particles in a plate left of pyro.plate({DATA_PLATE!r}) "
+                             f"({type(e).__name__}: {first}); they must broadcast over batch dimensions on the left, "
+                             "as for Pyro's vectorize_particles (e.g. `dist.Normal(z.unsqueeze(-1), s).expand(z.shape + "
+                             "(3,))`, not `z.expand(-1, 3)`)") from e
 
     @property
     def z_dim(self) -> int:
-        """D: the latent sites' sizes per datapoint, added up."""
+        """D: the latent sites' unconstrained sizes per datapoint, added up."""
         if self.sites is None:
             raise ValueError("the latent sites are found at the first estimate; call an estimator first")
-        return sum(int(torch.Size(shape).numel()) for shape in self.sites.values())
+        return sum(int(shape.numel()) for shape in self._flat_shapes.values())
 
-    def latents(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """The flat latents ``(..., n, D)`` as the model's sites ``{name: (..., n, *shape)}``."""
-        assert self.sites is not None
-        out, start = {}, 0
-        for name, shape in self.sites.items():
-            size = int(torch.Size(shape).numel())
-            out[name] = z[..., start : start + size].reshape(z.shape[:-1] + tuple(shape))
+    def _split(self, u: torch.Tensor) -> Iterator[Tuple[str, torch.Tensor]]:
+        """``(name, u_site)`` for the flat ``u`` ``(..., n, D)``, each ``(..., n, *unconstrained shape)``."""
+        start = 0
+        for name, shape in self._flat_shapes.items():
+            size = int(shape.numel())
+            yield name, u[..., start : start + size].reshape(u.shape[:-1] + tuple(shape))
             start += size
-        return out
+
+    def latents(self, u: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The flat latents ``u`` ``(..., n, D)`` as the model's sites ``{name: T(u_site)}``,
+        each ``(..., n, *shape)`` in its support."""
+        assert self.sites is not None
+        if not self._constrained:
+            return dict(self._split(u))
+        return {name: self._transforms[name](u_site) for name, u_site in self._split(u)}
 
     def flat(self, latents: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """The sites' values ``{name: (chains, n, *shape)}`` as one ``(chains, n, D)`` tensor."""
+        """The sites' values ``{name: (chains, n, *shape)}`` as one ``(chains, n, D)`` tensor ``u``
+        (each through ``T^-1``)."""
         assert self.sites is not None
-        first = latents[next(iter(self.sites))]
-        lead = first.shape[: first.dim() - len(self.sites[next(iter(self.sites))])]
-        return torch.cat([latents[name].reshape(lead + (-1,)) for name in self.sites], -1)
+        first_name = next(iter(self.sites))
+        first = latents[first_name]
+        lead = first.shape[: first.dim() - len(self.sites[first_name])]
+        parts = [latents[name] if not self._constrained else self._transforms[name].inv(latents[name]) for name in self.sites]
+        return torch.cat([part.reshape(lead + (-1,)) for part in parts], -1)
+
+    def log_abs_det_jacobian(self, u: torch.Tensor) -> torch.Tensor:
+        """``sum over sites of log |det dT/du|`` per chain and datapoint, ``(..., n)``: what a density
+        over the sites' values gains as a density over ``u`` (zero where every support is real)."""
+        if not self._constrained:
+            return torch.zeros((), dtype=u.dtype, device=u.device)
+        total = torch.zeros((), dtype=u.dtype, device=u.device)
+        for name, u_site in self._split(u):
+            transform = self._transforms[name]
+            ladj = transform.log_abs_det_jacobian(u_site, transform(u_site))
+            total = total + sum_rightmost(ladj, ladj.dim() - (u.dim() - 1))
+        return total
 
     @contextlib.contextmanager
     def param_store_off(self) -> Iterator["PyroModel"]:
@@ -98,8 +199,9 @@ class PyroModel:
 
     @torch.no_grad()
     def simulate(self, num_points: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``num_points`` draws (x, z) from the model, for BDMC: the model's one observed site,
-        sampled instead of observed (``poutine.uncondition``), read back as data of x's shape."""
+        """``num_points`` draws (x, u) from the model, for BDMC: the model's one observed site,
+        sampled instead of observed (``poutine.uncondition``), read back as data of x's shape, and
+        the latents that made it, flat ``(num_points, D)``."""
         if self._template is None:
             raise ValueError("simulating data needs the data's shape: pass x (any points of that shape) to bdmc")
         template = self._template.expand((num_points,) + self._template.shape[1:]).contiguous()
@@ -117,14 +219,44 @@ def _vae_latents(vae: VAE, z: torch.Tensor) -> Dict[str, torch.Tensor]:
     return {"z": z}
 
 
-def latents_of(target: Any, z: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """The flat latents ``z`` as ``{site: value}`` for ``target``'s model and guide."""
-    return target.latents(z) if isinstance(target, PyroModel) else _vae_latents(target, z)
+def latents_of(target: Any, u: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """The flat latents ``u`` as ``{site: value}`` for ``target``'s model and guide."""
+    return target.latents(u) if isinstance(target, PyroModel) else _vae_latents(target, u)
+
+
+def _at_sampler_points() -> ContextManager[None]:
+    """Evaluate a user's program at the samplers' points without the distributions' argument checks.
+
+    A leapfrog trajectory that diverges takes ``u`` to values whose ``T(u)`` overflows to the
+    support's boundary (``exp(u)`` is inf or 0) or to NaN. The checks would raise there; without
+    them the density is not finite, which the HMC kernel rejects as a divergence. (The program's
+    first trace, at the first estimate, runs with the checks as the user set them.)"""
+    return pyro.validation_enabled(False)
+
+
+def flat_log_densities(target: Any, u: torch.Tensor, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(log p(u), log p(x | u))`` per chain and datapoint at flat latents ``u`` ``(chains, n, D)``:
+    the prior as a density over ``u`` (with ``log |det dT/du|``), so that their sum is the log
+    joint the samplers move on; the likelihood is the same in either coordinates."""
+    if not isinstance(target, PyroModel):
+        return log_densities(target.model, latents_of(target, u), x)
+    with _at_sampler_points():
+        log_prior, log_lik = log_densities(target.model, target.latents(u), x)
+    return log_prior + target.log_abs_det_jacobian(u), log_lik
+
+
+def flat_guide_log_prob(target: Any, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log q(u | x)`` per chain and datapoint, a density over ``u`` as :func:`flat_log_densities`."""
+    if not isinstance(target, PyroModel):
+        return guide_log_prob(target.guide, latents_of(target, u), x)
+    with _at_sampler_points():
+        log_q = guide_log_prob(target.guide, target.latents(u), x)
+    return log_q + target.log_abs_det_jacobian(u)
 
 
 def sample_flat(target: Any, program: Callable[..., Any], num_samples: int, x: torch.Tensor) -> torch.Tensor:
     """Draws of ``program``'s latent sites (the model: from the prior; the guide: from q), as one
-    ``(num_samples, n, D)`` tensor."""
+    ``(num_samples, n, D)`` tensor ``u``."""
     drawn = sample_latents(program, num_samples, x)
     return target.flat(drawn) if isinstance(target, PyroModel) else drawn["z"]
 

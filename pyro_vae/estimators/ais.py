@@ -217,7 +217,12 @@ def bdmc(
     """BDMC on simulated data: forward AIS (lower bound) and reverse AIS from the exact posterior
     sample (upper bound). Returns both estimates and the gap (upper - lower): its mean over points,
     the mean's standard error and its largest value, with the simulated points ``x``. The points
-    run in chunks under ``memory_gb``, as in :func:`ais`."""
+    run in chunks under ``memory_gb``, as in :func:`ais`.
+
+    :param x: points of the data's shape, with ``z`` the latents that made them (flat, ``(n, D)``;
+        for a program of one's own in its unconstrained coordinates, :mod:`pyro_vae.programs`);
+        without ``z``, ``num_points`` are simulated from the model (``x`` then only tells a
+        program of one's own the data's shape)."""
     if x is None or z is None:
         if x is not None:  # a user's own model learns the data's shape from these points
             vae.check_points(x)

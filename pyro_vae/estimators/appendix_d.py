@@ -9,7 +9,10 @@
 
 This is a harmonic-mean-type (reciprocal importance sampling) estimator: it is consistent, and
 well behaved when q is narrower than the posterior, which a Gaussian fit to posterior samples
-usually is for small z. The paper evaluated with 4 leapfrog steps.
+usually is for small z. The paper evaluated with 4 leapfrog steps. For a program of one's own
+with latents on a constrained support, chains, fit and estimate are in its unconstrained
+coordinates u (:mod:`pyro_vae.programs`), with p(x, u) = p(x, T(u)) |det dT/du|: the Gaussian
+then has no mass outside the support.
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ from typing import Optional, Tuple
 import torch
 
 from pyro_vae.model import VAE, without_param_store
-from pyro_vae.programs import accepts_pyro_programs, latents_of, sample_flat
-from pyro_vae.traces import log_densities
+from pyro_vae.programs import accepts_pyro_programs, flat_log_densities, sample_flat
 from pyro_vae.mcmc.hmc import BatchedHMC, HMCStats, chain_diagnostics, to_inference_data
 from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
 from pyro_vae.mcmc.potentials import model_log_densities
@@ -60,7 +62,6 @@ def hmc_marginal_likelihood(
         raise ValueError(f"the App. D estimator fits a full-covariance Gaussian to the pooled draws, which needs more "
                          f"draws than the {vae.z_dim} latent dimensions; it has {num_chains} chains x {num_samples} "
                          f"samples = {num_chains * num_samples}. Raise --hmc-samples or --hmc-chains.")
-    vae.check_points(x)
     n = x.shape[0]
     per_point = max(num_chains * bytes_per_chain(vae, x), num_samples * num_chains * bytes_per_particle(vae, x))
     chunk = datapoints_per_chunk(n, per_point, memory_gb, x.device)
@@ -119,7 +120,7 @@ def _estimate(
 
     zs = eval_draws.reshape(-1, x.shape[0], d)  # (S*C, B, D)
     with torch.no_grad():
-        prior, lik = log_densities(vae.model, latents_of(vae, zs), x)
+        prior, lik = flat_log_densities(vae, zs, x)
     log_ratio = q.log_prob(zs.double()) - (prior + lik).double()  # (S*C, B)
     log_px = -(torch.logsumexp(log_ratio, 0) - math.log(log_ratio.shape[0]))
     return log_px, eval_draws, stats

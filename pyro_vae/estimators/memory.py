@@ -23,8 +23,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from pyro_vae.model import VAE
-from pyro_vae.programs import latents_of
-from pyro_vae.traces import log_densities, log_importance_weights
+from pyro_vae.programs import flat_log_densities
+from pyro_vae.traces import log_importance_weights
 from pyro_vae.mcmc.hmc import potential_and_grad
 from pyro_vae.estimators.options import memory_budget
 
@@ -122,7 +122,7 @@ def bytes_per_chain(vae: VAE, x: torch.Tensor) -> int:
     def potential(z: torch.Tensor) -> torch.Tensor:
         # Through Pyro's traces, not a graph compiled per shape (``potentials``): compiling two
         # shapes only to measure them costs seconds, and the eager pass holds as much memory or more.
-        log_prior, log_lik = log_densities(vae.model, latents_of(vae, z), point)
+        log_prior, log_lik = flat_log_densities(vae, z, point)
         return -(log_prior + log_lik)
 
     peaks = []

@@ -7,7 +7,8 @@ The batched HMC kernel of AIS, the AEVB App. D estimator and MCEM's E-step evalu
 and dU/dz ``num_leapfrog`` times per transition, always for the same data batch and shapes, and
 with the networks' parameters held fixed. The densities come from Pyro traces of the model and
 guide (:func:`pyro_vae.traces.log_densities`, :func:`~pyro_vae.traces.guide_log_prob`), so every
-registry entry works. Run eagerly, a trace costs Python work per evaluation (Pyro's messengers,
+registry entry works; for a user's own program, as densities over its flat unconstrained latents
+(:func:`pyro_vae.programs.flat_log_densities`). Run eagerly, a trace costs Python work per evaluation (Pyro's messengers,
 plates, distribution objects) that for a hundred chains is as much as the arithmetic.
 
 So these functions record the traced computation once per input shape with ``torch.jit.trace`` and
@@ -48,9 +49,8 @@ from pyro.infer.util import is_validation_enabled
 
 from pyro_vae.speed import fused_linear
 from pyro_vae.model import VAE
-from pyro_vae.programs import latents_of
+from pyro_vae.programs import flat_guide_log_prob, flat_log_densities
 from pyro_vae.speed.switches import Switch
-from pyro_vae.traces import guide_log_prob, log_densities
 
 Densities = Tuple[torch.Tensor, ...]
 DensityFn = Callable[[VAE, torch.Tensor, torch.Tensor], Densities]
@@ -72,11 +72,11 @@ def compiles(z: torch.Tensor) -> bool:
 
 
 def _model_densities(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> Densities:
-    return log_densities(vae.model, latents_of(vae, z), x)
+    return flat_log_densities(vae, z, x)
 
 
 def _guide_density(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> Densities:
-    return (guide_log_prob(vae.guide, latents_of(vae, z), x),)
+    return (flat_guide_log_prob(vae, z, x),)
 
 
 @contextmanager
