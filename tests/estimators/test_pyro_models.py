@@ -167,14 +167,19 @@ class GammaPrecision:
 
     a, b = 3.0, 2.0
 
-    def model(self, x):
+    def model(self, x):  # parameters made on x's device and dtype
         with pyro.plate("data", x.shape[0]):
-            tau = pyro.sample("tau", dist.Gamma(self.a, self.b))
-            pyro.sample("x", dist.Normal(0.0, tau.rsqrt().unsqueeze(-1)).expand(tau.shape + (X_DIM,)).to_event(1), obs=x)
+            tau = pyro.sample("tau", dist.Gamma(x.new_tensor(self.a), x.new_tensor(self.b)))
+            pyro.sample("x", dist.Normal(x.new_zeros(()), tau.rsqrt().unsqueeze(-1)).expand(tau.shape + (X_DIM,)).to_event(1), obs=x)
 
     def guide(self, x):  # a broad proposal on the same support
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("tau", dist.LogNormal(0.0, 1.0))
+            pyro.sample("tau", dist.LogNormal(x.new_zeros(()), x.new_ones(())))
+
+    def sample(self, n):
+        with torch.no_grad():
+            trace = pyro.poutine.trace(pyro.poutine.uncondition(self.model)).get_trace(torch.zeros(n, X_DIM))
+        return trace.nodes["x"]["value"]
 
     def log_px(self, x):
         a, b, d = self.a, self.b, X_DIM
@@ -185,8 +190,7 @@ class GammaPrecision:
 def test_a_positive_latent_is_sampled_in_unconstrained_coordinates_and_every_estimator_matches_the_exact_log_px():
     truth = GammaPrecision()
     torch.manual_seed(4)
-    with torch.no_grad():
-        x = pyro.poutine.trace(pyro.poutine.uncondition(truth.model)).get_trace(torch.zeros(6, X_DIM)).nodes["x"]["value"]
+    x = truth.sample(6)
     exact = truth.log_px(x).mean().item()
     iw = E.iwae(truth.model, truth.guide, x, k=4000)
     # with pyro's argument checks on (its default), as a user runs it: a diverging leapfrog step
