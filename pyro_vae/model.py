@@ -81,17 +81,26 @@ class VAE(nn.Module):
 
     def check_points(self, x: torch.Tensor) -> None:
         """Raise a ValueError unless ``x`` holds datapoints as this model takes them: a floating-point
-        tensor of shape ``(n, x_dim)`` with n >= 1, on the model's device (the estimators' entry
-        check: a wrong shape would otherwise fail deep inside a Pyro trace)."""
+        tensor of shape ``(n, x_dim)`` with n >= 1 and finite values, on the model's device and in its
+        dtype (the estimators' entry check: a wrong shape would otherwise fail deep inside a Pyro
+        trace, and a NaN would make the estimate NaN)."""
         if not torch.is_tensor(x):
             raise ValueError(f"x must be a tensor of shape (n, {self.x_dim}), got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.x_dim or x.shape[0] < 1:
             raise ValueError(f"x must have shape (n, {self.x_dim}) with n >= 1 (one flattened datapoint per row), got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"x must be floating point (the data as the model saw it in training), got {x.dtype}")
-        device = next(self.parameters()).device
-        if x.device != device:
-            raise ValueError(f"x is on {x.device} but the model on {device}; move one of them (x.to({str(device)!r}))")
+        first = next(self.parameters())
+        if x.device != first.device:
+            raise ValueError(f"x is on {x.device} but the model on {first.device}; move one of them (x.to({str(first.device)!r}))")
+        if x.dtype != first.dtype:
+            raise ValueError(f"x is {x.dtype} but the model's parameters are {first.dtype}; convert one of them "
+                             f"(x.to({first.dtype}), or vae.to({x.dtype}))")
+        finite = torch.isfinite(x).all(-1)
+        if not bool(finite.all()):  # one read-back per call, before any chunk: a NaN would make every estimate NaN
+            rows = (~finite).nonzero().flatten()
+            raise ValueError(f"x holds NaN or infinite values in {rows.numel()} of its {x.shape[0]} rows (the first: row "
+                             f"{int(rows[0])}); drop or repair those rows")
 
     # --- distributions -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> dist.Distribution:

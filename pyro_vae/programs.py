@@ -87,10 +87,12 @@ class PyroModel:
         self._observed: List[str] = []  # the model's observed sites
 
     def check_points(self, x: torch.Tensor) -> None:
-        """Raise a ValueError unless ``x`` holds n >= 1 datapoints along its first dimension;
+        """Raise a ValueError unless ``x`` holds n >= 1 finite datapoints along its first dimension;
         on the first, find the model's latent sites and check the guide against them."""
         if not torch.is_tensor(x) or x.dim() < 1 or x.shape[0] < 1:
             raise ValueError(f"x must be a tensor of n >= 1 datapoints along its first dimension, got {getattr(x, 'shape', x)!r}")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):  # a NaN would make every estimate NaN
+            raise ValueError("x holds NaN or infinite values; drop or repair those datapoints")
         if self.sites is not None:
             return
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():

@@ -224,6 +224,8 @@ def bdmc(
         without ``z``, ``num_points`` are simulated from the model (``x`` then only tells a
         program of one's own the data's shape)."""
     if x is None or z is None:
+        if num_points < 1:
+            raise ValueError(f"num_points (the points BDMC simulates) must be >= 1, got {num_points}")
         if x is not None:  # a user's own model learns the data's shape from these points
             vae.check_points(x)
         x, z = vae.simulate(num_points)

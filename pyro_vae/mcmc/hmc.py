@@ -117,6 +117,8 @@ class BatchedHMC:
             raise ValueError("num_leapfrog must be >= 1")
         if not 0 < target_accept < 1:
             raise ValueError("target_accept must lie in (0, 1)")
+        if not torch.is_tensor(step_size) and not 0 < step_size < math.inf:  # a tensor's (per chain) is the sampler's own
+            raise ValueError(f"the initial step size must be a finite number > 0, got {step_size}")
         self.potential = potential
         self.initial_step_size = step_size
         self.num_leapfrog = num_leapfrog

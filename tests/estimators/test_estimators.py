@@ -406,8 +406,9 @@ def test_hmc_potential_gradients_treat_network_parameters_as_constants():
 
 
 def test_estimators_reject_counts_and_memory_caps_below_one(problem):
-    """A zero or negative count (particles, chains, samples) or memory cap is an error that names
-    the argument, not a ZeroDivisionError from deep inside or a silent one-pair-per-chunk crawl."""
+    """A zero or negative count (particles, chains, samples, points), step size or memory cap is an
+    error that names the argument, not a ZeroDivisionError from deep inside or a silent
+    one-pair-per-chunk crawl."""
     _, x, vae = problem
     x = x[:2]
     bad = [
@@ -424,6 +425,9 @@ def test_estimators_reject_counts_and_memory_caps_below_one(problem):
         (lambda: E.hmc_marginal_likelihood(vae, x, num_chains=0), "num_chains"),
         (lambda: E.hmc_marginal_likelihood(vae, x, memory_gb=-2.0), "memory_gb"),
         (lambda: BatchedHMC(lambda z: (z**2).sum(-1) / 2).run(torch.zeros(2, 3), 0, 5, thin=0), "thin >= 1"),
+        (lambda: E.ais(vae, x, num_steps=3, step_size=-0.1), "step size must be a finite number > 0, got -0.1"),
+        (lambda: E.hmc_marginal_likelihood(vae, x, step_size=0.0), "step size must be a finite number > 0, got 0.0"),
+        (lambda: E.bdmc(vae, num_points=0), "num_points .* must be >= 1, got 0"),
     ]
     for call, message in bad:
         with pytest.raises(ValueError, match=message):
@@ -437,7 +441,7 @@ def test_estimators_reject_counts_and_memory_caps_below_one(problem):
     lambda vae, x: E.hmc_marginal_likelihood(vae, x, num_samples=2, num_warmup=2),
     lambda vae, x: E.optimise_local_gaussians(vae, x, steps=1),
 ], ids=["iwae", "elbo", "ais", "appendix_d", "local_gaussians"])
-def test_estimators_name_a_wrong_data_shape_dtype_or_device(problem, estimate):
+def test_estimators_name_a_wrong_data_shape_dtype_device_or_a_nan(problem, estimate):
     _, x, vae = problem  # x: (40, 5) float64, the model in float64 on the CPU
     with pytest.raises(ValueError, match=r"x must have shape \(n, 5\) with n >= 1.*got \(3, 7\)"):
         estimate(vae, torch.rand(3, 7, dtype=torch.float64))
@@ -449,6 +453,12 @@ def test_estimators_name_a_wrong_data_shape_dtype_or_device(problem, estimate):
         estimate(vae, x[:2].long())
     with pytest.raises(ValueError, match="x is on meta but the model on cpu"):
         estimate(vae, x[:2].to("meta"))
+    with pytest.raises(ValueError, match=r"x is torch.float32 but the model's parameters are torch.float64"):
+        estimate(vae, x[:2].float())
+    broken = x[:4].clone()
+    broken[[1, 3], 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 2 of its 4 rows \(the first: row 1\)"):
+        estimate(vae, broken)
 
 
 def _collapse_unit_0(vae):

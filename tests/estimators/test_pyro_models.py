@@ -283,3 +283,10 @@ def test_a_plate_of_another_name_and_a_model_that_does_not_broadcast_over_partic
 
     with pytest.raises(ValueError, match="fail with particles in a plate left of pyro.plate.*must broadcast"):
         E.iwae(no_particles, _guide_of(("z", dist.Normal(0.0, 1.0))), torch.zeros(4, X_DIM), k=5)
+
+
+def test_data_with_a_nan_is_refused_before_it_makes_the_estimate_nan():
+    x = torch.zeros(4, X_DIM)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="x holds NaN or infinite values"):
+        E.iwae(_linear, _guide_of(("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))), x, k=5)
