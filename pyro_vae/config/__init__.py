@@ -1,7 +1,7 @@
 """The run config: one validated file that fully describes a run, saved beside its results.
 
 ``load`` reads a config (a file, a run folder or a shipped config's name), applies ``--set``
-overrides and validates it; ``save`` writes it with every default spelled out. The schema is in
+overrides and validates it (``as_run_config`` takes a dict as well); ``save`` writes it with every default spelled out. The schema is in
 :mod:`~pyro_vae.config.schema`, file reading in :mod:`~pyro_vae.config.files`, overrides in
 :mod:`~pyro_vae.config.overrides`, and building a run's objects from it in
 :mod:`~pyro_vae.config.build`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -42,6 +42,18 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     return from_dict(data, source=str(path))
 
 
+def as_run_config(config: RunConfig | str | Path | Mapping[str, Any]) -> RunConfig:
+    """A validated config from what a Python caller has at hand: a ``RunConfig``, what
+    :func:`load` reads (a file, a run folder or a shipped config's name), or a dict of sections."""
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, (str, Path)):
+        return load(config)
+    if isinstance(config, Mapping):
+        return from_dict(dict(config), source="(the dict given)")
+    raise TypeError(f"a config is a RunConfig, a config file's path or name, or a dict of its sections; got {type(config).__name__}")
+
+
 def save(config: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML, every default filled in: the config's own and each
     component's options that its builder defaults (a VampPrior's ``components``, Adam's ``betas``),
@@ -56,7 +68,7 @@ def dumps(config: RunConfig) -> str:
 
 __all__ = [
     "RESUMABLE_SETTINGS", "SHIPPED_CONFIGS", "Component", "DataConfig", "EvaluationConfig", "ModelConfig", "ObjectiveConfig",
-    "OptimizerConfig", "RunConfig", "ScheduleConfig", "TrainingConfig", "apply_overrides", "changed_settings", "config_path",
+    "OptimizerConfig", "RunConfig", "ScheduleConfig", "TrainingConfig", "apply_overrides", "as_run_config", "changed_settings", "config_path",
     "dumps", "from_dict", "is_device_name", "load", "parse_yaml", "read_config_file", "save", "shipped_configs",
     "syntax_error_text",
 ]

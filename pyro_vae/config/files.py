@@ -94,9 +94,12 @@ def read_config_file(path: Path) -> Dict[str, Any]:
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: {syntax_error_text(e)}") from e
     if data is None or (data == {} and path.suffix == ".toml"):  # an empty file, or only comments: likely not the file meant
-        defaults_alone = "one setting such as `name = \"my_run\"`" if path.suffix == ".toml" else "`{}`"
+        # The defaults are the paper's model on MNIST, whose Bernoulli likelihood needs the grey
+        # levels binarized: the one setting that makes them a run.
+        defaults = "a [data] table with `binarize = \"dynamic\"`" if path.suffix == ".toml" else "`{data: {binarize: dynamic}}`"
         raise ConfigError(f"config file {str(path)!r} holds no settings; give at least the sections that differ from the "
-                          f"defaults (`pyro-vae configs` lists the shipped ones; aevb_mnist is the paper's run), or {defaults_alone} for the defaults alone.")
+                          f"defaults (`pyro-vae configs` lists the shipped ones; aevb_mnist is the paper's run), or {defaults} "
+                          "for the defaults (the paper's model on dynamically binarized MNIST).")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level.")
     return data

@@ -17,14 +17,14 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
 import pyro
 import torch
 from tqdm.auto import tqdm
 
 from pyro_vae import __version__, distributed
-from pyro_vae.config import RunConfig, save as save_config
+from pyro_vae.config import RunConfig, as_run_config, save as save_config
 from pyro_vae.config.build import dataset_from_config, objective_from_config, optimizer_from_config, vae_from_config
 from pyro_vae.data.datasets import Dataset, binarize, binarize_dynamic, check_support
 from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError, TrainingError
@@ -82,6 +82,8 @@ def warn_if_budget_below_one_batch(sample_budget: Optional[int], batch_size: int
 class Trainer:
     """Builds everything a run needs from its config and trains it, writing into ``run_dir``.
 
+    :param config: a ``RunConfig`` (:func:`pyro_vae.config.load`), or what that reads (a shipped
+        config's name, a config file, a run folder), or a dict of the config's sections.
     :param data: an already-loaded data set (tests, examples); loaded from the config otherwise.
     :param progress: show a progress bar during each epoch.
     :param epoch_lines: print one line per epoch (default: as ``progress``); the command line prints
@@ -91,11 +93,11 @@ class Trainer:
     """
 
     def __init__(
-        self, config: RunConfig, run_dir: Path | str, data: Optional[Dataset] = None, progress: bool = True,
-        dist_info: Optional[distributed.DistInfo] = None, epoch_lines: Optional[bool] = None,
+        self, config: RunConfig | str | Path | Mapping[str, Any], run_dir: Path | str, data: Optional[Dataset] = None,
+        progress: bool = True, dist_info: Optional[distributed.DistInfo] = None, epoch_lines: Optional[bool] = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
-        self.config = config
+        self.config = config = as_run_config(config)
         self.run_dir = folder_path(run_dir, "the run folder (--run-dir)")  # before any data is loaded
         self.dist = dist_info if dist_info is not None else distributed.from_env()
         self.progress = progress and self.dist.is_main

@@ -131,13 +131,17 @@ def test_overrides_and_files(tmp_path):
     with pytest.raises(ConfigError, match=r"--set 'model.z_dim=\[2': value '\[2' is not valid YAML: .* \(line 1, column 3\)$"):
         C.load(p, ["model.z_dim=[2"])
     (tmp_path / "empty.yaml").write_text("# the settings will go here\n")
-    with pytest.raises(ConfigError, match="empty.yaml' holds no settings; .* or `{}` for the defaults alone"):
+    with pytest.raises(ConfigError, match="empty.yaml' holds no settings; .* or `{data: {binarize: dynamic}}` for the defaults"):
         C.load(tmp_path / "empty.yaml")
-    (tmp_path / "empty.toml").write_text("# the settings will go here\n")  # TOML has no `{}`: name the way it says "defaults"
-    with pytest.raises(ConfigError, match="empty.toml' holds no settings; .* or one setting such as `name = \"my_run\"` for the defaults alone"):
+    (tmp_path / "empty.toml").write_text("# the settings will go here\n")
+    with pytest.raises(ConfigError, match="empty.toml' holds no settings; .* or a \\[data\\] table with `binarize = \"dynamic\"`"):
         C.load(tmp_path / "empty.toml")
-    (tmp_path / "named.toml").write_text('name = "my_run"\n')
-    assert C.load(tmp_path / "named.toml").model == C.from_dict({}).model
+    # what the messages offer is the defaults, and they make a run: data the likelihood supports
+    (tmp_path / "defaults.yaml").write_text("{data: {binarize: dynamic}}\n")
+    (tmp_path / "defaults.toml").write_text('[data]\nbinarize = "dynamic"\n')
+    for offered in ("defaults.yaml", "defaults.toml"):
+        cfg = C.load(tmp_path / offered)
+        assert cfg.model == C.from_dict({}).model and cfg.data.name == "mnist" and cfg.data.binarize == "dynamic"
     with pytest.raises(ConfigError, match="does not exist"):
         C.load(tmp_path / "missing.yaml")
     (tmp_path / "c.ini").write_text("[model]\n")

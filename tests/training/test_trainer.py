@@ -10,7 +10,7 @@ from pyro_vae.errors import CheckpointError, ConfigError, TrainingError
 from pyro_vae.runs.checkpoint import load_checkpoint
 from pyro_vae.runs.load import load_run
 from pyro_vae.training.trainer import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_config_dict
 
 
 def _params(trainer):
@@ -83,6 +83,23 @@ def test_existing_run_needs_resume(tmp_path):
     Trainer(tiny_config(), tmp_path / "r", progress=False).train()
     with pytest.raises(CheckpointError, match="--resume"):
         Trainer(tiny_config(), tmp_path / "r", progress=False).train()
+
+
+def test_the_trainer_takes_a_config_as_a_dict_a_file_or_a_shipped_name(tmp_path):
+    import yaml
+
+    from pyro_vae import config as C
+
+    given = tiny_config_dict()
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(given))
+    expected = tiny_config()
+    for config in (given, tmp_path / "run.yaml", str(tmp_path / "run.yaml")):
+        assert Trainer(config, tmp_path / "unused", progress=False).config == expected
+    assert Trainer("tiny", tmp_path / "tiny", progress=False).config == C.load("tiny")
+    with pytest.raises(ConfigError, match="model.z_dim: Input should be greater than 0"):
+        Trainer(tiny_config_dict(model={"z_dim": 0}), tmp_path / "bad", progress=False)
+    with pytest.raises(TypeError, match="a config is a RunConfig, a config file's path or name, or a dict"):
+        Trainer(3, tmp_path / "bad", progress=False)
 
 
 def test_resume_refuses_changed_settings_unless_allowed(tmp_path):
