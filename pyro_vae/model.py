@@ -170,8 +170,10 @@ class VAE(nn.Module):
 
     # --- helpers for pictures ------------------------------------------------------------------
     @torch.no_grad()
-    def sample_means(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """E[x | z] for n draws z ~ p(z)."""
+    def sample_means(self, n: int) -> torch.Tensor:
+        """E[x | z] for n draws z ~ p(z) (torch's random state), shape ``(n, x_dim)``."""
+        if n < 0:
+            raise ValueError(f"n (the number of draws) must be >= 0, got {n}")
         z = self.prior_dist().sample((n,))
         return self.likelihood.mean(self.decoder(z))
 
