@@ -195,11 +195,17 @@ class VAE(nn.Module):
 EstimatorFn = TypeVar("EstimatorFn", bound=Callable[..., Any])
 
 
+OWN_PROGRAM_ESTIMATORS = "iwae, elbo, ais, bdmc and hmc_marginal_likelihood"  # the ones that also take (model, guide, x)
+
+
 def without_param_store(fn: EstimatorFn) -> EstimatorFn:
     """Decorator for estimators ``fn(vae, ...)``: the call runs inside ``vae.param_store_off()``."""
 
     @functools.wraps(fn)
     def wrapper(vae: VAE, *args: Any, **kwargs: Any) -> Any:
+        if not hasattr(vae, "param_store_off"):  # neither a VAE nor a program the estimator has wrapped
+            raise TypeError(f"{fn.__name__} takes a trained pyro-vae VAE (load_run(folder).vae), got {type(vae).__name__}; "
+                            f"on a Pyro model of your own, {OWN_PROGRAM_ESTIMATORS} take (model, guide, x)")
         with vae.param_store_off():
             return fn(vae, *args, **kwargs)
 

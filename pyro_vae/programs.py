@@ -274,4 +274,5 @@ def accepts_pyro_programs(estimator: F) -> F:
             model, args = PyroModel(model, args[0]), args[1:]
         return estimator(model, *args, **kwargs)
 
+    wrapper.takes_pyro_programs = True  # type: ignore[attr-defined]  # (model.OWN_PROGRAM_ESTIMATORS names them)
     return wrapper  # type: ignore[return-value]

@@ -20,6 +20,8 @@ def linear_gaussian_of(vae: VAE) -> LinearGaussian:
     from pyro_vae.components.networks import MLP
     from pyro_vae.components.priors import StandardNormal
 
+    if not isinstance(vae, VAE):
+        raise TypeError(f"exact log p(x) reads a trained pyro-vae VAE (load_run(folder).vae), got {type(vae).__name__}")
     dec = vae.decoder
     lik = vae.likelihood
     if not (isinstance(vae.prior, StandardNormal) and isinstance(dec, MLP) and len(dec) == 1 and isinstance(lik, LocScale)

@@ -290,3 +290,18 @@ def test_data_with_a_nan_is_refused_before_it_makes_the_estimate_nan():
     x[2, 1] = float("nan")
     with pytest.raises(ValueError, match="x holds NaN or infinite values"):
         E.iwae(_linear, _guide_of(("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))), x, k=5)
+
+
+def test_the_estimators_that_need_a_trained_vae_say_so_and_name_those_that_take_a_program():
+    from pyro_vae.model import OWN_PROGRAM_ESTIMATORS
+
+    taking = {name for name in E.__all__ if getattr(getattr(E, name), "takes_pyro_programs", False)}
+    assert taking == set(OWN_PROGRAM_ESTIMATORS.replace(" and ", ", ").split(", "))
+    truth = GammaPrecision()
+    x = truth.sample(4)
+    for estimate in (E.gap_report, E.active_units, E.optimise_local_gaussians):
+        with pytest.raises(TypeError, match=f"{estimate.__name__} takes a trained pyro-vae VAE .* got method; on a Pyro "
+                                            f"model of your own, {OWN_PROGRAM_ESTIMATORS} take"):
+            estimate(truth.model, truth.guide, x)
+    with pytest.raises(TypeError, match="exact log p\\(x\\) reads a trained pyro-vae VAE"):
+        E.exact_log_px(truth.model, x)
