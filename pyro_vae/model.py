@@ -25,10 +25,12 @@ import pyro.poutine as poutine
 import torch
 from torch import nn
 
+from pyro_vae.components.distributions import is_real_support
 from pyro_vae.components.guides import Guide
 from pyro_vae.components.likelihoods import Likelihood
 from pyro_vae.components.priors import Prior
 from pyro_vae.components.registry import GUIDES, LIKELIHOODS, NETWORKS, PRIORS
+from pyro_vae.errors import ConfigError
 from pyro_vae.traces import DATA_PLATE
 
 
@@ -239,7 +241,23 @@ def build_vae(
     guide_head = build(GUIDES, guide, z_dim=z_dim)
     encoder_net = build(NETWORKS, encoder, in_dim=x_dim, out_dim=guide_head.num_outputs(), x_shape=x_shape, role="encoder")
     decoder_net = build(NETWORKS, decoder, in_dim=z_dim, out_dim=likelihood_module.num_outputs(), x_shape=x_shape, role="decoder")
-    return VAE(x_shape, z_dim, prior_module, likelihood_module, guide_head, encoder_net, decoder_net)
+    vae = VAE(x_shape, z_dim, prior_module, likelihood_module, guide_head, encoder_net, decoder_net)
+    _check_real_latents(vae, prior["name"], guide["name"])
+    return vae
+
+
+def _check_real_latents(vae: VAE, prior_name: str, guide_name: str) -> None:
+    """z lives on all of R^D: the shipped guides are Gaussians and flows there, and AIS, BDMC,
+    App. D and MCEM move z there. A component of one's own with another support is refused when
+    it is built, not at the first sample outside it."""
+    with torch.no_grad():
+        for role, name, make in (("prior", prior_name, vae.prior_dist),
+                                 ("guide", guide_name, lambda: vae.encode(torch.zeros((1,) + vae.x_shape).flatten(1)))):
+            support = make().support
+            if not is_real_support(support):
+                raise ConfigError(f"{role} {name!r} puts z on {support}, but pyro-vae's z lives on all of R^D (its guides are "
+                                  f"Gaussians and flows there, and AIS, BDMC, App. D and MCEM move z there); sample the "
+                                  f"latent on R^D (log z for a positive one) and let the decoder map it to the support")
 
 
 def set_validation(enabled: bool) -> None:

@@ -30,19 +30,14 @@ from pyro.distributions.util import sum_rightmost
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 import torch
-from torch.distributions import biject_to, constraints
+from torch.distributions import biject_to
 from torch.distributions.transforms import Transform
 
+from pyro_vae.components.distributions import is_real_support
 from pyro_vae.model import VAE
 from pyro_vae.traces import DATA_PLATE, guide_log_prob, log_densities, sample_latents, traced_pair
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _is_real(support: constraints.Constraint) -> bool:
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return isinstance(support, type(constraints.real))
 
 
 def _latent_sites(trace: Trace) -> Dict[str, Dict[str, Any]]:
@@ -111,7 +106,7 @@ class PyroModel:
         self.sites = {name: site["value"].shape[1:] for name, site in model_sites.items()}
         self._transforms = {name: biject_to(site["fn"].support) for name, site in model_sites.items()}
         self._flat_shapes = {name: self._transforms[name].inverse_shape(site["value"].shape)[1:] for name, site in model_sites.items()}
-        self._constrained = not all(_is_real(site["fn"].support) for site in model_sites.values())
+        self._constrained = not all(is_real_support(site["fn"].support) for site in model_sites.values())
         self.x_dim = int(x[0].numel())
         self._template = x[:1].detach()
 
@@ -133,7 +128,7 @@ class PyroModel:
             if model_shape != guide_shape:
                 raise ValueError(f"latent site {name!r} has shape {tuple(model_shape)} per datapoint in the model and "
                                  f"{tuple(guide_shape)} in the guide; they must agree")
-            if not _is_real(model_sites[name]["fn"].support) and _is_real(site["fn"].support):
+            if not is_real_support(model_sites[name]["fn"].support) and is_real_support(site["fn"].support):
                 raise ValueError(f"latent site {name!r} has support {model_sites[name]['fn'].support} in the model but the "
                                  "guide's distribution is over the whole real line; give it a distribution on the same "
                                  "support (LogNormal or Gamma for a positive site, Beta for (0, 1), Dirichlet for the simplex)")

@@ -7,8 +7,16 @@ from typing import Optional
 
 import pyro.distributions as dist
 import torch
+from torch.distributions import constraints
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)  # the normalizer of a unit Gaussian, per dimension
+
+
+def is_real_support(support: constraints.Constraint) -> bool:
+    """Whether a distribution's support is all of R^D (``real``, made an event or a mixture's)."""
+    while hasattr(support, "base_constraint"):  # independent(real, 1), a mixture of such, ...
+        support = support.base_constraint
+    return isinstance(support, type(constraints.real))
 
 
 class TypeKeepingExpand:

@@ -15,6 +15,7 @@ from pyro_vae.components.registry import (
     OBJECTIVES,
     PRIORS,
 )
+from pyro_vae.config import Component
 from pyro_vae.config.build import vae_from_config
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.errors import ConfigError
@@ -181,6 +182,29 @@ def test_readme_example_component_works_everywhere(tmp_path):
         assert torch.isfinite(est.per_datapoint).all()
     finally:
         PRIORS._entries.pop("logistic", None)
+
+
+def test_a_component_of_ones_own_that_puts_z_off_the_real_line_is_refused_when_built():
+    import pyro.distributions as dist
+
+    from pyro_vae.components.priors import Prior
+
+    class GammaPrior(Prior):
+        def __init__(self, z_dim: int) -> None:
+            super().__init__()
+            self.z_dim = z_dim
+
+        def forward(self, encode=None):
+            return dist.Gamma(torch.ones(self.z_dim), 1.0).to_event(1)
+
+    PRIORS.register("test_gamma")(lambda *, z_dim, x_dim: GammaPrior(z_dim))
+    try:
+        model = tiny_config().model.model_copy(update={"prior": Component(name="test_gamma")})
+        with pytest.raises(ConfigError, match=r"prior 'test_gamma' puts z on IndependentConstraint\(GreaterThanEq\(lower_bound=0.0\), 1\), "
+                                              r"but pyro-vae's z lives on all of R\^D .* sample the latent on R\^D"):
+            vae_from_config(model, (6,))
+    finally:
+        PRIORS._entries.pop("test_gamma", None)
 
 
 def _guide_component_module(folder, module: str) -> None:
