@@ -61,6 +61,23 @@ def _check_local(program: str, name: str, site: Dict[str, Any]) -> None:
                      "score log p(x) per datapoint, so every latent site must be a datapoint's own")
 
 
+def _is_discrete(support: Any) -> bool:
+    try:
+        return bool(support.is_discrete)
+    except NotImplementedError:  # a dependent support does not say; _to_support names it
+        return False
+
+
+def _to_support(name: str, support: Any) -> Transform:
+    """``T = biject_to(support)``, from R^D onto the site's support."""
+    try:
+        return biject_to(support)
+    except NotImplementedError:
+        raise ValueError(f"latent site {name!r} has support {support}, which torch maps onto from no unconstrained space "
+                         "(biject_to); give the site a distribution with a standard support (real, positive, an interval, "
+                         "the simplex)") from None
+
+
 class PyroModel:
     """``model(x)`` and ``guide(x)`` of a user's own, for :func:`~pyro_vae.estimators.iwae`,
     :func:`~pyro_vae.estimators.ais`, :func:`~pyro_vae.estimators.bdmc` and
@@ -94,7 +111,7 @@ class PyroModel:
             model_trace = poutine.trace(self.model).get_trace(x[:1])
             model_sites = _latent_sites(model_trace)
             for name, site in model_sites.items():
-                if site["fn"].support.is_discrete:
+                if _is_discrete(site["fn"].support):
                     raise ValueError(f"latent site {name!r} is discrete; the estimators need continuous latents "
                                      "(enumerate or marginalise discrete ones in the model)")
                 _check_local("model", name, site)
@@ -104,7 +121,7 @@ class PyroModel:
             self._check_broadcasting(x[:1])
         self._observed = [name for name, site in model_trace.nodes.items() if site["type"] == "sample" and site["is_observed"]]
         self.sites = {name: site["value"].shape[1:] for name, site in model_sites.items()}
-        self._transforms = {name: biject_to(site["fn"].support) for name, site in model_sites.items()}
+        self._transforms = {name: _to_support(name, site["fn"].support) for name, site in model_sites.items()}
         self._flat_shapes = {name: self._transforms[name].inverse_shape(site["value"].shape)[1:] for name, site in model_sites.items()}
         self._constrained = not all(is_real_support(site["fn"].support) for site in model_sites.values())
         self.x_dim = int(x[0].numel())

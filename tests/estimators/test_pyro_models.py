@@ -305,3 +305,16 @@ def test_the_estimators_that_need_a_trained_vae_say_so_and_name_those_that_take_
             estimate(truth.model, truth.guide, x)
     with pytest.raises(TypeError, match="exact log p\\(x\\) reads a trained pyro-vae VAE"):
         E.exact_log_px(truth.model, x)
+
+
+def test_a_latent_whose_support_has_no_map_from_the_real_line_is_named():
+    class Odd(dist.Normal):  # a support torch's biject_to does not know
+        support = torch.distributions.constraints.dependent
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", Odd(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1), 1.0).expand(z.shape + (X_DIM,)).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match="latent site 'z' has support .*which torch maps onto from no unconstrained space"):
+        E.ais(model, _guide_of(("z", Odd(0.0, 1.0))), torch.zeros(3, X_DIM), num_steps=2)
