@@ -188,15 +188,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
                           f"({', '.join('.' + f for f in image_formats)}).")
     as_array = out.suffix.lower() == ".npy"
     trained = load_run(args.run, device=args.device)
-    if not as_array and is_image(trained.vae) and args.n > MAX_PICTURE_SAMPLES:
+    if not as_array and not is_image(trained.vae):
+        out, as_array = out.with_suffix(".npy"), True
+        if args.out:
+            out = prepared_output(out, "--out (as an array: the data are not images)")
+        print("the data are not images: the samples are saved as an array", file=sys.stderr)
+    if not as_array and args.n > MAX_PICTURE_SAMPLES:
         raise ConfigError(f"--n {args.n}: a picture shows at most {MAX_PICTURE_SAMPLES} samples (a 50 x 50 grid); "
                           f"for more, write them as an array with --out {out.with_suffix('.npy')}.")
     torch.manual_seed(args.seed)
     if as_array:
         write_sample_means(trained.vae, out, args.n)
-    elif plot_samples(trained.vae, out, n=args.n, nrow=int(args.n**0.5) or 1) is None:
-        out = write_sample_means(trained.vae, out.with_suffix(".npy"), args.n)
-        print("the data are not images: the samples are saved as an array", file=sys.stderr)
+    else:
+        plot_samples(trained.vae, out, n=args.n, nrow=int(args.n**0.5) or 1)
     print(f"wrote {out}")
     return 0
 
@@ -323,10 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=seed_arg, default=0, help="seeds the estimator's draws (default 0; another seed is written to its own file)")
     e.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
     _add_estimator_flags(e)
-    e.add_argument("--out", help="JSON output path (default: in RUN, named by the estimator, its settings, the split and any "
-                   "--n or --seed: eval_iwae_k5000_test.json, eval_ais_steps1000_chains16_test_n100.json)")
+    e.add_argument("--out", help="JSON output path, a new file (default: in RUN, named by the estimator, its settings, the split "
+                   "and any --n or --seed: eval_iwae_k5000_test.json, eval_ais_steps1000_chains16_test_n100.json)")
     e.add_argument("--save-chains", metavar="FILE.nc", help="hmc or ais: the Markov chains behind the estimate as ArviZ "
-                   "InferenceData (posterior and sample_stats), for az.summary and az.plot_trace")
+                   "InferenceData (posterior and sample_stats), for az.summary and az.plot_trace; a new file")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(fn=cmd_evaluate)
 
@@ -334,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("--n", type=positive_int, default=64, help="number of samples (default 64; a picture shows at most 2500, a .npy any number)")
     s.add_argument("--seed", type=seed_arg, default=0, help="seeds the draws (default 0)")
-    s.add_argument("--out", help="a picture (.png, default RUN/samples.png) or a .npy array of the sample means")
+    s.add_argument("--out", help="a new picture (.png, default RUN/samples.png) or a new .npy array of the sample means")
     s.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the run's config)")
     s.set_defaults(fn=cmd_sample)
 

@@ -8,7 +8,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from pyro_vae.errors import ConfigError, PyroVAEError
 
@@ -76,6 +76,21 @@ def write_text_atomically(path: Path | str, text: str) -> None:
     write_bytes_atomically(path, text.encode("utf-8"))
 
 
+def write_atomically_with(path: Path | str, write: Callable[[Path], Any]) -> None:
+    """``write(temporary_path)``, for writers that take a path (ArviZ's ``to_netcdf``), then the
+    temporary file renamed over ``path``, as :func:`replaced_atomically` does for a file object."""
+    path = Path(path)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _check_no_file_in_the_way(folder: Path, what: str, given: Path) -> None:
     in_the_way = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if in_the_way is not None and not in_the_way.is_dir():
@@ -91,12 +106,17 @@ def folder_path(path: Path | str, what: str) -> Path:
 
 
 def prepared_output(path: Path | str, what: str) -> Path:
-    """``path`` as a file to be written, its folder created if missing; a ConfigError naming
-    ``what`` (e.g. ``--out``) if that cannot be. Called before an evaluation or a drawing starts,
-    so that minutes of work are not lost to a mistyped path at the end."""
+    """``path``, named by the user, as a new file to be written, its folder created if missing; a
+    ConfigError naming ``what`` (e.g. ``--out``) if that cannot be, or if a file is there already:
+    a path the user names is never replaced (in a run folder, pyro-vae replaces its own files).
+    Called before an evaluation or a drawing starts, so that minutes of work are not lost to a
+    mistyped path at the end."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a folder; give a file path (for example {path / 'result.json'}).")
+    if path.exists() or path.is_symlink():
+        raise ConfigError(f"{what} {path} exists already, and pyro-vae does not replace a file at a path you name; "
+                          "move or delete it, or choose another path.")
     folder = path.parent
     _check_no_file_in_the_way(folder, what, path)
     try:

@@ -305,6 +305,7 @@ def test_any_evaluate_flags_give_a_result_or_one_line_error(tmp_path_factory, fl
     run = tmp_path_factory.getbasetemp() / "generated_flags_run"
     if not (run / "checkpoint.pt").exists():
         assert main(["train", "tiny", "--run-dir", str(run), *TINY, "--set", "data.n_test=6"]) == 0
+    (run / "generated.json").unlink(missing_ok=True)  # a path the user names is never replaced
     argv = ["evaluate", str(run), "--no-progress", "--n", "3", "--k", "3", "--ais-steps", "2", "--ais-chains", "2", "--hmc-samples", "3",
             "--hmc-warmup", "2", "--out", str(run / "generated.json")]
     for flag, value in flags:

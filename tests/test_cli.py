@@ -168,6 +168,35 @@ def test_output_paths_are_checked_before_the_work_and_folders_created(tmp_path, 
     assert json.loads(target.read_text())["n"] == 2
 
 
+def test_a_file_at_a_path_the_user_names_is_never_replaced(tmp_path, capsys):
+    """--out and --save-chains write new files only (in a run folder, pyro-vae replaces its own);
+    the check comes before the work, and the chains are written whole or not at all."""
+    run = tmp_path / "run"
+    assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("e.json", "chains.nc", "s.png", "s.npy"):
+        (mine / name).write_text("the user's own\n")
+    capsys.readouterr()
+    attempts = [
+        ["evaluate", str(run), "--n", "2", "--k", "5", "--no-progress", "--out", str(mine / "e.json")],
+        ["evaluate", str(run), "--n", "2", "--estimator", "hmc", "--hmc-samples", "3", "--hmc-warmup", "2", "--no-progress",
+         "--save-chains", str(mine / "chains.nc")],
+        ["sample", str(run), "--n", "4", "--out", str(mine / "s.npy")],
+        ["sample", str(run), "--n", "4", "--out", str(mine / "s.png")],  # not images: s.npy would be written
+    ]
+    for argv in attempts:
+        assert main(argv) == 2
+        assert "exists already, and pyro-vae does not replace a file at a path you name" in capsys.readouterr().err
+    assert all(p.read_text() == "the user's own\n" for p in mine.iterdir()) and len(list(mine.iterdir())) == 4
+    # a new path is written; the evaluation's own file in the run folder is replaced on a second run
+    chains = tmp_path / "new" / "chains.nc"
+    hmc = ["evaluate", str(run), "--n", "2", "--estimator", "hmc", "--hmc-samples", "3", "--hmc-warmup", "2", "--no-progress"]
+    assert main(hmc + ["--save-chains", str(chains)]) == 0 and chains.stat().st_size > 0
+    assert main(hmc) == 0 and main(hmc) == 0
+    assert [p.name for p in chains.parent.iterdir()] == ["chains.nc"]  # no temporary file left
+
+
 def test_a_data_root_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "data_root_file"
     blocker.write_text("")

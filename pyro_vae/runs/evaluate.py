@@ -19,7 +19,7 @@ from pyro_vae import distributed, estimators
 from pyro_vae.errors import ConfigError, EstimateError
 from pyro_vae.estimators.options import BDMC_POINTS, DEFAULTS, ESTIMATORS, SETTINGS_USED, EstimatorOptions, estimator_options
 from pyro_vae.estimators.result import Estimate, standard_error
-from pyro_vae.files import check_writable, prepared_output, write_text_atomically
+from pyro_vae.files import check_writable, prepared_output, write_atomically_with, write_text_atomically
 from pyro_vae.hardware import hardware
 from pyro_vae.model import VAE
 from pyro_vae.data.datasets import binarize
@@ -189,7 +189,7 @@ def evaluate_run(
     if units is not None:
         est.diagnostics["active_units"] = units
     if save_chains is not None:
-        est.chains.to_netcdf(str(save_chains))
+        write_atomically_with(save_chains, lambda tmp: est.chains.to_netcdf(str(tmp)))
     result = est.to_dict()
     if save_chains is not None:
         result["chains"] = str(save_chains)
