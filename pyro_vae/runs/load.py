@@ -17,7 +17,7 @@ from pyro_vae.data.datasets import Dataset
 from pyro_vae.errors import CheckpointError, DataError
 from pyro_vae.hardware import resolve_device
 from pyro_vae.model import VAE, set_validation
-from pyro_vae.runs.records import config_changes, data_changes
+from pyro_vae.runs.records import CONFIG_NAME, config_changes, data_changes
 from pyro_vae.runs.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 @dataclass
@@ -61,7 +61,7 @@ def load_run(run_dir: Path | str, device: Optional[str] = None, data: Optional[D
     :param data: an already-loaded data set to use instead of the config's (tests, examples).
     """
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = run_dir / CONFIG_NAME
     if not cfg_path.exists():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `pyro-vae train` wrote.")
     config = load_config(cfg_path, [f"device={device}"] if device else [])

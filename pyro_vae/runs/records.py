@@ -18,6 +18,31 @@ METRIC_FIELDS = ["epoch", "step", "samples_seen", "train_objective", "train_elbo
                  "epoch_seconds", "wall_seconds"]
 
 
+CONFIG_NAME = "config.yaml"
+# what a new run writes in its folder at the start (checkpoint.pt comes later and is checked apart)
+STARTING_FILES = (CONFIG_NAME, RUN_RECORD_NAME, METRICS_NAME)
+
+
+def is_run_record(path: Path | str) -> bool:
+    """Whether ``path`` is a run.json that pyro-vae wrote (a JSON object naming its version)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and "pyro_vae" in record
+
+
+def check_new_run_folder(run_dir: Path) -> None:
+    """Raise a ConfigError if a new run in ``run_dir`` would replace files that are not a pyro-vae
+    run's: config.yaml, run.json or metrics.csv in a folder without a run.json of pyro-vae's (a
+    user's config kept in the folder it names as --run-dir, say). A folder of an earlier run that
+    stopped before its first checkpoint is pyro-vae's, and starts afresh."""
+    present = [name for name in STARTING_FILES if (run_dir / name).exists()]
+    if present and not is_run_record(run_dir / RUN_RECORD_NAME):
+        raise ConfigError(f"--run-dir {run_dir} holds {', '.join(present)} that no pyro-vae run wrote (it has no run.json of one), "
+                          f"and a new run would replace {'it' if len(present) == 1 else 'them'}; choose another --run-dir (a new or empty folder).")
+
+
 def read_metrics(path: Path | str) -> Tuple[List[Dict[str, str]], int]:
     """The rows of a run's ``metrics.csv`` whose every field reads as a number (as written), and the
     number of lines that did not: a line cut short by a crash mid-write, or a hand edit. Those are

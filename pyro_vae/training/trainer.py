@@ -35,7 +35,9 @@ from pyro_vae.mcmc import potentials
 from pyro_vae.model import VAE, set_validation, without_param_store
 from pyro_vae.objectives.base import Objective
 from pyro_vae.runs.load import TrainedRun
-from pyro_vae.runs.records import METRIC_FIELDS, METRICS_NAME, RUN_RECORD_NAME, config_changes, data_changes, read_metrics
+from pyro_vae.runs.records import (
+    CONFIG_NAME, METRIC_FIELDS, METRICS_NAME, RUN_RECORD_NAME, check_new_run_folder, config_changes, data_changes, read_metrics,
+)
 from pyro_vae.speed import allocator, fused_linear
 from pyro_vae.tracking import Callback, TensorBoardLogger
 from pyro_vae.training.cuda_graphs import GraphedStep, check_capturable
@@ -328,12 +330,13 @@ class Trainer:
                 f"{self.run_dir} already holds a run (checkpoint.pt). Pass --resume to continue it, or "
                 "choose another --run-dir."
             )
-        elif (self.run_dir / METRICS_NAME).exists() and self.dist.is_main:
-            (self.run_dir / METRICS_NAME).unlink()
+        else:
+            check_new_run_folder(self.run_dir)
+            if (self.run_dir / METRICS_NAME).exists() and self.dist.is_main:
+                (self.run_dir / METRICS_NAME).unlink()
         distributed.barrier(self.dist)  # every rank has checked the folder before rank 0 writes to it
         if not self.dist.is_main:
             return bool(changes)
-        save_config(self.config, self.run_dir / "config.yaml")
         info = {
             "pyro_vae": __version__,
             "torch": torch.__version__,
@@ -353,7 +356,9 @@ class Trainer:
             # settings changed at resumes (--allow-changes): config.yaml holds the latest ones
             "resumed_with_changes": self._change_history(changes) if resume else [],
         }
+        # run.json first: it marks the folder as a run's (records.check_new_run_folder)
         write_text_atomically(self.run_dir / RUN_RECORD_NAME, json.dumps(info, indent=2, default=str))
+        save_config(self.config, self.run_dir / CONFIG_NAME)
         return bool(changes)
 
     def _change_history(self, changes: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -395,6 +400,8 @@ class Trainer:
         :param on_epoch_end: called with the trainer and the epoch's metric row (experiments use it
             to estimate log p(x) at chosen points of training).
         """
+        if not resume and self.run_dir.is_dir():
+            check_new_run_folder(self.run_dir)  # before the lock file goes into a folder of the user's (again under it)
         # One trainer per run folder: a second one (the same command started twice) is refused
         # rather than interleaving metrics.csv and checkpoints. torchrun's ranks share the folder.
         with exclusive_lock(self.run_dir, "the run folder", wait=False) if self.dist.is_main else contextlib.nullcontext():

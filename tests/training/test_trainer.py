@@ -337,3 +337,26 @@ def test_the_test_elbo_comes_with_its_standard_error_and_older_metrics_files_res
     rows, unreadable = read_metrics(run / "metrics.csv")
     assert unreadable == 0 and [r["test_elbo_stderr"] for r in rows][:2] == ["nan", "nan"]
     assert 0 < float(rows[2]["test_elbo_stderr"]) < math.inf
+
+
+def test_a_new_run_does_not_replace_a_users_files_in_the_folder_it_is_given(tmp_path):
+    """A config kept in the folder named as the run folder, or a metrics.csv of the user's, is not
+    replaced; a folder left by a run that stopped before its first checkpoint starts afresh."""
+    mine = tmp_path / "exp"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("# my notes\nname: exp\n")
+    (mine / "metrics.csv").write_text("a,b\n")
+    with pytest.raises(ConfigError, match="holds config.yaml, metrics.csv that no pyro-vae run wrote .* choose another --run-dir"):
+        Trainer(tiny_config(), mine, progress=False).train()
+    assert (mine / "config.yaml").read_text() == "# my notes\nname: exp\n" and (mine / "metrics.csv").read_text() == "a,b\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml", "metrics.csv"]
+    (mine / "run.json").write_text("{}")  # not pyro-vae's either
+    with pytest.raises(ConfigError, match="holds config.yaml, run.json, metrics.csv that no pyro-vae run wrote"):
+        Trainer(tiny_config(), mine, progress=False).train()
+
+    stopped = tmp_path / "stopped"  # a run that stopped before its first checkpoint
+    trainer = Trainer(tiny_config(), stopped, progress=False)
+    trainer.prepare_run_dir(resume=False)
+    assert sorted(p.name for p in stopped.iterdir()) == ["config.yaml", "run.json"]
+    Trainer(tiny_config(), stopped, progress=False).train()
+    assert (stopped / "checkpoint.pt").exists()
