@@ -180,6 +180,8 @@ def evaluate_run(
         return _told(callbacks, _gaps(trained, x, n_points, options, split, seed, start, out, units))
     try:
         est = _ESTIMATE[estimator](trained.vae, x, options, progress)
+    except ConfigError:  # names the estimator already
+        raise
     except ValueError as e:  # a setting the estimator cannot work with on this model
         raise ConfigError(f"estimator {estimator}: {e}") from None
     if info.enabled:
