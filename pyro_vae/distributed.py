@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, List
 
@@ -169,9 +170,21 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+# How long a rank lets gloo's worker threads finish with the last collectives before tearing down.
+_GLOO_SETTLE_SECONDS = 0.2
+
+
 def shutdown(info: DistInfo) -> None:
     """Leave the process group cleanly: every rank reaches the barrier before any tears down its
-    connections (tearing down while a peer still talks to the store aborted a rank in our tests)."""
+    connections (tearing down while a peer still talks to the store aborted a rank in our tests).
+
+    Then, with gloo, a pause before ``destroy_process_group``: a worker thread of gloo frees a
+    finished collective (and the tensors Python made for it, such as ``all_gather_object``'s)
+    after waking its caller, and freeing those needs the GIL, while ``destroy_process_group``
+    holds the GIL and joins that thread. Without the pause about one 2-rank job in ten hung there
+    on torch 2.4 (pytorch/pytorch#75097 reports the hang)."""
     if info.enabled and dist.is_initialized():
         dist.barrier()
+        if dist.get_backend() == "gloo":
+            time.sleep(_GLOO_SETTLE_SECONDS)  # the GIL is released: the worker threads finish
         dist.destroy_process_group()

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -88,8 +89,36 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     distributed.shutdown(info)
 
 
+def _spawn(fn, args, nprocs: int, deadline_s: float = 300.0) -> None:
+    """``mp.spawn`` with a deadline: processes that hang (in a collective, or tearing the process
+    group down) fail the test instead of stalling the suite."""
+    context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    start = time.monotonic()
+    while not context.join(timeout=1.0):  # raises if a process failed
+        if time.monotonic() - start > deadline_s:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the {nprocs} processes did not finish within {deadline_s:.0f} s")
+
+
+@pytest.mark.parametrize("backend, pauses", [("gloo", True), ("nccl", False)])
+def test_shutdown_lets_gloo_finish_before_tearing_down(monkeypatch, backend, pauses):
+    """shutdown: a barrier, then (gloo) a pause with the GIL released, then destroy_process_group.
+    Without the pause, about one 2-rank gloo job in ten hung in destroy_process_group on torch 2.4
+    (measured with 45 jobs: 5 hung without it, none with it)."""
+    calls = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: backend)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(distributed.time, "sleep", lambda seconds: calls.append(("sleep", seconds)))
+    distributed.shutdown(distributed.DistInfo(rank=0, world_size=2, local_rank=0))
+    assert calls == (["barrier", ("sleep", distributed._GLOO_SETTLE_SECONDS), "destroy"] if pauses else ["barrier", "destroy"])
+    assert distributed._GLOO_SETTLE_SECONDS > 0
+
+
 def test_two_gloo_processes_match_one_process_on_the_combined_batch(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    _spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
     single = Trainer(_config(), tmp_path / "single", progress=False, dist_info=distributed.SINGLE)
     _near_deterministic(single)
     initial = [p.detach().clone() for p in single.vae.parameters()]
