@@ -39,29 +39,36 @@ def current_umask() -> int:
 
 
 @contextmanager
+def _temporary_beside(path: Path) -> Iterator[Path]:
+    """A temporary file of its own beside ``path`` (so the rename is atomic, and two processes
+    writing the same file never share one), renamed over ``path`` when the block ends without an
+    error, with the mode open() would give it; removed in any case."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
 def replaced_atomically(path: Path | str, sync: bool = False) -> Iterator[BinaryIO]:
     """A binary file to write ``path``'s new content into: a temporary file beside ``path``,
     renamed over it when the block ends without an error. A crash or an error inside leaves the old
-    file (or none), never half of one, and the temporary file is removed.
+    file (or none), never half of one, and the temporary file is removed; of two processes writing
+    the same file, the last complete one wins.
 
     :param sync: flush the content to the disk before the rename (checkpoints: a power cut after
         the rename must not leave an empty file behind the new name).
     """
-    path = Path(path)
-    # A name of its own in the same folder (so the rename is atomic): two processes writing the same
-    # file never share a temporary one, and the last complete file wins.
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    os.fchmod(handle, 0o666 & ~current_umask())  # as open() would make it (mkstemp makes it private)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            yield f
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _temporary_beside(Path(path)) as tmp, open(tmp, "wb") as f:
+        yield f
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def write_bytes_atomically(path: Path | str, data: bytes) -> None:
@@ -77,18 +84,10 @@ def write_text_atomically(path: Path | str, text: str) -> None:
 
 
 def write_atomically_with(path: Path | str, write: Callable[[Path], Any]) -> None:
-    """``write(temporary_path)``, for writers that take a path (ArviZ's ``to_netcdf``), then the
-    temporary file renamed over ``path``, as :func:`replaced_atomically` does for a file object."""
-    path = Path(path)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(name)
-    try:
+    """``write(temporary_path)``, for writers that take a path (ArviZ's ``to_netcdf``), renamed
+    over ``path`` as :func:`replaced_atomically` does for a file object."""
+    with _temporary_beside(Path(path)) as tmp:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _check_no_file_in_the_way(folder: Path, what: str, given: Path) -> None:

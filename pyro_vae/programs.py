@@ -35,7 +35,7 @@ from torch.distributions.transforms import Transform
 
 from pyro_vae.components.distributions import is_real_support
 from pyro_vae.model import VAE
-from pyro_vae.traces import DATA_PLATE, guide_log_prob, log_densities, sample_latents, traced_pair
+from pyro_vae.traces import DATA_PLATE, check_local, guide_log_prob, log_densities, sample_latents, traced_pair
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,22 +43,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _latent_sites(trace: Trace) -> Dict[str, Dict[str, Any]]:
     return {name: site for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)}
-
-
-def _check_local(program: str, name: str, site: Dict[str, Any]) -> None:
-    """Raise a ValueError unless the latent site is inside the data plate at dim -1."""
-    plates = [frame for frame in site["cond_indep_stack"] if frame.vectorized]
-    if any(frame.name == DATA_PLATE and frame.dim == -1 for frame in plates):
-        return
-    if any(frame.name == DATA_PLATE for frame in plates):
-        raise ValueError(f"the {program}'s latent site {name!r} is in pyro.plate({DATA_PLATE!r}) at another dim than -1; "
-                         f"the estimators put their particles at dim -2, so the data plate has to be the innermost (dim=-1)")
-    inside = ""
-    if plates:
-        names = ", ".join(f"pyro.plate({frame.name!r})" for frame in plates)
-        inside = f" (it is in {names}: name the datapoints' plate {DATA_PLATE!r})"
-    raise ValueError(f"the {program}'s latent site {name!r} is outside pyro.plate({DATA_PLATE!r}){inside}: the estimators "
-                     "score log p(x) per datapoint, so every latent site must be a datapoint's own")
 
 
 def _is_discrete(support: Any) -> bool:
@@ -94,7 +78,7 @@ class PyroModel:
         self.x_dim: int = 0
         self._transforms: Dict[str, Transform] = {}  # name -> T, unconstrained to the site's support
         self._flat_shapes: Dict[str, torch.Size] = {}  # name -> shape per datapoint of its u
-        self._constrained = False  # whether any site's T is not the identity
+        self.constrained = False  # whether any site's T is not the identity (then densities over u carry its Jacobian)
         self._template: Optional[torch.Tensor] = None  # one datapoint, for simulated data of its shape
         self._observed: List[str] = []  # the model's observed sites
 
@@ -114,7 +98,7 @@ class PyroModel:
                 if _is_discrete(site["fn"].support):
                     raise ValueError(f"latent site {name!r} is discrete; the estimators need continuous latents "
                                      "(enumerate or marginalise discrete ones in the model)")
-                _check_local("model", name, site)
+                check_local(site, "model")
             if not model_sites:
                 raise ValueError(f"the model has no latent sample sites inside pyro.plate({DATA_PLATE!r}); nothing to integrate out")
             self._check_guide(model_sites, _latent_sites(poutine.trace(self.guide).get_trace(x[:1])))
@@ -123,7 +107,7 @@ class PyroModel:
         self.sites = {name: site["value"].shape[1:] for name, site in model_sites.items()}
         self._transforms = {name: _to_support(name, site["fn"].support) for name, site in model_sites.items()}
         self._flat_shapes = {name: self._transforms[name].inverse_shape(site["value"].shape)[1:] for name, site in model_sites.items()}
-        self._constrained = not all(is_real_support(site["fn"].support) for site in model_sites.values())
+        self.constrained = not all(is_real_support(site["fn"].support) for site in model_sites.values())
         self.x_dim = int(x[0].numel())
         self._template = x[:1].detach()
 
@@ -140,7 +124,7 @@ class PyroModel:
             raise ValueError(f"the guide samples {', '.join(map(repr, extra))}, which the model does not (or observes); the "
                              "importance weight p(x, z) / q(z | x) needs q over the model's latent sites only")
         for name, site in guide_sites.items():
-            _check_local("guide", name, site)
+            check_local(site, "guide")
             model_shape, guide_shape = model_sites[name]["value"].shape[1:], site["value"].shape[1:]
             if model_shape != guide_shape:
                 raise ValueError(f"latent site {name!r} has shape {tuple(model_shape)} per datapoint in the model and "
@@ -180,7 +164,7 @@ class PyroModel:
         """The flat latents ``u`` ``(..., n, D)`` as the model's sites ``{name: T(u_site)}``,
         each ``(..., n, *shape)`` in its support."""
         assert self.sites is not None
-        if not self._constrained:
+        if not self.constrained:
             return dict(self._split(u))
         return {name: self._transforms[name](u_site) for name, u_site in self._split(u)}
 
@@ -191,14 +175,12 @@ class PyroModel:
         first_name = next(iter(self.sites))
         first = latents[first_name]
         lead = first.shape[: first.dim() - len(self.sites[first_name])]
-        parts = [latents[name] if not self._constrained else self._transforms[name].inv(latents[name]) for name in self.sites]
+        parts = [latents[name] if not self.constrained else self._transforms[name].inv(latents[name]) for name in self.sites]
         return torch.cat([part.reshape(lead + (-1,)) for part in parts], -1)
 
     def log_abs_det_jacobian(self, u: torch.Tensor) -> torch.Tensor:
         """``sum over sites of log |det dT/du|`` per chain and datapoint, ``(..., n)``: what a density
         over the sites' values gains as a density over ``u`` (zero where every support is real)."""
-        if not self._constrained:
-            return torch.zeros((), dtype=u.dtype, device=u.device)
         total = torch.zeros((), dtype=u.dtype, device=u.device)
         for name, u_site in self._split(u):
             transform = self._transforms[name]
@@ -256,7 +238,7 @@ def flat_log_densities(target: Any, u: torch.Tensor, x: torch.Tensor) -> Tuple[t
         return log_densities(target.model, latents_of(target, u), x)
     with _at_sampler_points():
         log_prior, log_lik = log_densities(target.model, target.latents(u), x)
-    return log_prior + target.log_abs_det_jacobian(u), log_lik
+    return (log_prior + target.log_abs_det_jacobian(u) if target.constrained else log_prior), log_lik
 
 
 def flat_guide_log_prob(target: Any, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -265,7 +247,7 @@ def flat_guide_log_prob(target: Any, u: torch.Tensor, x: torch.Tensor) -> torch.
         return guide_log_prob(target.guide, latents_of(target, u), x)
     with _at_sampler_points():
         log_q = guide_log_prob(target.guide, target.latents(u), x)
-    return log_q + target.log_abs_det_jacobian(u)
+    return log_q + target.log_abs_det_jacobian(u) if target.constrained else log_q
 
 
 def sample_flat(target: Any, program: Callable[..., Any], num_samples: int, x: torch.Tensor) -> torch.Tensor:

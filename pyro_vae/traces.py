@@ -25,20 +25,31 @@ DATA_PLATE = "data"
 PARTICLE_PLATE = "particles"
 
 
-def _check_local(site: Dict[str, Any]) -> None:
-    if not any(f.name == DATA_PLATE for f in site["cond_indep_stack"]):
-        raise ValueError(
-            f"sample site {site['name']!r} is not inside the {DATA_PLATE!r} plate: per-datapoint "
-            "objectives and estimators need every latent and observed variable to be local to a "
-            "datapoint. Put it inside `pyro.plate('data', ...)` in the model and guide."
-        )
+def check_local(site: Dict[str, Any], program: str = "model") -> None:
+    """Raise a ValueError unless the sample site is inside ``pyro.plate("data")`` at ``dim=-1``
+    (per-datapoint objectives and estimators put particles and chains at ``dim=-2``), naming the
+    plate it is in when that has another name."""
+    stack = site["cond_indep_stack"]
+    if any(frame.name == DATA_PLATE and frame.dim == -1 for frame in stack):
+        return
+    name = site["name"]
+    plates = [frame for frame in stack if frame.vectorized]
+    if any(frame.name == DATA_PLATE for frame in plates):
+        raise ValueError(f"the {program}'s sample site {name!r} is in pyro.plate({DATA_PLATE!r}) at another dim than -1; "
+                         "particles and chains go at dim -2, so the data plate has to be the innermost (dim=-1)")
+    inside = ""
+    if plates:
+        names = ", ".join(f"pyro.plate({frame.name!r})" for frame in plates)
+        inside = f" (it is in {names}: name the datapoints' plate {DATA_PLATE!r})"
+    raise ValueError(f"the {program}'s sample site {name!r} is outside pyro.plate({DATA_PLATE!r}){inside}: per-datapoint "
+                     "objectives and estimators need every latent and observed variable to be a datapoint's own")
 
 
 def _unscaled_log_prob(site: Dict[str, Any]) -> torch.Tensor:
     """log p(value) of one site, masked but without the subsample scale. Computed here rather than
     by ``Trace.compute_log_prob``, which also stores a scaled copy and its sum for every site
     (per-call overhead that the HMC and AIS potentials pay at every leapfrog step)."""
-    _check_local(site)
+    check_local(site)
     log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
     return scale_and_mask(log_p, mask=site["mask"])
 

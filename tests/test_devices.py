@@ -33,7 +33,7 @@ from tests.components.test_registry import (
     _train_one_step,
 )
 from tests.conftest import tiny_config
-from tests.estimators.test_pyro_models import GammaPrecision
+from tests.estimators.test_pyro_models import GammaPrecision, estimates_beside_the_exact_log_px
 
 NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
 DEVICES = ["cpu", pytest.param("cuda", marks=NO_GPU)]
@@ -158,18 +158,10 @@ def test_estimators_on_the_device_agree_with_the_exact_log_px(linear_gaussian, d
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_estimators_on_a_users_own_program_with_a_positive_latent_run_on_the_device(device):
-    truth = GammaPrecision()
-    torch.manual_seed(4)
-    x_cpu = truth.sample(6)
-    x = x_cpu.to(device)
-    exact = truth.log_px(x_cpu).mean().item()
-    iw = E.iwae(truth.model, truth.guide, x, k=4000)
-    ais = E.ais(truth.model, truth.guide, x, num_steps=300, num_chains=8, num_leapfrog=5)
-    hmc = E.hmc_marginal_likelihood(truth.model, truth.guide, x, num_samples=200, num_warmup=300, num_chains=4)
+    exact, iw, ais, hmc, bdmc = estimates_beside_the_exact_log_px(GammaPrecision(), seed=4, num_warmup=300, device=device)
     for est in (iw, ais, hmc):
         assert est.per_datapoint.shape == (6,) and torch.isfinite(est.per_datapoint).all()
     assert abs(iw.mean - exact) < 0.05 and abs(ais.mean - exact) < 0.05 and abs(hmc.mean - exact) < 0.05
-    bdmc = E.bdmc(truth.model, truth.guide, x=x, num_points=4, num_steps=100, num_chains=4, num_leapfrog=3)
     assert bdmc["x"].device.type == device and bdmc["lower"].mean <= bdmc["upper"].mean + 0.5
 
 

@@ -15,6 +15,13 @@ from pyro_vae.programs import PyroModel
 X_DIM = 4
 
 
+def _simulate(model, n):
+    """n datapoints x drawn from a model whose observed site is "x"."""
+    with torch.no_grad():
+        trace = pyro.poutine.trace(pyro.poutine.uncondition(model)).get_trace(torch.zeros(n, X_DIM))
+    return trace.nodes["x"]["value"]
+
+
 class TwoSiteLinearGaussian:
     """x = W1 z1 + W2 z2 + b + noise, z1 in R^1 and z2 in R^2 independent standard normal: a
     linear-Gaussian model with two latent sites, whose log p(x) is N(x; b, W W^T + s^2 I)."""
@@ -42,22 +49,27 @@ class TwoSiteLinearGaussian:
         return torch.distributions.MultivariateNormal(self.b, covariance_matrix=cov).log_prob(x)
 
     def sample(self, n):
-        with torch.no_grad():
-            trace = pyro.poutine.trace(pyro.poutine.uncondition(self.model)).get_trace(torch.zeros(n, X_DIM))
-        return trace.nodes["x"]["value"]
+        return _simulate(self.model, n)
+
+
+def estimates_beside_the_exact_log_px(truth, seed: int, num_warmup: int, device: str = "cpu"):
+    """The mean exact log p(x) of 6 points simulated from ``truth``, and IWAE, AIS, App. D and BDMC
+    on them (moved to ``device``), through ``truth.model`` and ``truth.guide``."""
+    torch.manual_seed(seed)
+    x_cpu = truth.sample(6)
+    x = x_cpu.to(device)
+    exact = truth.log_px(x_cpu).mean().item()
+    iw = E.iwae(truth.model, truth.guide, x, k=4000)
+    ais = E.ais(truth.model, truth.guide, x, num_steps=300, num_chains=8, num_leapfrog=5)
+    hmc = E.hmc_marginal_likelihood(truth.model, truth.guide, x, num_samples=200, num_warmup=num_warmup, num_chains=4)
+    report = E.bdmc(truth.model, truth.guide, x=x, num_points=5, num_steps=200, num_chains=4, num_leapfrog=5)
+    return exact, iw, ais, hmc, report
 
 
 def test_every_estimator_on_a_model_with_two_latent_sites_matches_the_exact_log_px():
-    truth = TwoSiteLinearGaussian()
-    torch.manual_seed(0)
-    x = truth.sample(6)
-    exact = truth.log_px(x).mean().item()
-    iw = E.iwae(truth.model, truth.guide, x, k=4000)
-    ais = E.ais(truth.model, truth.guide, x, num_steps=300, num_chains=8, num_leapfrog=5)
-    hmc = E.hmc_marginal_likelihood(truth.model, truth.guide, x, num_samples=200, num_warmup=500, num_chains=4)
+    exact, iw, ais, hmc, report = estimates_beside_the_exact_log_px(TwoSiteLinearGaussian(), seed=0, num_warmup=500)
     assert abs(iw.mean - exact) < 0.05 and abs(ais.mean - exact) < 0.05 and abs(hmc.mean - exact) < 0.1
     assert iw.per_datapoint.shape == (6,) and hmc.diagnostics["datapoints_rhat_above"] <= 2
-    report = E.bdmc(truth.model, truth.guide, x=x, num_points=5, num_steps=200, num_chains=4, num_leapfrog=5)
     assert abs(report["gap_mean"]) < 0.2 and report["x"].shape == (5, X_DIM)
 
 
@@ -92,8 +104,7 @@ class TwoLayer:
 def test_ais_agrees_with_iwae_of_many_particles_on_two_stochastic_layers():
     m = TwoLayer()
     torch.manual_seed(1)
-    with torch.no_grad():
-        x = pyro.poutine.trace(pyro.poutine.uncondition(m.model)).get_trace(torch.zeros(5, X_DIM)).nodes["x"]["value"]
+    x = _simulate(m.model, 5)
     iw = E.iwae(m.model, m.guide, x, k=20000)
     ais = E.ais(m.model, m.guide, x, num_steps=400, num_chains=8, num_leapfrog=5)
     assert abs(ais.mean - iw.mean) < 0.1
@@ -177,9 +188,7 @@ class GammaPrecision:
             pyro.sample("tau", dist.LogNormal(x.new_zeros(()), x.new_ones(())))
 
     def sample(self, n):
-        with torch.no_grad():
-            trace = pyro.poutine.trace(pyro.poutine.uncondition(self.model)).get_trace(torch.zeros(n, X_DIM))
-        return trace.nodes["x"]["value"]
+        return _simulate(self.model, n)
 
     def log_px(self, x):
         a, b, d = self.a, self.b, X_DIM
@@ -188,18 +197,11 @@ class GammaPrecision:
 
 
 def test_a_positive_latent_is_sampled_in_unconstrained_coordinates_and_every_estimator_matches_the_exact_log_px():
-    truth = GammaPrecision()
-    torch.manual_seed(4)
-    x = truth.sample(6)
-    exact = truth.log_px(x).mean().item()
-    iw = E.iwae(truth.model, truth.guide, x, k=4000)
     # with pyro's argument checks on (its default), as a user runs it: a diverging leapfrog step
     # that overflows exp(u) is rejected, not raised
-    ais = E.ais(truth.model, truth.guide, x, num_steps=300, num_chains=8, num_leapfrog=5)
-    hmc = E.hmc_marginal_likelihood(truth.model, truth.guide, x, num_samples=200, num_warmup=300, num_chains=4)
+    exact, iw, ais, hmc, report = estimates_beside_the_exact_log_px(GammaPrecision(), seed=4, num_warmup=300)
     # (without the Jacobian, AIS and App. D both come out about 0.09 nats low here)
     assert abs(iw.mean - exact) < 0.05 and abs(ais.mean - exact) < 0.04 and abs(hmc.mean - exact) < 0.04
-    report = E.bdmc(truth.model, truth.guide, x=x, num_points=4, num_steps=200, num_chains=4, num_leapfrog=5)
     assert abs(report["gap_mean"]) < 0.2
 
 
