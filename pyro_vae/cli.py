@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import signal
 import sys
@@ -376,8 +377,39 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that ``args`` ran: ``pyro-vae data fetch`` -> ``fetch``'s."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None)
+            if chosen in action.choices:
+                return _command_parser(action.choices[chosen], args)
+    return parser
+
+
+def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
+    """Parse like argparse, but name an unknown flag in its command's usage, with the nearest
+    flags that command has: ``pyro-vae evaluate --num-steps 5`` suggests ``--ais-steps``."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = _command_parser(parser, args)
+        flags = [f for action in command._actions for f in action.option_strings]
+        given = [u.split("=")[0] for u in unknown if u.startswith("--")]
+        near = []
+        if "--set" in flags:  # `train --epochs 3`: a config setting, given with --set
+            from pyro_vae.config.schema import setting_paths
+
+            names = {g[2:].replace("-", "_") for g in given}
+            near = [f"--set {path}=..." for path in setting_paths() if path.rsplit(".", 1)[-1] in names]
+        near = near or [m for g in given for m in difflib.get_close_matches(g, flags, n=2, cutoff=0.7)]
+        hint = f"did you mean {' or '.join(dict.fromkeys(near))}? " if near else ""
+        command.error(f"unrecognized arguments: {' '.join(unknown)}; {hint}`{command.prog} --help` lists the options")
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     one_line_warnings()  # this process is ours (the command), not a library user's
     try:
         from pyro_vae.speed import allocator

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from pyro_vae.cli import main
+from pyro_vae.errors import ConfigError
 
 
 def test_cli_end_to_end(tmp_path, capsys):
@@ -148,6 +149,33 @@ def test_cli_rejects_counts_below_one_before_loading_anything(tmp_path, capsys, 
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["evaluate", "RUN", "--num-steps", "5"], "pyro-vae evaluate: error: unrecognized arguments: --num-steps 5; did you mean --ais-steps? "
+                                                  "`pyro-vae evaluate --help` lists the options"),
+        (["train", "tiny", "--epochs", "3"], "pyro-vae train: error: unrecognized arguments: --epochs 3; did you mean --set training.epochs=...?"),
+        (["train", "tiny", "--z-dim=3"], "did you mean --set model.z_dim=...?"),
+        (["train", "tiny", "--hidden", "3"], "did you mean --set model.decoder.hidden=... or --set model.encoder.hidden=...?"),
+        (["data", "fetch", "mnist", "--rot", "d"], "pyro-vae data fetch: error: unrecognized arguments: --rot d; did you mean --root?"),
+        (["plot", "RUN", "--zzz"], "pyro-vae plot: error: unrecognized arguments: --zzz; `pyro-vae plot --help` lists the options"),
+    ],
+)
+def test_an_unknown_flag_is_named_in_its_commands_usage_with_the_nearest_one(tmp_path, capsys, argv, message):
+    argv = [str(tmp_path) if a == "RUN" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_override_that_fails_is_named_with_the_file():
+    from pyro_vae.config import load
+
+    with pytest.raises(ConfigError, match=r"tiny.yaml with --set model.zdim=3: model.zdim: unknown key \(did you mean model.z_dim\?"):
+        load("tiny", ["model.zdim=3"])
 
 
 def test_output_paths_are_checked_before_the_work_and_folders_created(tmp_path, capsys):

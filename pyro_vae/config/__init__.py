@@ -39,7 +39,7 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Read, override and validate a config: a file, a run folder or a shipped config's name."""
     path = config_path(path)
     data = apply_overrides(read_config_file(path), overrides)
-    return from_dict(data, source=str(path))
+    return from_dict(data, source=f"{path} with --set {' '.join(overrides)}" if overrides else str(path))
 
 
 def as_run_config(config: RunConfig | str | Path | Mapping[str, Any]) -> RunConfig:

@@ -10,6 +10,7 @@ this module imports every package that registers built-in entries.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
@@ -228,6 +229,32 @@ def _short_value(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str, list, tuple)) and len(repr(value)) <= 60
 
 
+def _section_keys(loc: Tuple[Any, ...]) -> List[str]:
+    """The keys the schema declares in the section at ``loc`` (``("training",)``: ``epochs``, ...);
+    none where ``loc`` does not lead through declared sections."""
+    section: Any = RunConfig
+    for part in loc:
+        field = section.model_fields.get(part) if isinstance(part, str) else None
+        section = field.annotation if field is not None else None
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return []
+    return list(section.model_fields)
+
+
+def setting_paths() -> List[str]:
+    """Every dotted key of the default config, component options included (``training.epochs``,
+    ``optimizer.lr``, ``model.encoder.hidden``): what ``--set`` can name."""
+    return sorted(_flatten(RunConfig().to_dict_with_option_defaults()))
+
+
+def _unknown_key_message(loc: Tuple[Any, ...]) -> str:
+    known = _section_keys(loc[:-1])
+    near = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    hint = f"did you mean {'.'.join(map(str, (*loc[:-1], near[0])))}? " if near else ""
+    where = f"{'.'.join(map(str, loc[:-1]))} holds " if loc[:-1] else "a config holds "
+    return f"unknown key ({hint}{where}{', '.join(known)}; see docs/guide.md, 'Config reference')"
+
+
 def _format_validation_error(source: str, e: ValidationError) -> str:
     """Pydantic's errors in one line: each as ``key: what is wrong, got value``."""
     problems = []
@@ -235,7 +262,7 @@ def _format_validation_error(source: str, e: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see docs/guide.md, 'Config reference')"
+            msg = _unknown_key_message(tuple(err["loc"]))
         elif err["type"] == "string_pattern_mismatch" and err["loc"] == ("name",):
             msg = ("must be a plain folder name (letters, digits, '_', '.', '-'), since it names runs/<name>; "
                    "to write elsewhere give --run-dir")

@@ -101,8 +101,12 @@ def test_options_of_the_right_types_pass_as_written():
 
 
 def test_unknown_key_and_bad_type_are_named():
-    with pytest.raises(ConfigError, match="training.epochz: unknown key"):
+    with pytest.raises(ConfigError, match=r"training.epochz: unknown key \(did you mean training.epochs\? training holds epochs, "):
         tiny_config(training={"epochz": 3})
+    with pytest.raises(ConfigError, match=r"trainin: unknown key \(did you mean training\? a config holds name, "):
+        tiny_config(trainin={"epochs": 3})
+    with pytest.raises(ConfigError, match=r"optimizer.schedule.gama: unknown key \(did you mean optimizer.schedule.gamma\?"):
+        tiny_config(optimizer={"name": "adam", "schedule": {"gama": 0.5}})
     with pytest.raises(ConfigError, match="model.z_dim"):
         tiny_config(model={"z_dim": "twenty"})
     with pytest.raises(ConfigError, match="data.binarize"):
