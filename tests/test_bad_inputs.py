@@ -43,7 +43,7 @@ def trained(tmp_path):
 def _build_cache(root: str, queue) -> None:
     """One of several processes that read MNIST for the first time at once: it builds the cache
     unless another does so first (then it reads that one)."""
-    from pyro_vae.data import datasets
+    from pyro_vae.data import cache as data_cache, mnist
 
     calls = []
 
@@ -52,10 +52,10 @@ def _build_cache(root: str, queue) -> None:
         arrays = {"x_train": np.zeros((3, 784), np.float32), "y_train": np.zeros(3, np.int64),
                   "x_valid": np.zeros((1, 784), np.float32), "y_valid": np.zeros(1, np.int64),
                   "x_test": np.zeros((2, 784), np.float32), "y_test": np.zeros(2, np.int64)}
-        datasets._save_npz(cache, source=np.array("test"), **arrays)
+        data_cache.save_npz(cache, source=np.array("test"), **arrays)
 
-    datasets._build_mnist_cache = slow_build
-    path = datasets.ensure_mnist(Path(root), download=True)
+    mnist._build_mnist_cache = slow_build
+    path = mnist.ensure_mnist(Path(root), download=True)
     with np.load(path) as f:  # a whole archive, never half of one
         queue.put((len(calls), f["x_train"].shape))
 

@@ -1,8 +1,9 @@
-"""Data a user already has: a folder of images (``image_folder``) or a ``torch.utils.data.Dataset``
-class (``torch_dataset``), read once into arrays and cached in the data folder as ``.npz``, keyed
-by what they were read from, so that later runs load the cache (and are fingerprinted like every
-other data set).
+"""Data a user already has: a ``.npz`` file (``npz``), a folder of images (``image_folder``) or a
+``torch.utils.data.Dataset`` class (``torch_dataset``). The last two are read once into arrays and
+cached in the data folder as ``.npz``, keyed by what they were read from, so that later runs load
+the cache (and are fingerprinted like every other data set).
 
+    data: {name: npz, path: my_data.npz, test_fraction: 0.1}
     data: {name: image_folder, path: faces/, size: [28, 20], channels: 1}
     data: {name: torch_dataset, target: "torchvision.datasets:FashionMNIST", kwargs: {root: data, download: true}, split_argument: train}
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -19,7 +21,8 @@ import numpy as np
 import torch
 
 from pyro_vae.components.registry import DATASETS
-from pyro_vae.data.datasets import Dataset, _load_npz, _save_npz
+from pyro_vae.data.cache import load_npz, save_npz
+from pyro_vae.data.datasets import Dataset
 from pyro_vae.errors import DataError
 from pyro_vae.files import exclusive_lock
 
@@ -50,6 +53,79 @@ def _dataset(name: str, arrays: Dict[str, np.ndarray], source: str) -> Dataset:
     flat = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32).reshape(len(v), -1))  # noqa: E731
     labels = lambda k: torch.from_numpy(arrays[k].astype(np.int64)) if k in arrays else None  # noqa: E731
     return Dataset(name, flat(x_train), flat(x_test), shape, labels("y_train"), labels("y_test"), info={"source": source})
+
+
+def _check_x(path: Path, name: str, x: np.ndarray) -> None:
+    if np.iscomplexobj(x):
+        raise DataError(f"{path}: {name} holds complex numbers ({x.dtype}); a VAE here models real values: save the "
+                        "real part, or the real and imaginary parts as separate features")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{path}: {name} must be numeric, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise DataError(f"{path}: {name} must hold one datapoint per row, shape (n, d), (n, h, w) or (n, c, h, w); got shape {x.shape}")
+    if 0 in x.shape:
+        raise DataError(f"{path}: {name} has shape {x.shape}, with no datapoints or no values per datapoint")
+
+
+@DATASETS.register("npz")
+def npz(*, root: Path, download: bool, path: str, test_fraction: float = 0.1) -> Dataset:
+    """A local ``.npz``: ``x`` (and optionally ``y``), or ``x_train``/``x_test``. Arrays may be
+    ``(n, d)``, ``(n, h, w)`` or ``(n, c, h, w)``; without a test array the last ``test_fraction``
+    of ``x`` is held out. ``uint8`` arrays are 8-bit images: divided by 255 (recorded in the
+    data's info); other dtypes are used as they are."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"npz file {p} does not exist; set data.path to a .npz with an 'x' array.")
+    if not 0 < test_fraction < 1:
+        raise DataError(f"data.test_fraction must lie strictly between 0 and 1 (the share of x held out for testing), not {test_fraction}")
+    a = load_npz(p, ())
+    if "x_train" in a and "x_test" in a:
+        xtr, xte, ytr, yte = a["x_train"], a["x_test"], a.get("y_train"), a.get("y_test")
+    elif "x" in a:
+        _check_x(p, "x", a["x"])
+        n = len(a["x"])
+        n_test = max(1, int(round(test_fraction * n)))
+        if n - n_test < 1:
+            raise DataError(f"{p}: {n} points are too few to hold out {n_test} for testing")
+        xtr, xte = a["x"][: n - n_test], a["x"][n - n_test :]
+        y = a.get("y")
+        if y is not None and len(y) != n:
+            raise DataError(f"{p}: y holds {len(y)} labels for {n} points in x; give one label per point, or drop y")
+        ytr, yte = (y[: n - n_test], y[n - n_test :]) if y is not None else (None, None)
+    else:
+        raise DataError(f"{p} has arrays {sorted(a)}; it needs 'x' (or 'x_train' and 'x_test').")
+    for name, v in (("x_train", xtr), ("x_test", xte)):
+        _check_x(p, name, v)
+    for name, x, v in (("y_train", xtr, ytr), ("y_test", xte, yte)):
+        if v is not None and len(v) != len(x):
+            raise DataError(f"{p}: {name} holds {len(v)} labels for {len(x)} points; give one label per point, or drop it")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(f"{p}: the train and test points differ in shape: {xtr.shape[1:]} and {xte.shape[1:]}")
+    for name, v in (("y (train)", ytr), ("y (test)", yte)):
+        whole = v is not None and (
+            np.issubdtype(v.dtype, np.integer)
+            or (np.issubdtype(v.dtype, np.floating) and bool(np.all(np.isfinite(v) & (v == np.round(v)))))
+        )
+        if v is not None and not whole:
+            raise DataError(f"{p}: labels {name} must be whole-number class labels (dtype {v.dtype}); drop them or map them to 0..K-1")
+    shape = tuple(int(s) for s in xtr.shape[1:])
+    # 8-bit images (0..255, as PIL and most image files store them) become grey levels in [0, 1], as
+    # torchvision's ToTensor and the other loaders do; any other dtype keeps its values
+    if (xtr.dtype == np.uint8) != (xte.dtype == np.uint8):
+        raise DataError(f"{p}: x_train is {xtr.dtype} and x_test {xte.dtype}; save both as 8-bit images (uint8) or both as grey levels")
+    scale = 1.0 / 255.0 if xtr.dtype == np.uint8 else 1.0
+    if np.issubdtype(xtr.dtype, np.integer) and xtr.dtype != np.uint8 and xtr.size and 1 < xtr.max() <= 255 and xtr.min() >= 0:
+        warnings.warn(
+            f"pyro-vae: {p}: x holds whole numbers from {xtr.min()} to {xtr.max()} as {xtr.dtype}, used as they are. If "
+            "they are 8-bit images, save them as uint8 (e.g. x.astype(np.uint8)): those are read as grey levels in [0, 1].",
+            UserWarning,
+            stacklevel=2,
+        )
+    flat = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32).reshape(len(v), -1) * np.float32(scale))  # noqa: E731
+    lab = lambda v: None if v is None else torch.from_numpy(np.asarray(v).astype(np.int64))  # noqa: E731
+    info = {"source": str(p), **({"scaled": "uint8 / 255"} if scale != 1.0 else {})}
+    return Dataset("npz", flat(xtr), flat(xte), shape, lab(ytr), lab(yte), info=info)
+
 
 
 @DATASETS.register("image_folder")
@@ -92,8 +168,8 @@ def image_folder(
             arrays = {"x_train": x_train, "x_test": x_test}
             if y_train is not None:
                 arrays.update(y_train=y_train, y_test=y_test)
-            _save_npz(cache, **arrays)
-    return _dataset("image_folder", _load_npz(cache, ("x_train", "x_test")), f"{folder} ({len(files)} images, cached in {cache})")
+            save_npz(cache, **arrays)
+    return _dataset("image_folder", load_npz(cache, ("x_train", "x_test")), f"{folder} ({len(files)} images, cached in {cache})")
 
 
 def _import_target(target: str) -> Any:
@@ -153,5 +229,5 @@ def torch_dataset(
             arrays = {"x_train": x_train, "x_test": x_test}
             if y_train is not None and y_test is not None:
                 arrays.update(y_train=y_train, y_test=y_test)
-            _save_npz(cache, **arrays)
-    return _dataset("torch_dataset", _load_npz(cache, ("x_train", "x_test")), f"{target} (cached in {cache})")
+            save_npz(cache, **arrays)
+    return _dataset("torch_dataset", load_npz(cache, ("x_train", "x_test")), f"{target} (cached in {cache})")

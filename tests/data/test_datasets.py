@@ -12,6 +12,7 @@ from pyro_vae.components.likelihoods import Bernoulli, Beta, ContinuousBernoulli
 from pyro_vae.config import DataConfig
 from pyro_vae.config.build import dataset_from_config
 from pyro_vae.data import datasets as D
+from pyro_vae.data import external, frey_face, mnist
 from pyro_vae.data.safe_pickle import load_arrays
 from pyro_vae.errors import DataError
 
@@ -29,7 +30,7 @@ def test_safe_pickle_reads_numpy_arrays(tmp_path, protocol):
     path = tmp_path / "mnist.pkl.gz"
     parts = _mnist_like_pickle(path, protocol=protocol)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    arrays = D.read_mnist_pickle(path, expected_sha256=sha)
+    arrays = mnist.read_mnist_pickle(path, expected_sha256=sha)
     np.testing.assert_array_equal(arrays["x_train"], parts[0][0])
     np.testing.assert_array_equal(arrays["y_test"], parts[2][1])
 
@@ -49,14 +50,14 @@ def test_pickle_with_code_is_rejected(tmp_path):
     with gzip.open(path, "wb") as f:
         f.write(payload)
     with pytest.raises(DataError, match="refusing"):
-        D.read_mnist_pickle(path, expected_sha256=None)
+        mnist.read_mnist_pickle(path, expected_sha256=None)
 
 
 def test_bad_checksum_is_a_clear_error(tmp_path):
     path = tmp_path / "mnist.pkl.gz"
     _mnist_like_pickle(path)
     with pytest.raises(DataError, match="checksum mismatch.*pyro-vae data fetch mnist"):
-        D.read_mnist_pickle(path)  # the real MNIST checksum
+        mnist.read_mnist_pickle(path)  # the real MNIST checksum
 
 
 def test_mnist_from_local_pickle_and_cache(tmp_path, monkeypatch):
@@ -65,17 +66,17 @@ def test_mnist_from_local_pickle_and_cache(tmp_path, monkeypatch):
     _mnist_like_pickle(folder / "mnist.pkl.gz")
     # A local file with the wrong checksum is refused, never silently used.
     with pytest.raises(DataError, match="checksum"):
-        D.mnist(root=tmp_path, download=False)
-    monkeypatch.setattr(D, "MNIST_SHA256", hashlib.sha256((folder / "mnist.pkl.gz").read_bytes()).hexdigest())
-    monkeypatch.setattr(D.read_mnist_pickle, "__defaults__", (D.MNIST_SHA256,))
-    data = D.mnist(root=tmp_path, download=False)
+        mnist.mnist(root=tmp_path, download=False)
+    monkeypatch.setattr(mnist, "MNIST_SHA256", hashlib.sha256((folder / "mnist.pkl.gz").read_bytes()).hexdigest())
+    monkeypatch.setattr(mnist.read_mnist_pickle, "__defaults__", (mnist.MNIST_SHA256,))
+    data = mnist.mnist(root=tmp_path, download=False)
     assert data.x_train.shape == (5, 784) and data.x_test.shape == (4, 784) and data.x_shape == (1, 28, 28)
     assert (folder / "mnist.npz").exists()
 
 
 def test_missing_mnist_without_download_says_what_to_do(tmp_path):
     with pytest.raises(DataError, match="pyro-vae data fetch mnist"):
-        D.mnist(root=tmp_path, download=False)
+        mnist.mnist(root=tmp_path, download=False)
 
 
 def _write_frey(path, n=20):
@@ -89,39 +90,39 @@ def test_frey_face_loader_on_small_mat(tmp_path):
     folder = tmp_path / "frey-face"
     folder.mkdir()
     ff = _write_frey(folder / "frey_rawface.mat")
-    data = D.frey_face(root=tmp_path, download=False, train_size=15)
+    data = frey_face.frey_face(root=tmp_path, download=False, train_size=15)
     assert data.x_shape == (1, 28, 20) and data.x_train.shape == (15, 560) and data.x_test.shape == (5, 560)
     np.testing.assert_allclose(data.x_train[0].numpy(), ff[:, 0] / 256.0, rtol=1e-6)
     assert (folder / "frey_rawface.mat.sha256").exists()
     # A changed file no longer matches its first-use checksum.
     _write_frey(folder / "frey_rawface.mat", n=21)
     with pytest.raises(DataError, match="changed since first use"):
-        D.frey_face(root=tmp_path, download=False, train_size=15)
+        frey_face.frey_face(root=tmp_path, download=False, train_size=15)
     with pytest.raises(DataError, match="checksum mismatch"):
-        D.frey_face(root=tmp_path, download=False, train_size=15, sha256="0" * 64)
+        frey_face.frey_face(root=tmp_path, download=False, train_size=15, sha256="0" * 64)
 
 
 def test_frey_face_wrong_shape_and_missing(tmp_path):
     scipy.io.savemat(str(tmp_path / "bad.mat"), {"ff": np.zeros((100, 3), np.uint8)})
     with pytest.raises(DataError, match="expected \\(560, n_images\\)"):
-        D.frey_face(root=tmp_path, download=False, path=str(tmp_path / "bad.mat"))
+        frey_face.frey_face(root=tmp_path, download=False, path=str(tmp_path / "bad.mat"))
     with pytest.raises(DataError, match="does not exist.*frey_rawface.mat"):
-        D.frey_face(root=tmp_path, download=False)
+        frey_face.frey_face(root=tmp_path, download=False)
 
 
 def test_npz_loader_and_errors(tmp_path):
     x = np.random.default_rng(0).random((50, 4, 4)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(50))
-    data = D.npz(root=tmp_path, download=False, path=str(tmp_path / "d.npz"), test_fraction=0.2)
+    data = external.npz(root=tmp_path, download=False, path=str(tmp_path / "d.npz"), test_fraction=0.2)
     assert data.x_train.shape == (40, 16) and data.x_shape == (4, 4) and data.y_test.shape == (10,)
     np.savez(tmp_path / "noxs.npz", images=x)
     with pytest.raises(DataError, match="needs 'x'"):
-        D.npz(root=tmp_path, download=False, path=str(tmp_path / "noxs.npz"))
+        external.npz(root=tmp_path, download=False, path=str(tmp_path / "noxs.npz"))
     np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
     with pytest.raises(DataError, match="no pickled objects"):
-        D.npz(root=tmp_path, download=False, path=str(tmp_path / "obj.npz"))
+        external.npz(root=tmp_path, download=False, path=str(tmp_path / "obj.npz"))
     with pytest.raises(DataError, match="does not exist"):
-        D.npz(root=tmp_path, download=False, path=str(tmp_path / "none.npz"))
+        external.npz(root=tmp_path, download=False, path=str(tmp_path / "none.npz"))
 
 
 def test_data_sizes_generate_synthetic_points_and_cut_stored_ones(tmp_path):
@@ -149,16 +150,16 @@ def test_data_sizes_generate_synthetic_points_and_cut_stored_ones(tmp_path):
 def test_npz_contents_are_checked(tmp_path, arrays, message):
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(DataError, match=message):
-        D.npz(root=tmp_path, download=False, path=str(tmp_path / "d.npz"))
+        external.npz(root=tmp_path, download=False, path=str(tmp_path / "d.npz"))
 
 
 def test_npz_takes_whole_float_labels_and_refuses_a_non_archive_without_pickle_advice(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.random.rand(10, 3), y=np.arange(10.0) % 3)
-    data = D.npz(root=tmp_path, download=False, path=str(tmp_path / "d.npz"))
+    data = external.npz(root=tmp_path, download=False, path=str(tmp_path / "d.npz"))
     assert data.y_train.dtype == torch.int64 and data.y_train.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2]
     (tmp_path / "text.npz").write_text("hello")  # np.load would read it as a pickle and suggest allow_pickle
     with pytest.raises(DataError, match="is not a .npz archive") as err:
-        D.npz(root=tmp_path, download=False, path=str(tmp_path / "text.npz"))
+        external.npz(root=tmp_path, download=False, path=str(tmp_path / "text.npz"))
     assert "allow_pickle" not in str(err.value)
 
 
@@ -166,22 +167,22 @@ def test_npz_of_8_bit_images_becomes_grey_levels_and_says_so(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (10, 2, 3)).astype(np.uint8)
     pixels[0, 0, 0], pixels[0, 0, 1] = 0, 255
     np.savez(tmp_path / "u8.npz", x=pixels)
-    data = D.npz(root=tmp_path, download=False, path=str(tmp_path / "u8.npz"), test_fraction=0.2)
+    data = external.npz(root=tmp_path, download=False, path=str(tmp_path / "u8.npz"), test_fraction=0.2)
     assert data.x_train.dtype == torch.float32 and data.info["scaled"] == "uint8 / 255"
     np.testing.assert_allclose(data.x_train.numpy(), pixels[:8].reshape(8, 6) / 255.0, rtol=1e-6)
     assert data.x_train.min() == 0 and data.x_train.max() == 1
     wide = pixels.astype(np.int64)  # other integer types keep their values (counts, 0/1 data)
     np.savez(tmp_path / "i64.npz", x=wide)
     with pytest.warns(UserWarning, match="whole numbers from 0 to 255 as int64, used as they are.*save them as uint8"):
-        kept = D.npz(root=tmp_path, download=False, path=str(tmp_path / "i64.npz"), test_fraction=0.2)
+        kept = external.npz(root=tmp_path, download=False, path=str(tmp_path / "i64.npz"), test_fraction=0.2)
     assert kept.x_train.max() > 1 and "scaled" not in kept.info
     np.savez(tmp_path / "binary.npz", x=(wide > 127).astype(np.int64))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 0/1 data in an integer type: nothing to warn about
-        D.npz(root=tmp_path, download=False, path=str(tmp_path / "binary.npz"), test_fraction=0.2)
+        external.npz(root=tmp_path, download=False, path=str(tmp_path / "binary.npz"), test_fraction=0.2)
     np.savez(tmp_path / "mixed.npz", x_train=pixels[:8], x_test=pixels[8:] / 255.0)
     with pytest.raises(DataError, match="x_train is uint8 and x_test float64; save both"):
-        D.npz(root=tmp_path, download=False, path=str(tmp_path / "mixed.npz"))
+        external.npz(root=tmp_path, download=False, path=str(tmp_path / "mixed.npz"))
 
 
 def test_idx_reader(tmp_path):
@@ -189,10 +190,10 @@ def test_idx_reader(tmp_path):
     header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
     with gzip.open(tmp_path / "a-idx3-ubyte.gz", "wb") as f:
         f.write(header + arr.tobytes())
-    np.testing.assert_array_equal(D.read_idx(tmp_path / "a-idx3-ubyte.gz"), arr)
+    np.testing.assert_array_equal(mnist.read_idx(tmp_path / "a-idx3-ubyte.gz"), arr)
     (tmp_path / "trunc").write_bytes(header + arr.tobytes()[:5])
     with pytest.raises(DataError, match="truncated"):
-        D.read_idx(tmp_path / "trunc")
+        mnist.read_idx(tmp_path / "trunc")
 
 
 def test_binarization_is_recorded_and_seeded(tmp_path):
