@@ -197,7 +197,7 @@ class VAE(nn.Module):
 EstimatorFn = TypeVar("EstimatorFn", bound=Callable[..., Any])
 
 
-OWN_PROGRAM_ESTIMATORS = "iwae, elbo, ais, bdmc and hmc_marginal_likelihood"  # the ones that also take (model, guide, x)
+OWN_PROGRAM_ESTIMATORS = "iwae, elbo, ais, bdmc, hmc_marginal_likelihood, gap_report, optimise_local_gaussians and active_units"  # the ones that also take (model, guide, x)
 
 
 def without_param_store(fn: EstimatorFn) -> EstimatorFn:

@@ -6,7 +6,8 @@ the variance over datapoints of the guide's mean of each latent coordinate: an i
 posterior mean does not move with x (its q(z_u|x) stays near the prior, it carries no
 information about x). Reported beside the IWAE estimate, as Burda et al. report it.
 
-The guide is reached through its Pyro trace, so every guide of the registry works: where the
+The guide is reached through its Pyro trace, so every guide of the registry works, and so does a
+user's own ``(model, guide)`` (the coordinates of its latent sites, in their own values): where a
 latent site's distribution has a closed-form mean (the Gaussian guides) it is read from the trace;
 otherwise (an IAF guide) it is estimated from ``num_samples`` draws of q(z|x), and the Monte Carlo
 noise this adds to the variance over x, E_x[Var_q(z_u) / S], is estimated from the same draws
@@ -22,6 +23,7 @@ import pyro.poutine as poutine
 import torch
 
 from pyro_vae.model import VAE, without_param_store
+from pyro_vae.programs import accepts_pyro_programs
 from pyro_vae.traces import sample_latents, sample_sites
 
 ACTIVITY_THRESHOLD = 1e-2  # Burda et al.'s
@@ -31,6 +33,7 @@ def _latent_sites(trace: poutine.Trace) -> List[Dict[str, Any]]:
     return [site for site in sample_sites(trace) if not site["is_observed"]]
 
 
+@accepts_pyro_programs
 @without_param_store
 @torch.no_grad()
 def active_units(
