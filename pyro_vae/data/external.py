@@ -34,14 +34,25 @@ def _cache_path(root: Path, kind: str, key: Dict[str, Any]) -> Path:
     return root / kind / f"{digest}.npz"
 
 
-def _split(x: np.ndarray, y: Optional[np.ndarray], test_fraction: float, seed: int) -> Tuple[np.ndarray, ...]:
-    """A seeded random split: the classes of a folder come in order, so the last rows would be one class."""
+def _check_test_fraction(test_fraction: float) -> None:
     if not 0 < test_fraction < 1:
-        raise DataError(f"data.test_fraction must lie strictly between 0 and 1, not {test_fraction}")
-    n = len(x)
+        raise DataError(f"data.test_fraction must lie strictly between 0 and 1 (the share of the points held out for testing), "
+                        f"not {test_fraction}")
+
+
+def _test_size(n: int, test_fraction: float, source: str) -> int:
+    """How many of ``n`` points a ``test_fraction`` holds out: at least one, and one left to train on."""
+    _check_test_fraction(test_fraction)
     n_test = max(1, int(round(test_fraction * n)))
     if n - n_test < 1:
-        raise DataError(f"{n} points are too few to hold out {n_test} for testing")
+        raise DataError(f"{source}: {n} points are too few to hold out {n_test} for testing")
+    return n_test
+
+
+def _split(x: np.ndarray, y: Optional[np.ndarray], test_fraction: float, seed: int, source: str) -> Tuple[np.ndarray, ...]:
+    """A seeded random split: the classes of a folder come in order, so the last rows would be one class."""
+    n = len(x)
+    n_test = _test_size(n, test_fraction, source)
     order = np.random.default_rng(seed).permutation(n)
     train, test = order[: n - n_test], order[n - n_test :]
     return x[train], x[test], (None if y is None else y[train]), (None if y is None else y[test])
@@ -76,17 +87,14 @@ def npz(*, root: Path, download: bool, path: str, test_fraction: float = 0.1) ->
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"npz file {p} does not exist; set data.path to a .npz with an 'x' array.")
-    if not 0 < test_fraction < 1:
-        raise DataError(f"data.test_fraction must lie strictly between 0 and 1 (the share of x held out for testing), not {test_fraction}")
+    _check_test_fraction(test_fraction)
     a = load_npz(p, ())
     if "x_train" in a and "x_test" in a:
         xtr, xte, ytr, yte = a["x_train"], a["x_test"], a.get("y_train"), a.get("y_test")
     elif "x" in a:
         _check_x(p, "x", a["x"])
         n = len(a["x"])
-        n_test = max(1, int(round(test_fraction * n)))
-        if n - n_test < 1:
-            raise DataError(f"{p}: {n} points are too few to hold out {n_test} for testing")
+        n_test = _test_size(n, test_fraction, str(p))
         xtr, xte = a["x"][: n - n_test], a["x"][n - n_test :]
         y = a.get("y")
         if y is not None and len(y) != n:
@@ -139,6 +147,7 @@ def image_folder(
     A seeded random ``test_fraction`` is held out."""
     from PIL import Image
 
+    _check_test_fraction(test_fraction)  # before the images are read
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise DataError(f"data.path {folder} is not a folder of images; point it at one (one subfolder per class, or images)")
@@ -164,7 +173,7 @@ def image_folder(
                 images.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
                 labels.append(classes.index(p.parent.name) if p.parent != folder else -1)
             x, y = np.stack(images), np.asarray(labels)
-            x_train, x_test, y_train, y_test = _split(x, y if classes else None, test_fraction, split_seed)
+            x_train, x_test, y_train, y_test = _split(x, y if classes else None, test_fraction, split_seed, str(folder))
             arrays = {"x_train": x_train, "x_test": x_test}
             if y_train is not None:
                 arrays.update(y_train=y_train, y_test=y_test)
@@ -212,6 +221,8 @@ def torch_dataset(
     train and test sets are ``Class(**kwargs, <split_argument>=True/False)`` (torchvision's
     ``train``); otherwise a seeded random ``test_fraction`` of one set is held out. Importing the
     module runs its code: name only modules you trust."""
+    if not split_argument:
+        _check_test_fraction(test_fraction)  # before the data set is built
     key = {"target": target, "kwargs": kwargs, "split_argument": split_argument, "test_fraction": test_fraction, "split_seed": split_seed}
     cache = _cache_path(root, "torch_dataset", key)
     with exclusive_lock(cache.parent, "the dataset cache", wait=True):
@@ -225,7 +236,7 @@ def torch_dataset(
             if split_argument:
                 (x_train, y_train), (x_test, y_test) = read
             else:
-                x_train, x_test, y_train, y_test = _split(read[0][0], read[0][1], test_fraction, split_seed)
+                x_train, x_test, y_train, y_test = _split(read[0][0], read[0][1], test_fraction, split_seed, target)
             arrays = {"x_train": x_train, "x_test": x_test}
             if y_train is not None and y_test is not None:
                 arrays.update(y_train=y_train, y_test=y_test)
