@@ -48,6 +48,8 @@ def optimise_local_gaussians(
     fitted on its own (Adam's update is elementwise), so the datapoints run in chunks whose working
     memory, measured on the model, stays under ``memory_gb``: the fit's ``num_samples`` particles
     with their gradient pass, or the final ELBO's 100."""
+    if steps < 0 or num_samples < 1 or not 0 < lr < math.inf:
+        raise ValueError(f"the local Gaussians need steps >= 0, num_samples >= 1 and a finite lr > 0 (got {steps}, {num_samples}, {lr})")
     vae.check_points(x)
     per_point = max(num_samples * bytes_per_chain(vae, x), FINAL_SAMPLES * bytes_per_particle(vae, x))
     chunk = datapoints_per_chunk(x.shape[0], per_point, memory_gb, x.device)

@@ -428,6 +428,9 @@ def test_estimators_reject_counts_and_memory_caps_below_one(problem):
         (lambda: E.ais(vae, x, num_steps=3, step_size=-0.1), "step size must be a finite number > 0, got -0.1"),
         (lambda: E.hmc_marginal_likelihood(vae, x, step_size=0.0), "step size must be a finite number > 0, got 0.0"),
         (lambda: E.bdmc(vae, num_points=0), "num_points .* must be >= 1, got 0"),
+        (lambda: E.optimise_local_gaussians(vae, x, num_samples=0), r"num_samples >= 1 .*\(got 300, 0, 0.05\)"),
+        (lambda: E.optimise_local_gaussians(vae, x, lr=-1.0), "a finite lr > 0"),
+        (lambda: E.gap_report(vae, x, k=0), "k must be >= 1"),
     ]
     for call, message in bad:
         with pytest.raises(ValueError, match=message):
