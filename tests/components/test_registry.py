@@ -9,6 +9,7 @@ import torch
 
 from pyro_vae import estimators
 from pyro_vae.components.registry import (
+    DATASETS,
     GUIDES,
     LIKELIHOODS,
     NETWORKS,
@@ -19,6 +20,7 @@ from pyro_vae.config import Component
 from pyro_vae.config.build import vae_from_config
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.errors import ConfigError
+from pyro_vae.runs.load import load_run
 from pyro_vae.training.trainer import Trainer
 from tests.conftest import tiny_config
 
@@ -249,6 +251,34 @@ def test_a_component_of_ones_own_works_from_the_command_line_through_imports(tmp
         assert "no module 'my_priors' on the Python path or in the current folder" in err and "PYTHONPATH" in err
     finally:
         _forget("my_priors")
+
+
+def test_a_data_set_of_ones_own_is_registered_and_trained_on_through_imports(tmp_path, monkeypatch):
+    """The data-set builder of docs/guide.md, *Adding a component*: ``root`` and ``download`` from
+    the run, its own options from the config, a ``Dataset`` back."""
+    import sys
+
+    from pyro_vae.cli import main
+
+    (tmp_path / "my_data.py").write_text(
+        "import torch\n"
+        "from pyro_vae.components.registry import DATASETS\n"
+        "from pyro_vae.data import Dataset\n\n"
+        "@DATASETS.register('blobs')\n"
+        "def blobs(*, root, download: bool, n: int = 120, seed: int = 0) -> Dataset:\n"
+        "    x = torch.randn(n, 5, generator=torch.Generator().manual_seed(seed))\n"
+        "    return Dataset('blobs', x[: n - 20], x[n - 20 :], (5,))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert main(["train", "tiny", "--run-dir", "run", "--no-progress", "--set", "training.epochs=1",
+                     "--set", "imports=[my_data]", "--set", "data.name=blobs", "--set", "data.n=60",
+                     "--set", "data.n_train=null", "--set", "data.n_test=null", "--set", "training.batch_size=20"]) == 0
+        run = load_run(tmp_path / "run")
+        assert run.x_train.shape == (40, 5) and run.x_test.shape == (20, 5)
+    finally:
+        sys.modules.pop("my_data", None)
+        DATASETS._entries.pop("blobs", None)
 
 
 def test_imports_name_modules_and_say_what_went_wrong(tmp_path, monkeypatch):
