@@ -11,7 +11,7 @@ batch) pass through untouched.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ class _InPlaceWithoutGrad(nn.Module):
     IWAE-k pushes k x hidden activations per datapoint through it, and a fresh output tensor per
     layer costs an allocation and a pass); with gradients it is the ordinary function."""
 
-    def __init__(self, name: str, fn, fn_) -> None:
+    def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], fn_: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.name, self.fn, self.fn_ = name, fn, fn_
 

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae import __version__, distributed
-from pyro_vae.config import RunConfig, as_run_config, save as save_config
+from pyro_vae.config import RunConfig, TrainingConfig, as_run_config, save as save_config
 from pyro_vae.config.build import dataset_from_config, objective_from_config, optimizer_from_config, vae_from_config
 from pyro_vae.data.datasets import Dataset, binarize, binarize_dynamic, check_support
 from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError, TrainingError
@@ -455,7 +455,7 @@ class Trainer:
             self.optimizer.step()
         return loss
 
-    def _train_epoch(self, n: int, cfg) -> Dict[str, Any]:
+    def _train_epoch(self, n: int, cfg: TrainingConfig) -> Dict[str, Any]:
         start = time.perf_counter()
         opt, objective = self.optimizer, self.objective
         dynamic = self.config.data.binarize == "dynamic"
