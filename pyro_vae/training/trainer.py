@@ -327,8 +327,8 @@ class Trainer:
             self._truncate_metrics()
         elif ckpt.exists():
             raise CheckpointError(
-                f"{self.run_dir} already holds a run (checkpoint.pt). Pass --resume to continue it, or "
-                "choose another --run-dir."
+                f"{self.run_dir} already holds a run (checkpoint.pt). Pass --resume (from Python, train(resume=True)) "
+                "to continue it, or choose another --run-dir."
             )
         else:
             check_new_run_folder(self.run_dir)
