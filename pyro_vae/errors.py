@@ -1,5 +1,6 @@
 """Error types. Every error a user can cause names the problem and the fix."""
 
+import os
 import warnings
 
 
@@ -17,6 +18,15 @@ class DataError(PyroVAEError, ValueError):
 
 class CheckpointError(PyroVAEError, ValueError):
     """A checkpoint or run folder cannot be read or resumed."""
+
+
+def not_a_run_folder(path: "os.PathLike[str]") -> CheckpointError:
+    """The error for a path given as a run folder that holds no run (no config.yaml): a file in a
+    run folder (its checkpoint, its config) names the folder to pass instead."""
+    if os.path.isfile(path):
+        return CheckpointError(f"{path} is a file; pass the run folder that holds it ({os.path.dirname(path) or '.'}), as "
+                               "`pyro-vae train` wrote it.")
+    return CheckpointError(f"{path} is not a run folder (no config.yaml); pass the folder `pyro-vae train` wrote.")
 
 
 class EstimateError(PyroVAEError, RuntimeError):

@@ -159,6 +159,18 @@ def test_a_bad_flag_is_named_before_anything_is_loaded(tmp_path, capsys, argv, m
     assert message in capsys.readouterr().err
 
 
+def test_a_file_of_a_run_folder_given_for_the_folder_names_the_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
+    capsys.readouterr()
+    for argv in (["evaluate", str(run / "checkpoint.pt"), "--k", "5"], ["show", str(run / "config.yaml")],
+                 ["sample", str(run / "metrics.csv")]):
+        assert main(argv) == 2
+        assert f"is a file; pass the run folder that holds it ({run})" in capsys.readouterr().err
+    assert main(["train", str(run / "checkpoint.pt"), "--resume"]) == 2
+    assert f"is a file of the run folder '{run}'; pass the folder itself" in capsys.readouterr().err
+
+
 def test_an_override_that_fails_is_named_with_the_file():
     from pyro_vae.config import load
 

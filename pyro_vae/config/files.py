@@ -125,6 +125,9 @@ def config_path(name_or_path: str | Path) -> Path:
     if path.is_dir():
         return path / "config.yaml"
     if path.exists():
+        if path.suffix not in (".yaml", ".yml", ".toml", ".json") and (path.parent / "config.yaml").is_file():
+            raise ConfigError(f"{str(path)!r} is a file of the run folder {str(path.parent)!r}; pass the folder itself "
+                              "(its config.yaml is read).")
         return path
     shipped = SHIPPED_CONFIGS / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
     if path.parent == Path(".") and shipped.is_file():

@@ -14,7 +14,7 @@ from pyro_vae import distributed
 from pyro_vae.config import RunConfig, load as load_config
 from pyro_vae.config.build import dataset_from_config, objective_from_config, vae_from_config
 from pyro_vae.data.datasets import Dataset
-from pyro_vae.errors import CheckpointError, DataError
+from pyro_vae.errors import CheckpointError, DataError, not_a_run_folder
 from pyro_vae.hardware import resolve_device
 from pyro_vae.model import VAE, set_validation
 from pyro_vae.runs.records import CONFIG_NAME, config_changes, data_changes
@@ -63,7 +63,7 @@ def load_run(run_dir: Path | str, device: Optional[str] = None, data: Optional[D
     run_dir = Path(run_dir)
     cfg_path = run_dir / CONFIG_NAME
     if not cfg_path.exists():
-        raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `pyro-vae train` wrote.")
+        raise not_a_run_folder(run_dir)
     config = load_config(cfg_path, [f"device={device}"] if device else [])
     dist = distributed.from_env()
     target = resolve_device(config.device)

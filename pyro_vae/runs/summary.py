@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from pyro_vae.errors import CheckpointError
+from pyro_vae.errors import CheckpointError, not_a_run_folder
 
 # settings that say how an estimate was computed, not what it is (left out of the one-line listing)
 _HOW = ("memory_gb", "chunk_particles", "chunk_datapoints", "world_size")
@@ -105,7 +105,7 @@ def run_summary(run_dir: Path | str) -> str:
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
     except OSError:
-        raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `pyro-vae train` wrote.") from None
+        raise not_a_run_folder(run_dir) from None
     except yaml.YAMLError as e:
         raise CheckpointError(f"{run_dir / 'config.yaml'} is not valid YAML ({e}); was it edited by hand?") from None
     model, data = config.get("model") or {}, config.get("data") or {}
