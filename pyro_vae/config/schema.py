@@ -255,6 +255,15 @@ def _unknown_key_message(loc: Tuple[Any, ...]) -> str:
     return f"unknown key ({hint}{where}{', '.join(known)}; see docs/guide.md, 'Config reference')"
 
 
+def _not_a_section_message(loc: Tuple[Any, ...], value: Any) -> str:
+    """For a value where a section belongs (``data: mnist``, ``--set training=5``)."""
+    key = ".".join(map(str, loc))
+    if tuple(loc) in COMPONENT_SECTIONS:
+        example = f" (for the one named {value!r}: {{name: {value}}}, or --set {key}.name={value})" if isinstance(value, str) else ""
+        return f"must be a component, {{name: ..., option: value, ...}}{example}"
+    return f"must be a section of keys ({', '.join(_section_keys(tuple(loc)))})"
+
+
 def _format_validation_error(source: str, e: ValidationError) -> str:
     """Pydantic's errors in one line: each as ``key: what is wrong, got value``."""
     problems = []
@@ -263,6 +272,8 @@ def _format_validation_error(source: str, e: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = _unknown_key_message(tuple(err["loc"]))
+        elif err["type"] == "model_type":
+            msg = _not_a_section_message(tuple(err["loc"]), err.get("input"))
         elif err["type"] == "string_pattern_mismatch" and err["loc"] == ("name",):
             msg = ("must be a plain folder name (letters, digits, '_', '.', '-'), since it names runs/<name>; "
                    "to write elsewhere give --run-dir")

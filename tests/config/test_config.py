@@ -107,6 +107,11 @@ def test_unknown_key_and_bad_type_are_named():
         tiny_config(trainin={"epochs": 3})
     with pytest.raises(ConfigError, match=r"optimizer.schedule.gama: unknown key \(did you mean optimizer.schedule.gamma\?"):
         tiny_config(optimizer={"name": "adam", "schedule": {"gama": 0.5}})
+    with pytest.raises(ConfigError, match=r"data: must be a component, \{name: ..., option: value, ...\} \(for the one named "
+                                          r"'mnist': \{name: mnist\}, or --set data.name=mnist\), got 'mnist'"):
+        tiny_config(data="mnist")
+    with pytest.raises(ConfigError, match=r"training: must be a section of keys \(epochs, sample_budget, .*\), got 5"):
+        tiny_config(training=5)
     with pytest.raises(ConfigError, match="model.z_dim"):
         tiny_config(model={"z_dim": "twenty"})
     with pytest.raises(ConfigError, match="data.binarize"):
