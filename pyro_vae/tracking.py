@@ -17,6 +17,7 @@ from typing import Any, Dict
 import torch
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.files import folder_path
 
 # the metric fields written as TensorBoard scalars (NaN where an epoch did not measure one)
 SCALARS = ("train_objective", "train_elbo", "test_elbo", "test_elbo_stderr", "lr", "epoch_seconds")
@@ -47,7 +48,7 @@ class TensorBoardLogger(Callback):
         except ImportError:
             raise ConfigError("TensorBoard logging needs the tensorboard package: pip install \"pyro-vae[tensorboard]\" "
                               "(or pip install tensorboard), or leave logging.tensorboard off.") from None
-        self.log_dir = Path(log_dir)
+        self.log_dir = folder_path(log_dir, "the TensorBoard folder (logging.tensorboard, --tensorboard)")
         self.writer = SummaryWriter(str(self.log_dir))
         self.images = images
 

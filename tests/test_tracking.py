@@ -60,3 +60,12 @@ def test_the_tensorboard_flag_names_its_folder(tmp_path):
     assert main(["train", "tiny", "--run-dir", str(tmp_path / "r"), "--no-progress", "--set", "training.epochs=1",
                  "--tensorboard", str(tmp_path / "tb")]) == 0
     assert "train/test_elbo" in _events(tmp_path / "tb").Tags()["scalars"]
+
+
+def test_a_tensorboard_folder_that_is_a_file_is_named_before_the_run_starts(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    assert main(["train", "tiny", "--run-dir", str(tmp_path / "r"), "--no-progress", "--tensorboard", str(blocker / "tb")]) == 2
+    assert f"the TensorBoard folder (logging.tensorboard, --tensorboard) {blocker / 'tb'}: {blocker} is a file" in capsys.readouterr().err
+    assert blocker.read_text() == "mine" and not (tmp_path / "r").exists()
