@@ -213,6 +213,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from pyro_vae.runs.load import load_run
 
     trained = load_run(args.run, device=args.device)
+    folder_path(Path(args.run) / "plots", "the plots folder", "move or rename that file (plot writes its pictures there)")
     torch.manual_seed(trained.config.seed)  # the samples drawn in the pictures
     written, skipped = plot_run(Path(args.run), trained.vae, trained.x_test, trained.data.y_test)
     for p in written:

@@ -90,17 +90,17 @@ def write_atomically_with(path: Path | str, write: Callable[[Path], Any]) -> Non
         write(tmp)
 
 
-def _check_no_file_in_the_way(folder: Path, what: str, given: Path) -> None:
+def _check_no_file_in_the_way(folder: Path, what: str, given: Path, fix: str = "choose another path") -> None:
     in_the_way = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if in_the_way is not None and not in_the_way.is_dir():
-        raise ConfigError(f"{what} {given}: {in_the_way} is a file, not a folder; choose another path.")
+        raise ConfigError(f"{what} {given}: {in_the_way} is a file, not a folder; {fix}.")
 
 
-def folder_path(path: Path | str, what: str) -> Path:
+def folder_path(path: Path | str, what: str, fix: str = "choose another path") -> Path:
     """``path`` as a folder that exists or can be created: a ConfigError naming ``what`` (e.g.
-    ``--run-dir``) if it, or a folder above it, is a file."""
+    ``--run-dir``) and ``fix`` if it, or a folder above it, is a file."""
     path = Path(path).expanduser()
-    _check_no_file_in_the_way(path, what, path)
+    _check_no_file_in_the_way(path, what, path, fix)
     return path
 
 

@@ -159,7 +159,7 @@ def test_a_bad_flag_is_named_before_anything_is_loaded(tmp_path, capsys, argv, m
     assert message in capsys.readouterr().err
 
 
-def test_a_file_of_a_run_folder_given_for_the_folder_names_the_folder(tmp_path, capsys):
+def test_a_file_of_a_run_folder_given_for_the_folder_names_the_folder_and_a_file_in_the_way_of_plots_is_named(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
     capsys.readouterr()
@@ -169,6 +169,10 @@ def test_a_file_of_a_run_folder_given_for_the_folder_names_the_folder(tmp_path, 
         assert f"is a file; pass the run folder that holds it ({run})" in capsys.readouterr().err
     assert main(["train", str(run / "checkpoint.pt"), "--resume"]) == 2
     assert f"is a file of the run folder '{run}'; pass the folder itself" in capsys.readouterr().err
+    (run / "plots").write_text("notes")  # where `plot` draws: named, not replaced or a traceback
+    assert main(["plot", str(run)]) == 2
+    assert f"the plots folder {run / 'plots'}: {run / 'plots'} is a file, not a folder; move or rename" in capsys.readouterr().err
+    assert (run / "plots").read_text() == "notes"
 
 
 def test_an_override_that_fails_is_named_with_the_file():
