@@ -130,8 +130,10 @@ def exclusive_lock(folder: Path | str, what: str, wait: bool) -> Iterator[None]:
     """Hold ``folder/.lock`` (an advisory ``flock``, released when the process ends, however it
     ends) for the block. ``wait``: wait for another holder (a data cache being built: then read
     what it wrote); otherwise a second holder gets a :class:`BusyError` naming ``what``. A folder
-    where no lock file can be made (read-only) is not locked: nothing is written there either."""
+    where no lock file can be made (read-only) is not locked: nothing is written there either; a
+    file where the folder should be is a ConfigError naming it."""
     folder = Path(folder)
+    _check_no_file_in_the_way(folder, what, folder, "move or rename that file, or choose another folder")
     if fcntl is None:
         yield
         return

@@ -264,3 +264,12 @@ def test_dynamic_binarization_draws_bernoulli_pixels_from_the_global_generator()
     assert torch.allclose(freq, levels[0], atol=4 * (0.25 * 0.75 / 50_000) ** 0.5)  # within 4 standard errors
     torch.manual_seed(3)
     assert torch.equal(D.binarize_dynamic(levels), draws)  # seeded like every other draw of a run (resume)
+
+
+def test_a_file_where_a_data_cache_folder_goes_is_named(tmp_path):
+    from pyro_vae.errors import ConfigError
+
+    (tmp_path / "mnist").write_text("mine")
+    with pytest.raises(ConfigError, match=f"the MNIST cache {tmp_path / 'mnist'}: .* is a file, not a folder; move or rename that file"):
+        mnist.mnist(root=tmp_path, download=True)
+    assert (tmp_path / "mnist").read_text() == "mine"
