@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import signal
 import sys
@@ -436,9 +437,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as e:
         from pyro_vae.files import WRITE_FAILURES
 
+        where = f" ({e.filename})" if e.filename else ""
+        if e.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):  # a file and a folder where the other belongs
+            path = e.filename2 or e.filename  # a rename's destination
+            what = ("is a folder where pyro-vae writes a file" if e.errno == errno.EISDIR else
+                    "or a folder above it, is a file where pyro-vae needs a folder")
+            print(f"pyro-vae: error: {path}{',' if e.errno != errno.EISDIR else ''} {what}; move or rename it, or choose another "
+                  "folder (--run-dir, --out, data.root).", file=sys.stderr)
+            return 2
         if e.errno not in WRITE_FAILURES:
             raise
-        where = f" ({e.filename})" if e.filename else ""
         print(f"pyro-vae: error: cannot write{where}: {WRITE_FAILURES[e.errno]}. Free space or choose a folder you can "
               "write (--run-dir, --out, data.root); finished work (checkpoints, results) is kept.", file=sys.stderr)
         return 2

@@ -303,3 +303,14 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     assert re.search(r"ais: -\d+\.\d{3} \+- \d\.\d{3} nats \(n=20\) \[.*num_steps=200", out)
     assert namespace["later"].config.model.prior.name == "student_t" and namespace["samples"].shape == (16, 5)
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_folder_where_a_run_file_goes_is_named_not_a_traceback(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
+    (run / "run.json").unlink()
+    (run / "run.json").mkdir()
+    capsys.readouterr()
+    assert main(["train", str(run), "--resume", "--no-progress", "--set", "training.epochs=2"]) == 2
+    assert f"{run / 'run.json'} is a folder where pyro-vae writes a file; move or rename it" in capsys.readouterr().err
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # the atomic write left nothing behind
