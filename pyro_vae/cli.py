@@ -398,14 +398,20 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
         command = _command_parser(parser, args)
         flags = [f for action in command._actions for f in action.option_strings]
         given = [u.split("=")[0] for u in unknown if u.startswith("--")]
-        near = []
+        near: List[str] = []
         if "--set" in flags:  # `train --epochs 3`: a config setting, given with --set
             from pyro_vae.config.schema import setting_paths
 
             names = {g[2:].replace("-", "_") for g in given}
             near = [f"--set {path}=..." for path in setting_paths() if path.rsplit(".", 1)[-1] in names]
-        near = near or [m for g in given for m in difflib.get_close_matches(g, flags, n=2, cutoff=0.7)]
+        elif "--set" in given:  # `evaluate RUN --set evaluation.k=100`: this command's settings are flags
+            settings = [u.partition("=") for u in unknown if "=" in u and not u.startswith("-")]
+            near = [f"--{key.rpartition('.')[2].replace('_', '-')} {value}" for key, _, value in settings]
+            near = [n for n in near if n.split()[0] in flags]
+        near = near or [m for g in given for m in difflib.get_close_matches(g, flags, n=2, cutoff=0.7) if g != "--set"]
         hint = f"did you mean {' or '.join(dict.fromkeys(near))}? " if near else ""
+        if "--set" in given and "--set" not in flags:
+            hint += "--set is train's: this command takes its settings as flags; "
         command.error(f"unrecognized arguments: {' '.join(unknown)}; {hint}`{command.prog} --help` lists the options")
     return args
 

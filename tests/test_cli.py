@@ -149,6 +149,10 @@ def test_cli_errors_are_clear(tmp_path, capsys):
         (["train", "tiny", "--hidden", "3"], "did you mean --set model.decoder.hidden=... or --set model.encoder.hidden=...?"),
         (["data", "fetch", "mnist", "--rot", "d"], "pyro-vae data fetch: error: unrecognized arguments: --rot d; did you mean --root?"),
         (["plot", "RUN", "--zzz"], "pyro-vae plot: error: unrecognized arguments: --zzz; `pyro-vae plot --help` lists the options"),
+        (["evaluate", "RUN", "--set", "evaluation.ais_steps=100"], "unrecognized arguments: --set evaluation.ais_steps=100; did you mean "
+                                                                   "--ais-steps 100? --set is train's: this command takes its settings as flags"),
+        (["sample", "RUN", "--set", "x=1"], "unrecognized arguments: --set x=1; --set is train's: this command takes its settings as flags; "
+                                            "`pyro-vae sample --help` lists the options"),
     ],
 )
 def test_a_bad_flag_is_named_before_anything_is_loaded(tmp_path, capsys, argv, message):
