@@ -35,6 +35,7 @@ def data_root(root: Optional[str]) -> Path:
 
 
 def sha256_of(path: Path) -> str:
+    """The file's SHA-256 as hex digits, read in 1 MiB pieces."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
