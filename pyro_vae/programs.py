@@ -220,6 +220,13 @@ def latents_of(target: Any, u: torch.Tensor) -> Dict[str, torch.Tensor]:
     return target.latents(u) if isinstance(target, PyroModel) else _vae_latents(target, u)
 
 
+def chain_values(target: Any, u: torch.Tensor) -> Any:
+    """What an estimator keeps of its chains ``u`` ``(..., n, D)``: a VAE's draws of z as they are;
+    a user's program's as ``{site: value}`` in the sites' own (constrained) values, as Pyro's MCMC
+    returns them."""
+    return target.latents(u) if isinstance(target, PyroModel) else u
+
+
 def _at_sampler_points() -> ContextManager[None]:
     """Evaluate a user's program at the samplers' points without the distributions' argument checks.
 

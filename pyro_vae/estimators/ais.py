@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae.model import VAE, without_param_store
-from pyro_vae.programs import accepts_pyro_programs, sample_flat
+from pyro_vae.programs import accepts_pyro_programs, chain_values, sample_flat
 from pyro_vae.mcmc.hmc import BatchedHMC, to_inference_data
 from pyro_vae.estimators.memory import bytes_per_chain, datapoints_per_chunk
 from pyro_vae.mcmc.potentials import guide_log_density, model_log_densities
@@ -188,8 +188,8 @@ def ais(
             "log_weight_std_mean": float(log_w_std.mean()),
         },
         # one draw per chain: its final state, with its log importance weight and acceptance rate
-        chains=to_inference_data(final_states.unsqueeze(0), sample_stats={"log_weight": log_weights.unsqueeze(0),
-                                                                         "acceptance_rate": accept.unsqueeze(0)}),
+        chains=to_inference_data(chain_values(vae, final_states.unsqueeze(0)), sample_stats={"log_weight": log_weights.unsqueeze(0),
+                                                                                              "acceptance_rate": accept.unsqueeze(0)}),
     )
 
 

@@ -12,7 +12,7 @@ well behaved when q is narrower than the posterior, which a Gaussian fit to post
 usually is for small z. The paper evaluated with 4 leapfrog steps. For a program of one's own
 with latents on a constrained support, chains, fit and estimate are in its unconstrained
 coordinates u (:mod:`pyro_vae.programs`), with p(x, u) = p(x, T(u)) |det dT/du|: the Gaussian
-then has no mass outside the support.
+then has no mass outside the support. The chains the estimate keeps are the sites' own values.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 import torch
 
 from pyro_vae.model import VAE, without_param_store
-from pyro_vae.programs import accepts_pyro_programs, flat_log_densities, sample_flat
+from pyro_vae.programs import accepts_pyro_programs, chain_values, flat_log_densities, sample_flat
 from pyro_vae.mcmc.hmc import BatchedHMC, HMCStats, chain_diagnostics, to_inference_data
 from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
 from pyro_vae.mcmc.potentials import model_log_densities
@@ -89,7 +89,7 @@ def hmc_marginal_likelihood(
             "memory_gb": memory_gb, "chunk_datapoints": chunk,
         },
         diagnostics=diagnostics,
-        chains=to_inference_data(eval_draws, sample_stats=per_draw),
+        chains=to_inference_data(chain_values(vae, eval_draws), sample_stats=per_draw),
     )
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -206,19 +206,25 @@ def _arviz():
 
 
 def to_inference_data(
-    draws: torch.Tensor, name: str = "z", sample_stats: Optional[Dict[str, torch.Tensor]] = None
+    draws: Union[torch.Tensor, Mapping[str, torch.Tensor]], name: str = "z", sample_stats: Optional[Dict[str, torch.Tensor]] = None
 ) -> "arviz.InferenceData":
     """ArviZ ``InferenceData`` of draws ``(num_samples, chains, batch, D)`` (chains per datapoint
-    as ArviZ chains, datapoints and latent dimensions as coordinates), with the sampler's
-    statistics per draw ``(num_samples, chains, batch)`` (``HMCStats.per_draw``) as its
-    ``sample_stats`` group, so that ``az.summary`` and ``az.plot_trace`` read it as any sampler's."""
+    as ArviZ chains, datapoints and latent dimensions as coordinates), or of several latent sites
+    ``{site: (num_samples, chains, batch, *site shape)}``, each its own posterior variable with
+    coordinates ``datapoint`` and ``<site>_dim_i``; with the sampler's statistics per draw
+    ``(num_samples, chains, batch)`` (``HMCStats.per_draw``) as its ``sample_stats`` group, so that
+    ``az.summary`` and ``az.plot_trace`` read it as any sampler's."""
     az = _arviz()
-    arr = draws.detach().cpu().double().numpy().transpose(1, 0, 2, 3)  # (chain, draw, batch, D)
+    sites = {name: draws} if torch.is_tensor(draws) else dict(draws)
+    posterior, dims = {}, {}
+    for site, value in sites.items():
+        posterior[site] = value.detach().cpu().double().numpy().swapaxes(0, 1)  # (chain, draw, batch, ...)
+        event = ["latent_dim"] if torch.is_tensor(draws) else [f"{site}_dim_{i}" for i in range(value.dim() - 3)]
+        dims[site] = ["datapoint", *event]
     stats = {key: value.detach().cpu().numpy().swapaxes(0, 1) for key, value in (sample_stats or {}).items()}
     with warnings.catch_warnings():  # AIS and MCEM keep one draw per chain on purpose
         warnings.filterwarnings("ignore", message="More chains", category=UserWarning)
-        return az.from_dict(posterior={name: arr}, sample_stats=stats or None,
-                            dims={name: ["datapoint", "latent_dim"], **{key: ["datapoint"] for key in stats}})
+        return az.from_dict(posterior=posterior, sample_stats=stats or None, dims={**dims, **{key: ["datapoint"] for key in stats}})
 
 
 # Above this rank-normalized R-hat (Vehtari et al. 2021) a datapoint's chains are counted as not

@@ -208,6 +208,26 @@ def test_a_positive_latent_is_sampled_in_unconstrained_coordinates_and_every_est
     assert abs(report["gap_mean"]) < 0.2
 
 
+def test_the_chains_an_estimate_keeps_are_the_sites_own_values_one_variable_per_site():
+    """As Pyro's MCMC gives them: tau > 0, whose posterior Gamma(a + D/2, b + |x|^2 / 2) the
+    App. D chains' mean matches (a mean of the unconstrained log tau would not); z1 and z2 of the
+    two-site model as two variables of their own shapes."""
+    truth = GammaPrecision()
+    torch.manual_seed(2)
+    x = truth.sample(3)
+    hmc = E.hmc_marginal_likelihood(truth.model, truth.guide, x, num_samples=200, num_warmup=200, num_chains=4)
+    tau = torch.as_tensor(hmc.chains.posterior["tau"].values)  # (chain, draw, datapoint)
+    assert tau.shape == (4, 200, 3) and bool((tau > 0).all())
+    exact_mean = (truth.a + X_DIM / 2) / (truth.b + 0.5 * (x**2).sum(-1).double())
+    assert torch.allclose(tau.mean((0, 1)), exact_mean, rtol=0.15)
+    ais = E.ais(truth.model, truth.guide, x, num_steps=20, num_chains=4)
+    assert ais.chains.posterior["tau"].shape == (4, 1, 3) and bool((ais.chains.posterior["tau"] > 0).all())
+    two = TwoSiteLinearGaussian()
+    hmc = E.hmc_marginal_likelihood(two.model, two.guide, two.sample(3), num_samples=20, num_warmup=20)
+    assert {k: v.dims for k, v in hmc.chains.posterior.items()} == {
+        "z1": ("chain", "draw", "datapoint", "z1_dim_0"), "z2": ("chain", "draw", "datapoint", "z2_dim_0")}
+
+
 def test_constrained_sites_map_to_flat_unconstrained_coordinates_and_back():
     def model(x):
         with pyro.plate("data", x.shape[0]):
