@@ -135,7 +135,7 @@ def run_script(main: Callable[[argparse.Namespace], None], parser: argparse.Argu
     reported as one error line (exit 2), not a traceback."""
     args = parser.parse_args()
     args.command = "python " + shlex.join(sys.argv)  # as typed, for the figure's notes
-    if args.device:
+    if getattr(args, "device", None) and hasattr(args, "set"):  # the examples that train from a config
         args.set.append(f"device={args.device}")
     allocator.keep_freed_memory()
     one_line_warnings()

@@ -209,7 +209,8 @@ def test_example_flags_are_checked_before_any_training(tmp_path, script):
     assert done.returncode == 2 and "argument --budget: expected a finite number > 0, got '0'" in done.stderr
 
 
-@pytest.mark.parametrize("script", ["fig2_lower_bound", "fig3_marginal_likelihood", "fig4_manifolds", "fig5_samples", "wake_sleep_study"])
+@pytest.mark.parametrize("script", ["fig2_lower_bound", "fig3_marginal_likelihood", "fig4_manifolds", "fig5_samples", "wake_sleep_study",
+                                    "own_model"])
 def test_examples_refuse_a_bad_device_flag(script, monkeypatch, capsys):
     import runpy
     import sys
@@ -312,3 +313,27 @@ def test_run_script_records_the_command_and_reports_errors_in_one_line(monkeypat
     with pytest.raises(SystemExit) as stop:
         X.run_script(fails, parser)
     assert stop.value.code == 2 and capsys.readouterr().err == "fig9.py: error: model.z_dim: must be > 0\n"
+
+
+def test_own_model_scores_a_hand_written_model_beside_its_closed_form(tmp_path):
+    """The script as typed: every estimator on the Student-t model, each within its noise of the
+    exact log p(x), the guide's ELBO below it; a count below one or a blocked --out stops it at once."""
+    import subprocess
+
+    run = lambda *flags: subprocess.run([sys.executable, str(ROOT / "examples" / "own_model.py"), *flags],  # noqa: E731
+                                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = run("--n", "6", "--k", "300", "--ais-steps", "30", "--hmc-samples", "40", "--bdmc-points", "3", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    rows = {r["estimator"]: r for r in _rows(tmp_path / "own_model.csv")}
+    assert list(rows)[0] == "exact (Student-t)" and len(rows) == 7
+    for name in ("IWAE-300", "AIS, 30 steps", "App. D (HMC), 40 draws", "ELBO of q* (a Gaussian in log tau per point)"):
+        difference = float(rows[name]["minus_exact"].split(" +- ")[0])
+        assert abs(difference) < 0.2, (name, rows[name])
+    assert float(rows["ELBO of the guide"]["minus_exact"].split(" +- ")[0]) < -0.5
+    assert "Command: `python" in (tmp_path / "own_model.md").read_text()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    done = run("--out", str(blocker / "results"))
+    assert done.returncode == 2 and f"{blocker} is a file, not a folder" in done.stderr
+    done = run("--k", "0")
+    assert done.returncode == 2 and "argument --k: expected a whole number >= 1, got '0'" in done.stderr
