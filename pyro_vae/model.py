@@ -87,7 +87,8 @@ class VAE(nn.Module):
         dtype (the estimators' entry check: a wrong shape would otherwise fail deep inside a Pyro
         trace, and a NaN would make the estimate NaN)."""
         if not torch.is_tensor(x):
-            raise ValueError(f"x must be a tensor of shape (n, {self.x_dim}), got {type(x).__name__}")
+            raise ValueError(f"x must be a torch tensor of shape (n, {self.x_dim}), got a {type(x).__module__}.{type(x).__name__}; "
+                             "torch.as_tensor(x, dtype=torch.float32) makes one")
         if x.dim() != 2 or x.shape[1] != self.x_dim or x.shape[0] < 1:
             raise ValueError(f"x must have shape (n, {self.x_dim}) with n >= 1 (one flattened datapoint per row), got {tuple(x.shape)}")
         if not x.is_floating_point():

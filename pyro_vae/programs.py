@@ -85,8 +85,11 @@ class PyroModel:
     def check_points(self, x: torch.Tensor) -> None:
         """Raise a ValueError unless ``x`` holds n >= 1 finite datapoints along its first dimension;
         on the first, find the model's latent sites and check the guide against them."""
-        if not torch.is_tensor(x) or x.dim() < 1 or x.shape[0] < 1:
-            raise ValueError(f"x must be a tensor of n >= 1 datapoints along its first dimension, got {getattr(x, 'shape', x)!r}")
+        if not torch.is_tensor(x):
+            raise ValueError(f"x must be a torch tensor of n >= 1 datapoints along its first dimension, got a "
+                             f"{type(x).__module__}.{type(x).__name__}; torch.as_tensor(x, dtype=torch.float32) makes one")
+        if x.dim() < 1 or x.shape[0] < 1:
+            raise ValueError(f"x must be a tensor of n >= 1 datapoints along its first dimension, got shape {tuple(x.shape)}")
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):  # a NaN would make every estimate NaN
             raise ValueError("x holds NaN or infinite values; drop or repair those datapoints")
         if self.sites is not None:

@@ -454,6 +454,8 @@ def test_estimators_name_a_wrong_data_shape_dtype_device_or_a_nan(problem, estim
         estimate(vae, x[:0])
     with pytest.raises(ValueError, match="floating point"):
         estimate(vae, x[:2].long())
+    with pytest.raises(ValueError, match=r"got a numpy.ndarray; torch.as_tensor\(x, dtype=torch.float32\) makes one"):
+        estimate(vae, x[:2].numpy())
     with pytest.raises(ValueError, match="x is on meta but the model on cpu"):
         estimate(vae, x[:2].to("meta"))
     with pytest.raises(ValueError, match=r"x is torch.float32 but the model's parameters are torch.float64"):

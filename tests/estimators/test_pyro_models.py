@@ -315,6 +315,8 @@ def test_data_with_a_nan_is_refused_before_it_makes_the_estimate_nan():
     x[2, 1] = float("nan")
     with pytest.raises(ValueError, match="x holds NaN or infinite values"):
         E.iwae(_linear, _guide_of(("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))), x, k=5)
+    with pytest.raises(ValueError, match=r"x must be a torch tensor .*got a numpy.ndarray; torch.as_tensor\(x, dtype=torch.float32\)"):
+        E.iwae(_linear, _guide_of(("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))), x.numpy(), k=5)
 
 
 def test_the_estimators_that_take_a_program_are_named_and_exact_log_px_asks_for_a_vae():
