@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple, TypeVar, Union
 
 import pyro
 import pyro.poutine as poutine
@@ -223,7 +223,7 @@ def latents_of(target: Any, u: torch.Tensor) -> Dict[str, torch.Tensor]:
     return target.latents(u) if isinstance(target, PyroModel) else _vae_latents(target, u)
 
 
-def chain_values(target: Any, u: torch.Tensor) -> Any:
+def chain_values(target: Any, u: torch.Tensor) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
     """What an estimator keeps of its chains ``u`` ``(..., n, D)``: a VAE's draws of z as they are;
     a user's program's as ``{site: value}`` in the sites' own (constrained) values, as Pyro's MCMC
     returns them."""
