@@ -14,8 +14,9 @@ not the real line (``LogNormal``: positive; ``Beta``: an interval; ``Dirichlet``
 mapped there by ``T = biject_to(support)`` (as Pyro's own HMC does): its value is ``T(u)``, and its
 densities in ``u`` carry ``log |det dT/du|``, so the potentials are smooth on all of R^D and every
 draw is in the support. ``D`` counts the unconstrained sizes (a Dirichlet over K categories takes
-K - 1). A trained :class:`~pyro_vae.model.VAE` offers the same interface with its one real site
-``z``, where ``u`` is ``z``.
+K - 1). The chains an estimate keeps are handed back in the sites' own values
+(:func:`chain_values`). A trained :class:`~pyro_vae.model.VAE` offers the same interface with its
+one real site ``z``, where ``u`` is ``z``.
 """
 
 from __future__ import annotations
