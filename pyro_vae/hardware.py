@@ -1,4 +1,4 @@
-"""The device a run computes on, and a record of the hardware that rounded its numbers."""
+"""The device a run computes on, and a record of the hardware and software that rounded its numbers."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import os
 import platform
 from typing import Any, Dict, Optional
 
+import pyro
 import torch
 
+from pyro_vae import __version__
 from pyro_vae.errors import ConfigError
 from pyro_vae.speed import allocator
 
@@ -54,6 +56,12 @@ def describe_device(device: torch.device, threads: Optional[int] = None) -> str:
 # Environment variables that make torch, oneDNN or MKL choose other CPU kernels than the processor's
 # best (each rounds differently: see ``hardware``).
 CPU_KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
+
+
+def versions() -> Dict[str, str]:
+    """The versions of pyro-vae, torch and Pyro computing now, for ``run.json`` (at training) and
+    every evaluation's JSON (which may come later, under other versions)."""
+    return {"pyro_vae": __version__, "torch": torch.__version__, "pyro": pyro.__version__}
 
 
 def hardware(device: torch.device) -> Dict[str, Any]:

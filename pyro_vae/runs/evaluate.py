@@ -20,7 +20,7 @@ from pyro_vae.errors import ConfigError, EstimateError
 from pyro_vae.estimators.options import BDMC_POINTS, DEFAULTS, ESTIMATORS, SETTINGS_USED, EstimatorOptions, estimator_options
 from pyro_vae.estimators.result import Estimate, standard_error
 from pyro_vae.files import check_writable, prepared_output, write_atomically_with, write_text_atomically
-from pyro_vae.hardware import hardware
+from pyro_vae.hardware import hardware, versions
 from pyro_vae.model import VAE
 from pyro_vae.data.datasets import binarize
 from pyro_vae.runs.load import TrainedRun, load_run
@@ -206,6 +206,7 @@ def evaluate_run(
         data=trained.data.info,
         device=str(trained.device),
         hardware=hardware(trained.device),
+        versions=versions(),
         trained_epochs=trained.epoch,
         trained_samples=trained.samples_seen,
     )
@@ -314,7 +315,8 @@ def _gaps(trained: TrainedRun, x: torch.Tensor, n_points: int, options: Estimato
         "estimator": "gaps", "value": report["summary"]["amortization_gap"], "stderr": stderr["amortization_gap"], "n": first["n"],
         "settings": settings, "summary": report["summary"], "summary_stderr": stderr, "estimates": estimates, "per_datapoint": per_point,
         "run": str(trained.run_dir), "split": split, "seed": seed, "seconds": round(time.perf_counter() - start, 3),
-        "data": trained.data.info, "device": str(trained.device), "hardware": hardware(trained.device), "trained_epochs": trained.epoch,
+        "data": trained.data.info, "device": str(trained.device), "hardware": hardware(trained.device), "versions": versions(),
+        "trained_epochs": trained.epoch,
     }
     return _written(result, Path(out), trained.dist.is_main)  # every rank holds the same gathered report
 
@@ -346,7 +348,8 @@ def _bdmc(trained: TrainedRun, n: int, options: EstimatorOptions, seed: int, pro
         "gap_mean": float(gap.mean()), "gap_stderr": standard_error(gap), "gap_max": float(gap.max()),
         "per_datapoint": {"lower": lower.per_datapoint.tolist(), "upper": upper.per_datapoint.tolist()},
         "run": str(trained.run_dir), "split": "simulated", "seed": seed, "seconds": round(time.perf_counter() - start, 3),
-        "trained_on": trained.data.info, "device": str(trained.device), "hardware": hardware(trained.device), "trained_epochs": trained.epoch,
+        "trained_on": trained.data.info, "device": str(trained.device), "hardware": hardware(trained.device), "versions": versions(),
+        "trained_epochs": trained.epoch,
         "trained_samples": trained.samples_seen,
     }
     if info.enabled:

@@ -23,14 +23,14 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae import __version__, distributed
+from pyro_vae import distributed
 from pyro_vae.config import RunConfig, TrainingConfig, as_run_config, save as save_config
 from pyro_vae.config.build import dataset_from_config, objective_from_config, optimizer_from_config, vae_from_config
 from pyro_vae.data.datasets import Dataset, binarize, binarize_dynamic, check_support
 from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError, TrainingError
 from pyro_vae.estimators.result import standard_error
 from pyro_vae.files import exclusive_lock, folder_path, write_text_atomically
-from pyro_vae.hardware import hardware, resolve_device
+from pyro_vae.hardware import hardware, resolve_device, versions
 from pyro_vae.mcmc import potentials
 from pyro_vae.model import VAE, set_validation, without_param_store
 from pyro_vae.objectives.base import Objective
@@ -338,9 +338,7 @@ class Trainer:
         if not self.dist.is_main:
             return bool(changes)
         info = {
-            "pyro_vae": __version__,
-            "torch": torch.__version__,
-            "pyro": pyro.__version__,
+            **versions(),
             "device": str(self.device),
             "hardware": hardware(self.device),  # the kernels that rounded this run's numbers
             "data": self.data.info,

@@ -11,12 +11,15 @@ from pyro_vae.training.trainer import Trainer
 from tests.conftest import tiny_config
 
 
-def test_run_json_and_evaluations_name_the_kernels_that_rounded_their_numbers(tmp_path, monkeypatch):
+def test_run_json_and_evaluations_name_the_kernels_and_versions_that_computed_their_numbers(tmp_path, monkeypatch):
     """The last digits of a run depend on the processor's kernels (AVX2 and AVX-512 ones round
     differently): run.json and each evaluation's JSON name the processor, torch's CPU kernel level
     and any variable that chose other kernels."""
     import json
 
+    import pyro
+
+    import pyro_vae
     from pyro_vae.hardware import CPU_KERNEL_VARIABLES, hardware
     from pyro_vae.runs.evaluate import evaluate_run
 
@@ -29,7 +32,14 @@ def test_run_json_and_evaluations_name_the_kernels_that_rounded_their_numbers(tm
     assert recorded["torch_cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # read when the result is written, as it ran
     result = evaluate_run(run, "iwae", k=3, n=5, progress=False)
-    assert json.loads(Path(result["path"]).read_text())["hardware"]["kernel_variables"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    written = json.loads(Path(result["path"]).read_text())
+    assert written["hardware"]["kernel_variables"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    # and the software: an evaluation may come later than the training, under other versions
+    expected = {"pyro_vae": pyro_vae.__version__, "torch": torch.__version__, "pyro": pyro.__version__}
+    assert written["versions"] == expected and {k: json.loads((run / "run.json").read_text())[k] for k in expected} == expected
+    for estimator in ("gaps", "bdmc"):
+        result = evaluate_run(run, estimator, k=3, n=3, ais_steps=2, ais_chains=2, progress=False)
+        assert json.loads(Path(result["path"]).read_text())["versions"] == expected
 
 
 def test_a_data_file_changed_in_place_is_noticed(tmp_path):
