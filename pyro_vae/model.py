@@ -31,7 +31,7 @@ from pyro_vae.components.likelihoods import Likelihood
 from pyro_vae.components.priors import Prior
 from pyro_vae.components.registry import GUIDES, LIKELIHOODS, NETWORKS, PRIORS
 from pyro_vae.errors import ConfigError
-from pyro_vae.traces import DATA_PLATE
+from pyro_vae.traces import DATA_PLATE, check_finite_rows
 
 
 class VAE(nn.Module):
@@ -99,11 +99,7 @@ class VAE(nn.Module):
         if x.dtype != first.dtype:
             raise ValueError(f"x is {x.dtype} but the model's parameters are {first.dtype}; convert one of them "
                              f"(x.to({first.dtype}), or vae.to({x.dtype}))")
-        finite = torch.isfinite(x).all(-1)
-        if not bool(finite.all()):  # one read-back per call, before any chunk: a NaN would make every estimate NaN
-            rows = (~finite).nonzero().flatten()
-            raise ValueError(f"x holds NaN or infinite values in {rows.numel()} of its {x.shape[0]} rows (the first: row "
-                             f"{int(rows[0])}); drop or repair those rows")
+        check_finite_rows(x)  # before any chunk
 
     # --- distributions -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> dist.Distribution:

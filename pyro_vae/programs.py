@@ -28,22 +28,17 @@ from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional
 import pyro
 import pyro.poutine as poutine
 from pyro.distributions.util import sum_rightmost
-from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import site_is_subsample
 import torch
 from torch.distributions import biject_to
 from torch.distributions.transforms import Transform
 
 from pyro_vae.components.distributions import is_real_support
 from pyro_vae.model import VAE
-from pyro_vae.traces import DATA_PLATE, check_local, guide_log_prob, log_densities, sample_latents, traced_pair
+from pyro_vae.traces import (
+    DATA_PLATE, check_finite_rows, check_local, guide_log_prob, latent_sites, log_densities, sample_latents, traced_pair,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _latent_sites(trace: Trace) -> Dict[str, Dict[str, Any]]:
-    return {name: site for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)}
 
 
 def _is_discrete(support: Any) -> bool:
@@ -91,13 +86,13 @@ class PyroModel:
                              f"{type(x).__module__}.{type(x).__name__}; torch.as_tensor(x, dtype=torch.float32) makes one")
         if x.dim() < 1 or x.shape[0] < 1:
             raise ValueError(f"x must be a tensor of n >= 1 datapoints along its first dimension, got shape {tuple(x.shape)}")
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):  # a NaN would make every estimate NaN
-            raise ValueError("x holds NaN or infinite values; drop or repair those datapoints")
+        if x.is_floating_point():
+            check_finite_rows(x)
         if self.sites is not None:
             return
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():
             model_trace = poutine.trace(self.model).get_trace(x[:1])
-            model_sites = _latent_sites(model_trace)
+            model_sites = latent_sites(model_trace)
             for name, site in model_sites.items():
                 if _is_discrete(site["fn"].support):
                     raise ValueError(f"latent site {name!r} is discrete; the estimators need continuous latents "
@@ -105,7 +100,7 @@ class PyroModel:
                 check_local(site, "model")
             if not model_sites:
                 raise ValueError(f"the model has no latent sample sites inside pyro.plate({DATA_PLATE!r}); nothing to integrate out")
-            self._check_guide(model_sites, _latent_sites(poutine.trace(self.guide).get_trace(x[:1])))
+            self._check_guide(model_sites, latent_sites(poutine.trace(self.guide).get_trace(x[:1])))
             self._check_broadcasting(x[:1])
         self._observed = [name for name, site in model_trace.nodes.items() if site["type"] == "sample" and site["is_observed"]]
         self.sites = {name: site["value"].shape[1:] for name, site in model_sites.items()}

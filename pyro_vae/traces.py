@@ -61,6 +61,21 @@ def sample_sites(trace: Trace) -> Iterator[Dict[str, Any]]:
             yield site
 
 
+def latent_sites(trace: Trace) -> Dict[str, Dict[str, Any]]:
+    """The trace's latent (unobserved) sample sites by name, in the order they were sampled."""
+    return {site["name"]: site for site in sample_sites(trace) if not site["is_observed"]}
+
+
+def check_finite_rows(x: torch.Tensor) -> None:
+    """Raise a ValueError naming how many rows of ``x`` (datapoints along dim 0) hold NaN or inf,
+    and the first: one such value makes every estimate NaN. One read-back per call."""
+    finite = torch.isfinite(x).reshape(x.shape[0], -1).all(-1)
+    if not bool(finite.all()):
+        rows = (~finite).nonzero().flatten()
+        raise ValueError(f"x holds NaN or infinite values in {rows.numel()} of its {x.shape[0]} rows (the first: row "
+                         f"{int(rows[0])}); drop or repair those rows")
+
+
 def site_log_probs(trace: Trace, observed: bool | None = None, names: Collection[str] | None = None) -> torch.Tensor:
     """Sum of the unscaled log-probs of the trace's sample sites, per datapoint.
 

@@ -17,20 +17,16 @@ q is the prior: the threshold itself).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pyro.poutine as poutine
 import torch
 
 from pyro_vae.model import VAE, without_param_store
 from pyro_vae.programs import accepts_pyro_programs
-from pyro_vae.traces import sample_latents, sample_sites
+from pyro_vae.traces import latent_sites, sample_latents
 
 ACTIVITY_THRESHOLD = 1e-2  # Burda et al.'s
-
-
-def _latent_sites(trace: poutine.Trace) -> List[Dict[str, Any]]:
-    return [site for site in sample_sites(trace) if not site["is_observed"]]
 
 
 @accepts_pyro_programs
@@ -53,7 +49,7 @@ def active_units(
     means, noise = [], []
     exact = True
     for xb in x.split(batch_size):
-        sites = _latent_sites(poutine.trace(vae.guide).get_trace(xb))
+        sites = latent_sites(poutine.trace(vae.guide).get_trace(xb)).values()
         try:
             # (batch, coordinates) per site; the data plate is the guide's rightmost batch dim
             means.append(torch.cat([site["fn"].mean.reshape(xb.shape[0], -1) for site in sites], -1))
