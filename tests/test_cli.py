@@ -186,6 +186,20 @@ def test_an_override_that_fails_is_named_with_the_file():
         load("tiny", ["model.zdim=3"])
 
 
+@pytest.mark.parametrize("override, suggestion", [
+    ("training.lr=0.01", "did you mean optimizer.lr?"),  # a setting of another section
+    ("epochs=3", "did you mean training.epochs?"),  # a section's setting written at the top level
+    ("data.batch_size=5", "Did you mean training.batch_size?"),  # as an option of a component
+    ("optimizer.hidden=[8]", "Did you mean model.decoder.hidden or model.encoder.hidden?"),
+])
+def test_a_setting_written_in_the_wrong_section_is_named_where_it_belongs(override, suggestion):
+    from pyro_vae.config import load
+
+    with pytest.raises(ConfigError) as error:
+        load("tiny", [override])
+    assert suggestion in str(error.value)
+
+
 def test_output_paths_are_checked_before_the_work_and_folders_created(tmp_path, capsys):
     """A mistyped --out fails at once with the reason, not after minutes of estimation; a missing
     folder is created."""

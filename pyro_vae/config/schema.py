@@ -150,7 +150,13 @@ class RunConfig(BaseModel):
             comp: Any = self
             for part in path:
                 comp = getattr(comp, part)
-            registry_of(path).check_options(comp.name, comp.options)
+            reg = registry_of(path)
+            try:
+                reg.check_options(comp.name, comp.options)
+            except ConfigError as e:
+                unknown = [key for key in comp.options if key not in reg.options(comp.name)]
+                elsewhere = _settings_elsewhere(unknown, path)
+                raise ConfigError(f"{e}{' Did you mean ' + ' or '.join(elsewhere) + '?' if elsewhere else ''}") from None
         if not is_device_name(self.device):
             raise ConfigError(
                 f"device {self.device!r} is not one of 'auto', 'cpu', 'cuda' or 'cuda:N'."
@@ -247,10 +253,18 @@ def setting_paths() -> List[str]:
     return sorted(_flatten(RunConfig().to_dict_with_option_defaults()))
 
 
+def _settings_elsewhere(keys: List[str], loc: Tuple[Any, ...]) -> List[str]:
+    """The settings outside the section at ``loc`` whose own name is one of ``keys``
+    (``training.lr``: ``optimizer.lr``), for a key written in the wrong section."""
+    prefix = ".".join(map(str, loc)) + "."
+    return [path for path in setting_paths() if path.rsplit(".", 1)[-1] in keys and not (loc and path.startswith(prefix))]
+
+
 def _unknown_key_message(loc: Tuple[Any, ...]) -> str:
     known = _section_keys(loc[:-1])
     near = difflib.get_close_matches(str(loc[-1]), known, n=1)
-    hint = f"did you mean {'.'.join(map(str, (*loc[:-1], near[0])))}? " if near else ""
+    suggestions = [".".join(map(str, (*loc[:-1], near[0])))] if near else _settings_elsewhere([str(loc[-1])], loc[:-1])
+    hint = f"did you mean {' or '.join(suggestions)}? " if suggestions else ""
     where = f"{'.'.join(map(str, loc[:-1]))} holds " if loc[:-1] else "a config holds "
     return f"unknown key ({hint}{where}{', '.join(known)}; see docs/guide.md, 'Config reference')"
 
