@@ -56,6 +56,8 @@ def optimise_local_gaussians(
     values = torch.empty(x.shape[0], dtype=torch.float64)
     for lo in range(0, x.shape[0], chunk):
         values[lo : lo + chunk] = _local_gaussian_elbo(vae, x[lo : lo + chunk], steps, lr, num_samples).cpu()
+    if not torch.isfinite(values).all():
+        raise _diverged(int((~torch.isfinite(values)).sum()), x.shape[0], lr)
     settings = {"steps": steps, "lr": lr, "lr_schedule": f"half cosine to lr * {FINAL_LR_FRACTION}", "num_samples": num_samples,
                 "chunk_datapoints": chunk}
     return Estimate("elbo_local_gaussian", values, settings=settings)
@@ -96,15 +98,27 @@ def _local_gaussian_elbo(target: Any, x: torch.Tensor, steps: int, lr: float, nu
     loc = loc0.requires_grad_(True)
     log_scale = log_scale0.requires_grad_(True)
     opt = Adam([loc, log_scale], lr=lr)
-    with torch.enable_grad(), input_gradients_only():
-        for step in range(steps):
-            opt.param_groups[0]["lr"] = _annealed_lr(lr, step, steps)
-            loss = -_elbo_draws(target, x, loc, log_scale, num_samples).mean(0).sum()
-            # Gradients for q*'s parameters only: the model's parameters are left untouched.
-            loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
-            opt.step()
-    with torch.no_grad():
-        return _elbo_draws(target, x, loc, log_scale, FINAL_SAMPLES).double().mean(0)
+    try:
+        with torch.enable_grad(), input_gradients_only():
+            for step in range(steps):
+                opt.param_groups[0]["lr"] = _annealed_lr(lr, step, steps)
+                loss = -_elbo_draws(target, x, loc, log_scale, num_samples).mean(0).sum()
+                # Gradients for q*'s parameters only: the model's parameters are left untouched.
+                loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
+                opt.step()
+        with torch.no_grad():
+            return _elbo_draws(target, x, loc, log_scale, FINAL_SAMPLES).double().mean(0)
+    except ValueError:  # Pyro's validation of the model's distributions, at latents thrown to infinity
+        thrown = ~(torch.isfinite(loc) & torch.isfinite(log_scale.exp())).all(-1)
+        if thrown.any():
+            raise _diverged(int(thrown.sum()), x.shape[0], lr) from None
+        raise
+
+
+def _diverged(count: int, n: int, lr: float) -> ValueError:
+    """The error for a fit whose step size threw q*'s location or scale to infinity."""
+    return ValueError(f"the local Gaussians' fit diverged at {count} of {n} datapoints (q* or its ELBO is not finite) at lr = {lr}; "
+                      f"a smaller lr keeps it finite (the default is 0.05)")
 
 
 @accepts_pyro_programs

@@ -430,6 +430,8 @@ def test_estimators_reject_counts_and_memory_caps_below_one(problem):
         (lambda: E.bdmc(vae, num_points=0), "num_points .* must be >= 1, got 0"),
         (lambda: E.optimise_local_gaussians(vae, x, num_samples=0), r"num_samples >= 1 .*\(got 300, 0, 0.05\)"),
         (lambda: E.optimise_local_gaussians(vae, x, lr=-1.0), "a finite lr > 0"),
+        # a step size so large that the fit leaves the reals: named, not returned as NaN
+        (lambda: E.optimise_local_gaussians(vae, x, steps=20, lr=1e6), r"diverged at \d+ of \d+ datapoints .* at lr = 1000000.0"),
         (lambda: E.gap_report(vae, x, k=0), "k must be >= 1"),
     ]
     for call, message in bad:
