@@ -31,13 +31,14 @@ from pyro_vae.estimators.options import DEFAULTS
 
 FINAL_SAMPLES = 100  # fresh samples per datapoint for q*'s final ELBO
 FINAL_LR_FRACTION = 0.01  # q*'s fit ends at this fraction of its step size (see _annealed_lr)
+FIT_LR = 0.05  # Adam's first step size in q*'s fit
 START_SAMPLES = 100  # draws of the guide whose mean and spread start q* where the guide is not a diagonal Gaussian
 
 
 @accepts_pyro_programs
 @without_param_store
 def optimise_local_gaussians(
-    vae: VAE, x: torch.Tensor, steps: int = 300, lr: float = 0.05, num_samples: int = 8, memory_gb: Optional[float] = DEFAULTS.memory_gb
+    vae: VAE, x: torch.Tensor, steps: int = 300, lr: float = FIT_LR, num_samples: int = 8, memory_gb: Optional[float] = DEFAULTS.memory_gb
 ) -> Estimate:
     """ELBO of q*(u) = N(m_n, diag s_n^2), fitted to each datapoint by ``steps`` of Adam on a
     reparameterized ELBO estimate from ``num_samples`` draws, its step size falling from ``lr`` to
@@ -118,7 +119,7 @@ def _local_gaussian_elbo(target: Any, x: torch.Tensor, steps: int, lr: float, nu
 def _diverged(count: int, n: int, lr: float) -> ValueError:
     """The error for a fit whose step size threw q*'s location or scale to infinity."""
     return ValueError(f"the local Gaussians' fit diverged at {count} of {n} datapoints (q* or its ELBO is not finite) at lr = {lr}; "
-                      f"a smaller lr keeps it finite (the default is 0.05)")
+                      f"a smaller lr keeps it finite (the default is {FIT_LR})")
 
 
 @accepts_pyro_programs
