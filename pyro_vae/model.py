@@ -71,6 +71,11 @@ class VAE(nn.Module):
         return self.likelihood.x_dim
 
     @property
+    def latent_dtype(self) -> torch.dtype:
+        """The dtype of z: the parameters' (and x's, which :meth:`check_points` holds to it)."""
+        return next(self.parameters()).dtype
+
+    @property
     def image_shape(self) -> Optional[Tuple[int, int, int]]:
         """``(channels, height, width)`` when a datapoint is an image: grey ``(h, w)`` or
         ``(1, h, w)``, colour ``(3, h, w)``; None for other data (plain vectors)."""

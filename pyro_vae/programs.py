@@ -77,6 +77,7 @@ class PyroModel:
         self.constrained = False  # whether any site's T is not the identity (then densities over u carry its Jacobian)
         self._template: Optional[torch.Tensor] = None  # one datapoint, for simulated data of its shape
         self._observed: List[str] = []  # the model's observed sites
+        self.latent_dtype = torch.get_default_dtype()  # the dtype of the latent sites, which may differ from x's (counts)
 
     def check_points(self, x: torch.Tensor) -> None:
         """Raise a ValueError unless ``x`` holds n >= 1 finite datapoints along its first dimension;
@@ -107,6 +108,7 @@ class PyroModel:
         self._transforms = {name: _to_support(name, site["fn"].support) for name, site in model_sites.items()}
         self._flat_shapes = {name: self._transforms[name].inverse_shape(site["value"].shape)[1:] for name, site in model_sites.items()}
         self.constrained = not all(is_real_support(site["fn"].support) for site in model_sites.values())
+        self.latent_dtype = next(iter(model_sites.values()))["value"].dtype
         self.x_dim = int(x[0].numel())
         self._template = x[:1].detach()
 

@@ -162,7 +162,7 @@ def ais(
         elif adapt:
             schedule_part = pilot_step_sizes(vae, xs, betas, start, num_leapfrog, step_size, target_accept, pilot_chains, progress)
         else:
-            schedule_part = torch.full((num_steps, xs.shape[0]), step_size, dtype=x.dtype, device=x.device)
+            schedule_part = torch.full((num_steps, xs.shape[0]), step_size, dtype=vae.latent_dtype, device=x.device)
         with torch.no_grad():
             program = vae.model if start == "prior" else vae.guide
             z = sample_flat(vae, program, num_chains, xs)

@@ -127,9 +127,9 @@ def bytes_per_chain(vae: VAE, x: torch.Tensor) -> int:
 
     peaks = []
     with vae.param_store_off():
-        potential_and_grad(potential, torch.zeros(2, 1, vae.z_dim, device=x.device, dtype=x.dtype))  # one-time work first
+        potential_and_grad(potential, torch.zeros(2, 1, vae.z_dim, device=x.device, dtype=vae.latent_dtype))  # one-time work first
         for chains in (_FEW, _MORE):
-            z = torch.zeros(chains, 1, vae.z_dim, device=x.device, dtype=x.dtype)
+            z = torch.zeros(chains, 1, vae.z_dim, device=x.device, dtype=vae.latent_dtype)
             peaks.append(live_bytes_peak(lambda: potential_and_grad(potential, z)))
     return max(4 * vae.x_dim, -(-(peaks[1] - peaks[0]) // (_MORE - _FEW)))
 
