@@ -167,7 +167,7 @@ class Registry(Generic[T]):
             did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
             raise ConfigError(
                 f"unknown {self.kind} {name!r}.{did_you_mean} Valid {self.kind} names: "
-                f"{', '.join(self.names())}. A {self.kind} of your own: name the module that registers "
+                f"{', '.join(self.names())}. {'An' if self.kind[0] in 'aeiou' else 'A'} {self.kind} of your own: name the module that registers "
                 "it under `imports:` in the config (docs/guide.md, 'Adding a component')."
             )
         return self._entries[name]
