@@ -299,10 +299,25 @@ def _add_estimator_flags(parser: argparse.ArgumentParser) -> None:
                             help=field.description + ("" if default is None else f" (default {default})"))
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: pyro-vae's version and the torch and Pyro it runs on (what a run.json records)."""
+
+    def __init__(self, option_strings: List[str], dest: str, **kwargs: typing.Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the versions of pyro-vae, torch and Pyro and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: typing.Any) -> None:
+        from pyro_vae.hardware import versions
+
+        found = versions()
+        print(f"pyro-vae {found['pyro_vae']} (torch {found['torch']}, pyro-ppl {found['pyro']})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pyro_vae.estimators.options import ESTIMATORS
 
     p = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders in Pyro (AEVB) with honest log p(x).")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a config file")

@@ -332,3 +332,15 @@ def test_a_folder_where_a_run_file_goes_is_named_not_a_traceback(tmp_path, capsy
     assert main(["train", str(run), "--resume", "--no-progress", "--set", "training.epochs=2"]) == 2
     assert f"{run / 'run.json'} is a folder where pyro-vae writes a file; move or rename it" in capsys.readouterr().err
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # the atomic write left nothing behind
+
+
+def test_version_names_pyro_vae_torch_and_pyro_as_run_json_records_them(capsys):
+    import pyro
+    import torch
+
+    import pyro_vae
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pyro-vae {pyro_vae.__version__} (torch {torch.__version__}, pyro-ppl {pyro.__version__})"
