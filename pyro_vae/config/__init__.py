@@ -1,9 +1,9 @@
 """The run config: one validated file that fully describes a run, saved beside its results.
 
-``load`` reads a config (a file, a run folder or a shipped config's name), applies ``--set``
-overrides and validates it (``as_run_config`` takes a dict as well); ``save`` writes it with every default spelled out. The schema is in
-:mod:`~pyro_vae.config.schema`, file reading in :mod:`~pyro_vae.config.files`, overrides in
-:mod:`~pyro_vae.config.overrides`, and building a run's objects from it in
+``load`` reads a config (a file, a run folder, a shipped config's name or a dict of sections),
+applies ``--set`` overrides and validates it; ``save`` writes it with every default spelled out.
+The schema is in :mod:`~pyro_vae.config.schema`, file reading in :mod:`~pyro_vae.config.files`,
+overrides in :mod:`~pyro_vae.config.overrides`, and building a run's objects from it in
 :mod:`~pyro_vae.config.build`.
 """
 
@@ -35,23 +35,23 @@ from pyro_vae.config.schema import (
 from pyro_vae.files import write_text_atomically
 
 
-def load(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read, override and validate a config: a file, a run folder or a shipped config's name."""
-    path = config_path(path)
-    data = apply_overrides(read_config_file(path), overrides)
-    return from_dict(data, source=f"{path} with --set {' '.join(overrides)}" if overrides else str(path))
-
-
-def as_run_config(config: RunConfig | str | Path | Mapping[str, Any]) -> RunConfig:
-    """A validated config from what a Python caller has at hand: a ``RunConfig``, what
-    :func:`load` reads (a file, a run folder or a shipped config's name), or a dict of sections."""
+def load(config: RunConfig | str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
+    """Read, override and validate a config: a file, a run folder, a shipped config's name, a dict
+    of its sections (as the file would hold them) or a ``RunConfig``."""
     if isinstance(config, RunConfig):
-        return config
-    if isinstance(config, (str, Path)):
-        return load(config)
-    if isinstance(config, Mapping):
-        return from_dict(dict(config), source="(the dict given)")
-    raise TypeError(f"a config is a RunConfig, a config file's path or name, or a dict of its sections; got {type(config).__name__}")
+        if not overrides:
+            return config
+        data, source = config.to_dict(), "(the RunConfig given)"
+    elif isinstance(config, Mapping):
+        data, source = dict(config), "(the dict given)"
+    elif isinstance(config, (str, Path)):
+        path = config_path(config)
+        data, source = read_config_file(path), str(path)
+    else:
+        raise TypeError("a config is a RunConfig, a config file's path or name, a run folder, or a dict of its sections; "
+                        f"got {type(config).__name__}")
+    data = apply_overrides(data, overrides)
+    return from_dict(data, source=f"{source} with --set {' '.join(overrides)}" if overrides else source)
 
 
 def save(config: RunConfig, path: str | Path) -> None:
@@ -68,7 +68,7 @@ def dumps(config: RunConfig) -> str:
 
 __all__ = [
     "RESUMABLE_SETTINGS", "SHIPPED_CONFIGS", "Component", "DataConfig", "EvaluationConfig", "ModelConfig", "ObjectiveConfig",
-    "OptimizerConfig", "RunConfig", "ScheduleConfig", "TrainingConfig", "apply_overrides", "as_run_config", "changed_settings", "config_path",
+    "OptimizerConfig", "RunConfig", "ScheduleConfig", "TrainingConfig", "apply_overrides", "changed_settings", "config_path",
     "dumps", "from_dict", "is_device_name", "load", "parse_yaml", "read_config_file", "save", "shipped_configs",
     "syntax_error_text",
 ]

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae import distributed
-from pyro_vae.config import RunConfig, TrainingConfig, as_run_config, save as save_config
+from pyro_vae.config import RunConfig, TrainingConfig, load as load_config, save as save_config
 from pyro_vae.config.build import dataset_from_config, objective_from_config, optimizer_from_config, vae_from_config
 from pyro_vae.data.datasets import Dataset, binarize, binarize_dynamic, check_support
 from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError, TrainingError
@@ -99,7 +99,7 @@ class Trainer:
         progress: bool = True, dist_info: Optional[distributed.DistInfo] = None, epoch_lines: Optional[bool] = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
-        self.config = config = as_run_config(config)
+        self.config = config = load_config(config)
         self.run_dir = folder_path(run_dir, "the run folder (--run-dir)")  # before any data is loaded
         self.dist = dist_info if dist_info is not None else distributed.from_env()
         self.progress = progress and self.dist.is_main

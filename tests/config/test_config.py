@@ -316,3 +316,15 @@ def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch
     listed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listed[:3]] == ["aevb_frey", "aevb_mnist", "tiny"]
     assert "Bernoulli decoder" in listed[1]
+
+
+def test_load_takes_a_dict_of_sections_with_overrides_as_a_file():
+    """From Python a config is often a dict at hand: ``load`` validates it, with --set's overrides,
+    and names the dict as the source of what is wrong."""
+    cfg = C.load({"name": "mine", "data": {"name": "synthetic"}}, ["model.z_dim=3"])
+    assert (cfg.name, cfg.model.z_dim, cfg.data.name) == ("mine", 3, "synthetic")
+    with pytest.raises(ConfigError, match=r"invalid config \(the dict given\) with --set training.lr=1: training.lr: unknown key \(did you mean optimizer.lr\?"):
+        C.load({"name": "mine"}, ["training.lr=1"])
+    with pytest.raises(TypeError, match="a config is a RunConfig, a config file's path or name, a run folder, or a dict of its sections; got int"):
+        C.load(3)
+    assert C.load(cfg) is cfg and C.load(cfg, ["seed=5"]).seed == 5

@@ -98,7 +98,7 @@ def test_the_trainer_takes_a_config_as_a_dict_a_file_or_a_shipped_name(tmp_path)
     assert Trainer("tiny", tmp_path / "tiny", progress=False).config == C.load("tiny")
     with pytest.raises(ConfigError, match="model.z_dim: Input should be greater than 0"):
         Trainer(tiny_config_dict(model={"z_dim": 0}), tmp_path / "bad", progress=False)
-    with pytest.raises(TypeError, match="a config is a RunConfig, a config file's path or name, or a dict"):
+    with pytest.raises(TypeError, match="a config is a RunConfig, a config file's path or name, a run folder, or a dict"):
         Trainer(3, tmp_path / "bad", progress=False)
 
 
