@@ -38,9 +38,38 @@ class Dataset:
     info: Dict[str, Any] = field(default_factory=dict)
     truth: Optional[LinearGaussian] = None  # the generating model, for synthetic data
 
+    def __post_init__(self) -> None:
+        """Refuse, with a DataError naming the fix, what the trainer and estimators would fail on
+        deep inside (a Dataset given to the ``Trainer``, or built by a data set of one's own)."""
+        x_dim = None
+        for split in ("train", "test"):
+            x = getattr(self, f"x_{split}")
+            where = f"data set {self.name!r}: x_{split}"
+            if not torch.is_tensor(x):
+                raise DataError(f"{where} must be a torch tensor, got a {type(x).__module__}.{type(x).__name__}; "
+                                "torch.as_tensor(x, dtype=torch.float32) makes one")
+            if x.dim() != 2:
+                raise DataError(f"{where} must hold flattened datapoints, shape (n, x_dim), got {tuple(x.shape)}; "
+                                "x.reshape(len(x), -1) flattens them (x_shape keeps their shape)")
+            if x.shape[0] < 1:
+                raise DataError(f"{where} holds no datapoints; training and its test ELBO need at least one in each split")
+            if x.dtype != torch.float32:
+                raise DataError(f"{where} must be float32, as the model's parameters are, got {x.dtype}; x.float() converts it")
+            if x_dim is not None and x.shape[1] != x_dim:
+                raise DataError(f"data set {self.name!r}: x_train has {x_dim} features per point but x_test {x.shape[1]}")
+            x_dim = x.shape[1]
+            y = getattr(self, f"y_{split}")
+            if y is not None and (not torch.is_tensor(y) or y.shape[:1] != x.shape[:1]):
+                raise DataError(f"data set {self.name!r}: y_{split} must be a tensor of one label per point of x_{split} "
+                                f"({x.shape[0]}), got {tuple(y.shape) if torch.is_tensor(y) else type(y).__name__}")
+        if int(np.prod(self.x_shape)) != x_dim:
+            raise DataError(f"data set {self.name!r}: x_shape {tuple(self.x_shape)} holds {int(np.prod(self.x_shape))} values "
+                            f"but a point has {x_dim}; give each point's shape before flattening, e.g. ({x_dim},)")
+
     @property
     def x_dim(self) -> int:
         return int(self.x_train.shape[1])
+
 
 def binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
     """One Bernoulli draw per pixel with the grey level as probability (seeded), returned on x's

@@ -273,3 +273,20 @@ def test_a_file_where_a_data_cache_folder_goes_is_named(tmp_path):
     with pytest.raises(ConfigError, match=f"the MNIST cache {tmp_path / 'mnist'}: .* is a file, not a folder; move or rename that file"):
         mnist.mnist(root=tmp_path, download=True)
     assert (tmp_path / "mnist").read_text() == "mine"
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ((np.zeros((5, 3), np.float32), torch.zeros(2, 3), (3,)), "x_train must be a torch tensor, got a numpy.ndarray; torch.as_tensor"),
+    ((torch.zeros(5, 1, 3), torch.zeros(2, 1, 3), (1, 3)), r"x_train must hold flattened datapoints, shape \(n, x_dim\), got \(5, 1, 3\)"),
+    ((torch.zeros(5, 3), torch.zeros(0, 3), (3,)), "x_test holds no datapoints"),
+    ((torch.zeros(5, 3, dtype=torch.long), torch.zeros(2, 3), (3,)), r"x_train must be float32, .* got torch.int64; x.float\(\)"),
+    ((torch.zeros(5, 3, dtype=torch.float64), torch.zeros(2, 3), (3,)), "x_train must be float32, .* got torch.float64"),
+    ((torch.zeros(5, 3), torch.zeros(2, 4), (3,)), "x_train has 3 features per point but x_test 4"),
+    ((torch.zeros(5, 3), torch.zeros(2, 3), (2, 2)), r"x_shape \(2, 2\) holds 4 values but a point has 3"),
+    ((torch.zeros(5, 3), torch.zeros(2, 3), (3,), torch.zeros(4)), r"y_train must be a tensor of one label per point of x_train \(5\), got \(4,\)"),
+])
+def test_a_dataset_that_the_model_cannot_read_is_refused_when_it_is_made(arrays, message):
+    """A Dataset given to the Trainer, or built by a data set of one's own, is checked where it is
+    made: not a traceback from inside the first training step."""
+    with pytest.raises(DataError, match=message):
+        D.Dataset("mine", *arrays)
