@@ -122,6 +122,9 @@ def load_dataset(
     generates = inspect.signature(DATASETS.get(name)).parameters
     sizes = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None and k in generates}
     data = DATASETS.build(name, options or {}, root=data_root(root), download=download, **sizes)
+    if not isinstance(data, Dataset):
+        raise DataError(f"data set {name!r} returned a {type(data).__name__}; a data set's builder returns a pyro_vae.data.Dataset "
+                        "(docs/guide.md, 'Adding a component')")
     for split, wanted in (("train", n_train), ("test", n_test)):
         if wanted is None:
             continue

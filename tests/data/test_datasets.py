@@ -290,3 +290,14 @@ def test_a_dataset_that_the_model_cannot_read_is_refused_when_it_is_made(arrays,
     made: not a traceback from inside the first training step."""
     with pytest.raises(DataError, match=message):
         D.Dataset("mine", *arrays)
+
+
+def test_a_data_set_of_ones_own_that_returns_no_dataset_is_named():
+    from pyro_vae.components.registry import DATASETS
+
+    DATASETS.register("test_arrays")(lambda *, root, download: (torch.zeros(5, 3), torch.zeros(2, 3)))
+    try:
+        with pytest.raises(DataError, match="data set 'test_arrays' returned a tuple; a data set's builder returns a pyro_vae.data.Dataset"):
+            D.load_dataset("test_arrays")
+    finally:
+        DATASETS._entries.pop("test_arrays", None)
