@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import sys
@@ -378,10 +379,11 @@ class Trainer:
         if unreadable:
             print(f"pyro-vae: {path}: left out {unreadable} unreadable line(s) (cut short by a crash, or edited)", file=sys.stderr)
         rows = [r for r in rows if int(r["epoch"]) <= self.epoch]
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+        write_text_atomically(path, text.getvalue())  # a crash here leaves the old file whole
 
     def train(
         self,
