@@ -29,6 +29,8 @@ from pyro_vae.errors import ConfigError, TrainingError
 
 @dataclass(frozen=True)
 class DistInfo:
+    """Where this process stands in a torchrun job (a single process: rank 0 of 1)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -121,6 +123,7 @@ def average_gradients(params: Iterable[torch.nn.Parameter], info: DistInfo) -> N
 
 
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The mean of ``value`` over the ranks (``value`` itself in a single process)."""
     if not info.enabled:
         return value
     value = value.clone()
@@ -158,6 +161,7 @@ def gather_shards(values: torch.Tensor, n: int, info: DistInfo) -> torch.Tensor:
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
     if not info.enabled:
         return [obj]
     out: list = [None] * info.world_size
@@ -166,6 +170,7 @@ def gather_objects(obj: Any, info: DistInfo) -> list:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait until every rank is here."""
     if info.enabled:
         dist.barrier()
 

@@ -19,6 +19,11 @@ from pyro_vae.components.registry import GUIDES
 
 
 class Guide(nn.Module):
+    """The head of q(z | x), the base of every guide in ``GUIDES``: it turns the encoder network's
+    output ``raw`` ``(..., num_outputs())`` into a distribution with batch shape ``raw.shape[:-1]``
+    and event shape ``(z_dim,)``, on all of R^D, reparameterized (``rsample``) for the ELBO
+    objectives."""
+
     def __init__(self, z_dim: int) -> None:
         super().__init__()
         self.z_dim = z_dim

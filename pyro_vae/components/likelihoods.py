@@ -20,6 +20,15 @@ from pyro_vae.components.registry import LIKELIHOODS
 
 
 class Likelihood(nn.Module):
+    """p(x | z) from the decoder network, the base of every likelihood in ``LIKELIHOODS``.
+
+    ``forward(raw)`` turns the decoder's output ``(..., num_outputs())`` into a distribution with
+    batch shape ``raw.shape[:-1]`` and event shape ``(x_dim,)``. ``prepare(x)`` maps data as stored
+    to what ``log_prob`` reads (identity unless overridden); ``support_violation(x)`` says how
+    ``x`` leaves the support (checked over the whole data set before training), described to the
+    user by ``support_text``.
+    """
+
     support_text = "any real value"
 
     def __init__(self, x_dim: int) -> None:

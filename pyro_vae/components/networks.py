@@ -39,6 +39,8 @@ class _InPlaceWithoutGrad(nn.Module):
 
 
 class Tanh(_InPlaceWithoutGrad):
+    """tanh, in place where no gradient is taken (as its base says)."""
+
     onednn_name = "tanh"  # fused into the preceding product by fused_linear
 
     def __init__(self) -> None:
@@ -46,6 +48,8 @@ class Tanh(_InPlaceWithoutGrad):
 
 
 class ReLU(_InPlaceWithoutGrad):
+    """ReLU, in place where no gradient is taken (as its base says)."""
+
     onednn_name = "relu"
 
     def __init__(self) -> None:

@@ -20,6 +20,14 @@ Encode = Callable[[torch.Tensor], dist.Distribution]
 
 
 class Prior(nn.Module):
+    """p(z), the base of every prior in ``PRIORS``.
+
+    ``forward(encode)`` returns a distribution with ``batch_shape == ()`` and ``event_shape ==
+    (z_dim,)`` on all of R^D. ``encode`` maps a batch of data ``(K, x_dim)`` to q(z | x) with batch
+    shape ``(K,)``: the model passes the guide's, for priors built from the recognition model
+    (:class:`VampPrior`); the others ignore it.
+    """
+
     z_dim: int
 
     def forward(self, encode: Optional[Encode] = None) -> dist.Distribution:  # pragma: no cover

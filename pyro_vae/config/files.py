@@ -74,6 +74,8 @@ def syntax_error_text(error: Exception) -> str:
 
 
 def read_config_file(path: Path) -> Dict[str, Any]:
+    """The sections of a YAML or TOML config file, unvalidated; a ConfigError for a file that is
+    missing, unreadable, not text, not valid YAML/TOML or not a mapping."""
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist.")
     try:

@@ -55,6 +55,8 @@ class DataConfig(Component):
 
 
 class ModelConfig(BaseModel):
+    """The VAE: the latent size and its five components, each looked up in its registry."""
+
     model_config = ConfigDict(extra="forbid")
     z_dim: int = Field(20, gt=0, le=MAX_LATENTS, strict=True)
     prior: Component = Component(name="standard_normal")
@@ -65,12 +67,16 @@ class ModelConfig(BaseModel):
 
 
 class ObjectiveConfig(Component):
+    """The training objective by name (``OBJECTIVES``), its options, and the weight prior."""
+
     name: str = "trace_meanfield"
     # N(0, std^2 I) prior on all network weights (the paper's approximate MAP); None = off.
     weight_prior_std: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
 
 
 class ScheduleConfig(BaseModel):
+    """How the step size changes over training (``optimizers/builders.py`` applies it)."""
+
     model_config = ConfigDict(extra="forbid")
     name: Literal["none", "exponential", "step", "iwae"] = "none"
     gamma: float = Field(0.1, gt=0, allow_inf_nan=False)  # exponential: lr *= gamma per epoch; step: at each step_size
@@ -78,11 +84,15 @@ class ScheduleConfig(BaseModel):
 
 
 class OptimizerConfig(Component):
+    """The optimizer by name (``OPTIMIZERS``), its options, and its step-size schedule."""
+
     name: str = "adagrad"
     schedule: ScheduleConfig = ScheduleConfig()
 
 
 class TrainingConfig(BaseModel):
+    """How long training runs, in what minibatches, and when it measures, logs and checkpoints."""
+
     model_config = ConfigDict(extra="forbid")
     epochs: Optional[int] = Field(None, gt=0, strict=True)
     sample_budget: Optional[int] = Field(None, gt=0, strict=True)  # stop after this many training samples
@@ -298,6 +308,7 @@ def _format_validation_error(source: str, e: ValidationError) -> str:
 
 
 def from_dict(data: Dict[str, Any], source: str = "(dict)") -> RunConfig:
+    """Validate a config's sections; a ConfigError names ``source`` and each problem in one line."""
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:

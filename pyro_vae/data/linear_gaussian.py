@@ -19,6 +19,8 @@ import torch
 
 @dataclass
 class LinearGaussian:
+    """The model above with its parameters, in float64; ``random`` draws them from a seed."""
+
     W: torch.Tensor  # (x_dim, z_dim)
     b: torch.Tensor  # (x_dim,)
     noise_std: float

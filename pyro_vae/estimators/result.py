@@ -18,6 +18,11 @@ def standard_error(values: torch.Tensor) -> float:
 
 @dataclass
 class Estimate:
+    """What every estimator returns: one value per datapoint (log p(x), or a bound on it, in nats),
+    the settings that produced them and what the estimator measured of its own quality
+    (``diagnostics``: effective sample sizes, acceptance rates, R-hat, ...). ``mean`` and
+    ``stderr`` summarise over datapoints; ``to_dict()`` is what the command line writes as JSON."""
+
     estimator: str
     per_datapoint: torch.Tensor  # (n,) float64, nats
     settings: Dict[str, Any]

@@ -87,6 +87,8 @@ class DualAveraging:
 
 @dataclass
 class HMCStats:
+    """What :meth:`BatchedHMC.run` measured of its chains, besides their draws."""
+
     accept_prob: torch.Tensor  # (chains) mean acceptance probability over the recorded steps
     step_size: torch.Tensor  # (chains) final step sizes
     # per recorded draw, (num_samples, *chains): "acceptance_rate", "diverging", "energy", "step_size"

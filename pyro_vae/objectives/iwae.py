@@ -36,5 +36,6 @@ class IWAEObjective(Objective):
 
 @OBJECTIVES.register("iwae")
 def iwae(*, num_particles: int = 5) -> Objective:
+    """The importance-weighted bound L_k with k = ``num_particles`` (k = 1: the ELBO)."""
     check_particles(num_particles)
     return IWAEObjective(num_particles)

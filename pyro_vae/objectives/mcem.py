@@ -21,6 +21,10 @@ from pyro_vae.traces import log_densities
 
 
 class MonteCarloEM(Objective):
+    """Monte Carlo EM over a persistent latent per training point (the module's docstring says
+    how). State, saved in checkpoints: ``chains`` ``(N, D)``, the current z of each of the N
+    training points, and ``log_step`` ``(N,)``, each chain's log HMC step size."""
+
     name = "mcem"
     supports_distributed = False  # each rank would update its own copy of the chains
     trains_guide = False

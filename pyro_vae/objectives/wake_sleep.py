@@ -77,6 +77,14 @@ class _WakeSleepFamily(Objective):
 
 
 class WakeSleep(_WakeSleepFamily):
+    """Wake-sleep's two phases as one loss, for a minibatch of M of the N points::
+
+        -[ (N/M) sum_n (1/K) sum_k log p(x_n, z_nk)  +  (N/D) sum_d log q(z_d | x_d) ]
+
+    with z_nk ~ q(z | x_n) drawn without a gradient path (wake) and (z_d, x_d) ~ p(z) p(x | z)
+    dreamt without one (sleep): the first term's gradient reaches the generative parameters only,
+    the second's the recognition parameters only."""
+
     name = "wake_sleep"
 
     def loss(self, vae: VAE, x: torch.Tensor, idx: Optional[torch.Tensor], num_data: int) -> torch.Tensor:
@@ -88,6 +96,14 @@ class WakeSleep(_WakeSleepFamily):
 
 
 class ReweightedWakeSleep(_WakeSleepFamily):
+    """Reweighted wake-sleep's loss, for a minibatch of M of the N points::
+
+        -[ (N/M) sum_n sum_k w_nk (log p(x_n, z_nk) + a log q(z_nk | x_n))  +  (1 - a) sleep ]
+
+    with K draws z_nk ~ q(z | x_n), w_nk = softmax_k(log p(x_n, z_nk) - log q(z_nk | x_n)) held
+    constant and normalised per datapoint, a = ``wake_phi_weight``, and the sleep term as in
+    :class:`WakeSleep` (left out when a = 1)."""
+
     name = "rws"
 
     def __init__(self, num_particles: int, wake_phi_weight: float, dream_batch_size: Optional[int]) -> None:

@@ -34,6 +34,7 @@ def sgd(*, params: Iterable, lr: float = 0.01, momentum: float = 0.0, weight_dec
 def adam(
     *, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
+    """Adam (Kingma & Ba 2015)."""
     return Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
@@ -55,6 +56,8 @@ def clipped_adam(
 def build_optimizer(
     name: str, options: dict, params: List[torch.nn.Parameter], weight_prior_std: Optional[float]
 ) -> torch.optim.Optimizer:
+    """The registered optimizer ``name`` over ``params``, with the weight prior N(0, s^2 I), if
+    ``weight_prior_std`` s is given, added as ``weight_decay`` 1 / s^2."""
     if weight_prior_std is None:
         return OPTIMIZERS.build(name, options, params=params)
     prior_decay = 1.0 / weight_prior_std**2

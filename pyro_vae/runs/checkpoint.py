@@ -28,6 +28,7 @@ REQUIRED = {
 
 
 def save_checkpoint(state: Dict[str, Any], path: Path) -> None:
+    """Write ``state`` (``REQUIRED``'s keys and more) to ``path`` atomically, with the format version."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -52,6 +53,8 @@ def _load_failure(error: Exception) -> str:
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """The state saved at ``path`` (a checkpoint file or the run folder holding one), plain data
+    only, checked for ``REQUIRED``'s keys and types; a CheckpointError names what is wrong."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME

@@ -59,6 +59,7 @@ def _measured(row: dict, *keys: str) -> bool:
 
 
 def plot_curves(metrics_csv: Path, path: Path) -> Path:
+    """The train and test ELBO against training samples seen (AEVB Fig. 2's axes), from metrics.csv."""
     rows, _ = read_metrics(metrics_csv)
     samples = [float(r["samples_seen"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -100,6 +101,7 @@ def why_not_drawn(vae: VAE, needs_2d_latents: bool = False) -> Optional[str]:
 
 @torch.no_grad()
 def plot_samples(vae: VAE, path: Path, n: int = 100, nrow: int = 10) -> Optional[Path]:
+    """A grid of ``n`` means E[x | z], z ~ p(z) (AEVB Fig. 5); None where the data are no images."""
     if why_not_drawn(vae):
         return None
     return _save_image(image_grid(vae.sample_means(n).cpu(), vae.image_shape, nrow), path, f"samples (E[x|z], z ~ p(z)), Nz={vae.z_dim}")
@@ -107,6 +109,7 @@ def plot_samples(vae: VAE, path: Path, n: int = 100, nrow: int = 10) -> Optional
 
 @torch.no_grad()
 def plot_reconstructions(vae: VAE, x: torch.Tensor, path: Path, n: int = 10) -> Optional[Path]:
+    """The first ``n`` points of ``x`` above E[x | z] at the guide's mean z; None where they are no images."""
     if why_not_drawn(vae):
         return None
     x = x[:n]
