@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import yaml
 
 from pyro_vae.speed import allocator
-from pyro_vae.cli import device_arg
+from pyro_vae.cli import device_arg, seed_arg
 from pyro_vae.config import RunConfig, load, parse_yaml, syntax_error_text
 from pyro_vae.runs.checkpoint import CHECKPOINT_NAME
 from pyro_vae.runs.compare import paired_difference
@@ -123,7 +123,7 @@ def command_text(args: argparse.Namespace, script: str, flags: str = "") -> str:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every example takes besides its own: ``--seed``, ``--data``, ``--set``, ``--device``."""
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--data", help="YAML mapping replacing the data section (e.g. a small npz for a quick check)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config overrides")
     parser.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or auto (default: the config's, auto)")

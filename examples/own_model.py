@@ -31,7 +31,7 @@ import torch
 
 from pyro_vae import estimators
 import experiments as X
-from pyro_vae.cli import device_arg, folder_arg, positive_int
+from pyro_vae.cli import device_arg, folder_arg, positive_int, seed_arg
 from pyro_vae.hardware import resolve_device
 from pyro_vae.runs.compare import paired_difference
 
@@ -108,7 +108,7 @@ if __name__ == "__main__":
     p.add_argument("--ais-steps", type=positive_int, default=1000, help="AIS and BDMC temperatures (default 1000)")
     p.add_argument("--hmc-samples", type=positive_int, default=200, help="App. D draws (and warmup) per chain (default 200)")
     p.add_argument("--bdmc-points", type=positive_int, default=20, help="points BDMC simulates (default 20)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--out", type=folder_arg, default="results/own_model")
     X.run_script(main, p)
