@@ -16,6 +16,7 @@ by N/M and its ELBO is an unbiased estimate of the full-data ELBO (AEVB Sec. 2.3
 from __future__ import annotations
 
 import functools
+import reprlib
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
 
@@ -234,32 +235,76 @@ def build_vae(
     for s in x_shape:
         x_dim *= int(s)
 
-    def build(registry: Any, component: Component, **context: Any) -> Any:
+    def build(registry: Any, component: Component, base: type, **context: Any) -> Any:
         options = dict(component)
-        return registry.build(options.pop("name"), options, **context)
+        built = registry.build(options.pop("name"), options, **context)
+        if not isinstance(built, base):
+            raise ConfigError(f"{registry.kind} {component['name']!r}: its builder returned {reprlib.repr(built)}; a "
+                              f"{registry.kind}'s builder returns a {base.__module__}.{base.__qualname__} "
+                              "(docs/guide.md, 'Adding a component')")
+        return built
 
-    prior_module = build(PRIORS, prior, z_dim=z_dim, x_dim=x_dim)
-    likelihood_module = build(LIKELIHOODS, likelihood, x_dim=x_dim)
-    guide_head = build(GUIDES, guide, z_dim=z_dim)
-    encoder_net = build(NETWORKS, encoder, in_dim=x_dim, out_dim=guide_head.num_outputs(), x_shape=x_shape, role="encoder")
-    decoder_net = build(NETWORKS, decoder, in_dim=z_dim, out_dim=likelihood_module.num_outputs(), x_shape=x_shape, role="decoder")
+    prior_module = build(PRIORS, prior, Prior, z_dim=z_dim, x_dim=x_dim)
+    likelihood_module = build(LIKELIHOODS, likelihood, Likelihood, x_dim=x_dim)
+    guide_head = build(GUIDES, guide, Guide, z_dim=z_dim)
+    encoder_net = build(NETWORKS, encoder, nn.Module, in_dim=x_dim, out_dim=guide_head.num_outputs(), x_shape=x_shape, role="encoder")
+    decoder_net = build(NETWORKS, decoder, nn.Module, in_dim=z_dim, out_dim=likelihood_module.num_outputs(), x_shape=x_shape,
+                        role="decoder")
     vae = VAE(x_shape, z_dim, prior_module, likelihood_module, guide_head, encoder_net, decoder_net)
-    _check_real_latents(vae, prior["name"], guide["name"])
+    _check_components(vae, {part: component["name"] for part, component in
+                            (("prior", prior), ("likelihood", likelihood), ("guide", guide), ("encoder", encoder), ("decoder", decoder))})
     return vae
 
 
-def _check_real_latents(vae: VAE, prior_name: str, guide_name: str) -> None:
-    """z lives on all of R^D: the shipped guides are Gaussians and flows there, and AIS, BDMC,
-    App. D and MCEM move z there. A component of one's own with another support is refused when
-    it is built, not at the first sample outside it."""
+def _check_components(vae: VAE, names: Dict[str, str]) -> None:
+    """Run each component once on two dummy points and check what it returns, so that a component
+    of one's own with a wrong shape or support is refused when it is built, with its name, not
+    met as a broadcasting error inside a Pyro trace at the first step.
+
+    Shapes: the encoder maps ``(2, x_dim)`` to ``(2, guide.num_outputs())`` and the guide that to
+    q(z | x) with batch ``(2,)`` and event ``(z_dim,)``; the prior is p(z) with batch ``()`` and
+    event ``(z_dim,)``; the decoder maps ``(2, z_dim)`` to ``(2, likelihood.num_outputs())`` and
+    the likelihood that to p(x | z) with batch ``(2,)`` and event ``(x_dim,)``.
+
+    z lives on all of R^D: the shipped guides are Gaussians and flows there, and AIS, BDMC, App. D
+    and MCEM move z there."""
+
+    def run(part: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - a component of one's own: whatever it raises is named with it
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ConfigError(f"{part} {names[part]!r} fails when pyro-vae first runs it: {type(e).__name__}: {first}") from e
+
+    def check_output(part: str, out: Any, width: int, what: str) -> None:
+        if not torch.is_tensor(out) or tuple(out.shape) != (2, width):
+            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            raise ConfigError(f"{part} {names[part]!r} maps two points to {got}; {what} needs (2, {width})")
+
+    def check_distribution(part: str, d: Any, batch: Tuple[int, ...], event: Tuple[int, ...], of: str) -> None:
+        if not isinstance(d, torch.distributions.Distribution):
+            raise ConfigError(f"{part} {names[part]!r} returns a {type(d).__name__}, not a distribution over {of}")
+        if tuple(d.batch_shape) != batch or tuple(d.event_shape) != event:
+            raise ConfigError(f"{part} {names[part]!r} gives a distribution with batch shape {tuple(d.batch_shape)} and event shape "
+                              f"{tuple(d.event_shape)}; {of} needs batch {batch} and event {event} (.to_event(1) makes the "
+                              "last dimension an event)")
+        if of == "z" and not is_real_support(d.support):
+            raise ConfigError(f"{part} {names[part]!r} puts z on {d.support}, but pyro-vae's z lives on all of R^D (its guides are "
+                              f"Gaussians and flows there, and AIS, BDMC, App. D and MCEM move z there); sample the "
+                              f"latent on R^D (log z for a positive one) and let the decoder map it to the support")
+
+    param = next(vae.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros(2, vae.x_dim, device=device)
+    z = torch.zeros(2, vae.z_dim, device=device)
     with torch.no_grad():
-        for role, name, make in (("prior", prior_name, vae.prior_dist),
-                                 ("guide", guide_name, lambda: vae.encode(torch.zeros((1,) + vae.x_shape).flatten(1)))):
-            support = make().support
-            if not is_real_support(support):
-                raise ConfigError(f"{role} {name!r} puts z on {support}, but pyro-vae's z lives on all of R^D (its guides are "
-                                  f"Gaussians and flows there, and AIS, BDMC, App. D and MCEM move z there); sample the "
-                                  f"latent on R^D (log z for a positive one) and let the decoder map it to the support")
+        raw = run("encoder", lambda: vae.encoder(x))
+        check_output("encoder", raw, vae.guide_head.num_outputs(), f"guide {names['guide']!r}")
+        check_distribution("guide", run("guide", lambda: vae.guide_head(raw)), (2,), (vae.z_dim,), "z")
+        check_distribution("prior", run("prior", vae.prior_dist), (), (vae.z_dim,), "z")
+        raw = run("decoder", lambda: vae.decoder(z))
+        check_output("decoder", raw, vae.likelihood.num_outputs(), f"likelihood {names['likelihood']!r}")
+        check_distribution("likelihood", run("likelihood", lambda: vae.likelihood(raw)), (2,), (vae.x_dim,), "x")
 
 
 def set_validation(enabled: bool) -> None:

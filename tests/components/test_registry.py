@@ -16,6 +16,8 @@ from pyro_vae.components.registry import (
     OBJECTIVES,
     PRIORS,
 )
+from pyro_vae.components.likelihoods import Likelihood
+from pyro_vae.components.priors import Prior
 from pyro_vae.config import Component
 from pyro_vae.config.build import vae_from_config
 from pyro_vae.data.datasets import Dataset
@@ -306,3 +308,63 @@ def test_imports_name_modules_and_say_what_went_wrong(tmp_path, monkeypatch):
         assert cfg.imports == ["one_prior"]  # one module may be written without the list
     finally:
         _forget("one_prior")
+
+
+class _ShapedPrior(Prior):
+    """A prior of one's own that gets its shapes wrong in one of the ways a user might."""
+
+    def __init__(self, z_dim: int, kind: str) -> None:
+        super().__init__()
+        self.z_dim, self.kind = z_dim, kind
+
+    def forward(self, encode=None):
+        import pyro.distributions as dist
+
+        return {
+            "event": lambda: dist.Normal(torch.zeros(self.z_dim + 1), 1.0).to_event(1),
+            "no_event": lambda: dist.Normal(torch.zeros(self.z_dim), 1.0),
+            "batch": lambda: dist.Normal(torch.zeros(3, self.z_dim), 1.0).to_event(1),
+            "tensor": lambda: torch.zeros(self.z_dim),
+            "raises": lambda: 1 / 0,
+        }[self.kind]()
+
+
+class _ShortLikelihood(Likelihood):
+    def num_outputs(self) -> int:
+        return 2
+
+    def forward(self, raw):
+        import pyro.distributions as dist
+
+        return dist.Normal(raw, 1.0).to_event(1)  # (..., 2): not x's 6 dimensions
+
+
+@pytest.mark.parametrize("part, builder, message", [
+    ("prior", lambda *, z_dim, x_dim: _ShapedPrior(z_dim, "event"),
+     r"prior 'test_bad' gives a distribution with batch shape \(\) and event shape \(3,\); z needs batch \(\) and event \(2,\)"),
+    ("prior", lambda *, z_dim, x_dim: _ShapedPrior(z_dim, "no_event"),
+     r"batch shape \(2,\) and event shape \(\); z needs batch \(\) and event \(2,\) \(.to_event\(1\) makes"),
+    ("prior", lambda *, z_dim, x_dim: _ShapedPrior(z_dim, "batch"), r"batch shape \(3,\) and event shape \(2,\)"),
+    ("prior", lambda *, z_dim, x_dim: _ShapedPrior(z_dim, "tensor"), "prior 'test_bad' returns a Tensor, not a distribution over z"),
+    ("prior", lambda *, z_dim, x_dim: _ShapedPrior(z_dim, "raises"),
+     "prior 'test_bad' fails when pyro-vae first runs it: ZeroDivisionError: division by zero"),
+    ("prior", lambda *, z_dim, x_dim: None,
+     "prior 'test_bad': its builder returned None; a prior's builder returns a pyro_vae.components.priors.Prior"),
+    ("likelihood", lambda *, x_dim: torch.nn.Identity(),
+     "likelihood 'test_bad': its builder returned Identity\(\); a likelihood's builder returns a pyro_vae.components.likelihoods.Likelihood"),
+    ("likelihood", lambda *, x_dim: _ShortLikelihood(x_dim),
+     r"likelihood 'test_bad' gives a distribution with batch shape \(2,\) and event shape \(2,\); x needs batch \(2,\) and event \(6,\)"),
+    ("encoder", lambda *, in_dim, out_dim, x_shape, role: torch.nn.Linear(in_dim, out_dim + 1),
+     r"encoder 'test_bad' maps two points to \(2, 5\); guide 'diag_normal' needs \(2, 4\)"),
+])
+def test_a_component_of_ones_own_with_wrong_shapes_is_named_when_the_model_is_built(part, builder, message):
+    """Not a broadcasting error from inside a Pyro trace at the first step: the component, what it
+    gave and what is needed."""
+    registry = {"prior": PRIORS, "likelihood": LIKELIHOODS, "encoder": NETWORKS}[part]
+    registry.register("test_bad")(builder)
+    try:
+        model = tiny_config().model.model_copy(update={part: Component(name="test_bad")})
+        with pytest.raises(ConfigError, match=message):
+            vae_from_config(model, (6,))
+    finally:
+        registry._entries.pop("test_bad", None)
