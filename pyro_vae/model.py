@@ -16,7 +16,6 @@ by N/M and its ELBO is an unbiased estimate of the full-data ELBO (AEVB Sec. 2.3
 from __future__ import annotations
 
 import functools
-import reprlib
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
 
@@ -237,12 +236,7 @@ def build_vae(
 
     def build(registry: Any, component: Component, base: type, **context: Any) -> Any:
         options = dict(component)
-        built = registry.build(options.pop("name"), options, **context)
-        if not isinstance(built, base):
-            raise ConfigError(f"{registry.kind} {component['name']!r}: its builder returned {reprlib.repr(built)}; a "
-                              f"{registry.kind}'s builder returns a {base.__module__}.{base.__qualname__} "
-                              "(docs/guide.md, 'Adding a component')")
-        return built
+        return registry.build(options.pop("name"), options, returns=base, **context)
 
     prior_module = build(PRIORS, prior, Prior, z_dim=z_dim, x_dim=x_dim)
     likelihood_module = build(LIKELIHOODS, likelihood, Likelihood, x_dim=x_dim)

@@ -18,6 +18,7 @@ import inspect
 import math
 import os
 import re
+import reprlib
 import sys
 import typing
 from typing import Any, Callable, Dict, Generic, List, Literal, Optional, TypeVar, Union
@@ -133,6 +134,10 @@ def _describe(hint: Any) -> str:
     return str(hint)
 
 
+def _article(noun: str) -> str:
+    return "an" if noun[0] in "aeiou" else "a"
+
+
 class Registry(Generic[T]):
     """A name -> builder mapping for one kind of component (e.g. ``"prior"``).
 
@@ -167,7 +172,7 @@ class Registry(Generic[T]):
             did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
             raise ConfigError(
                 f"unknown {self.kind} {name!r}.{did_you_mean} Valid {self.kind} names: "
-                f"{', '.join(self.names())}. {'An' if self.kind[0] in 'aeiou' else 'A'} {self.kind} of your own: name the module that registers "
+                f"{', '.join(self.names())}. {_article(self.kind).capitalize()} {self.kind} of your own: name the module that registers "
                 "it under `imports:` in the config (docs/guide.md, 'Adding a component')."
             )
         return self._entries[name]
@@ -213,15 +218,21 @@ class Registry(Generic[T]):
             if problem:
                 raise ConfigError(problem)
 
-    def build(self, name: str, options: Dict[str, Any], **context: Any) -> Any:
+    def build(self, name: str, options: Dict[str, Any], returns: type = object, **context: Any) -> Any:
+        """Entry ``name`` built with ``options`` and the ``context`` arguments; ``returns`` is the type
+        its builder must return (a component of one's own may return something else)."""
         self.check_options(name, options)
         builder = self.get(name)
         try:
-            return builder(**context, **options)
+            built = builder(**context, **options)
         except (TypeError, ValueError) as e:
             if isinstance(e, PyroVAEError):  # already says what is wrong (a DataError of a loader, ...)
                 raise
             raise ConfigError(f"{self.kind} {name!r} with options {options}: {e}") from e
+        if not isinstance(built, returns):
+            raise ConfigError(f"{self.kind} {name!r}: its builder returned {reprlib.repr(built)}; {_article(self.kind)} {self.kind}'s "
+                              f"builder returns a {returns.__module__}.{returns.__qualname__} (docs/guide.md, 'Adding a component')")
+        return built
 
 
 PRIORS: Registry = Registry("prior", context_args=("z_dim", "x_dim"))

@@ -30,7 +30,7 @@ def dataset_from_config(data: DataConfig) -> Dataset:
 
 def objective_from_config(objective: ObjectiveConfig) -> Objective:
     """The training objective of a config's ``objective:`` section."""
-    return OBJECTIVES.build(objective.name, objective.options)
+    return OBJECTIVES.build(objective.name, objective.options, returns=Objective)
 
 
 def optimizer_from_config(

@@ -121,10 +121,7 @@ def load_dataset(
     # a data set that generates its points generates as many as asked for; the others are cut
     generates = inspect.signature(DATASETS.get(name)).parameters
     sizes = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None and k in generates}
-    data = DATASETS.build(name, options or {}, root=data_root(root), download=download, **sizes)
-    if not isinstance(data, Dataset):
-        raise DataError(f"data set {name!r} returned a {type(data).__name__}; a data set's builder returns a pyro_vae.data.Dataset "
-                        "(docs/guide.md, 'Adding a component')")
+    data = DATASETS.build(name, options or {}, returns=Dataset, root=data_root(root), download=download, **sizes)
     for split, wanted in (("train", n_train), ("test", n_test)):
         if wanted is None:
             continue

@@ -59,11 +59,11 @@ def build_optimizer(
     """The registered optimizer ``name`` over ``params``, with the weight prior N(0, s^2 I), if
     ``weight_prior_std`` s is given, added as ``weight_decay`` 1 / s^2."""
     if weight_prior_std is None:
-        return OPTIMIZERS.build(name, options, params=params)
+        return OPTIMIZERS.build(name, options, returns=torch.optim.Optimizer, params=params)
     prior_decay = 1.0 / weight_prior_std**2
     with_prior = dict(options, weight_decay=options.get("weight_decay", 0.0) + prior_decay)
     try:
-        return OPTIMIZERS.build(name, with_prior, params=params)
+        return OPTIMIZERS.build(name, with_prior, returns=torch.optim.Optimizer, params=params)
     except ConfigError as e:
         if e.__cause__ is None:  # not the builder's own complaint: nothing to restate
             raise

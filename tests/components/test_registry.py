@@ -14,6 +14,7 @@ from pyro_vae.components.registry import (
     LIKELIHOODS,
     NETWORKS,
     OBJECTIVES,
+    OPTIMIZERS,
     PRIORS,
 )
 from pyro_vae.components.likelihoods import Likelihood
@@ -366,5 +367,18 @@ def test_a_component_of_ones_own_with_wrong_shapes_is_named_when_the_model_is_bu
         model = tiny_config().model.model_copy(update={part: Component(name="test_bad")})
         with pytest.raises(ConfigError, match=message):
             vae_from_config(model, (6,))
+    finally:
+        registry._entries.pop("test_bad", None)
+
+
+@pytest.mark.parametrize("registry, section, message", [
+    (OBJECTIVES, "objective", r"objective 'test_bad': its builder returned None; an objective's builder returns a pyro_vae.objectives.base.Objective"),
+    (OPTIMIZERS, "optimizer", r"optimizer 'test_bad': its builder returned None; an optimizer's builder returns a torch.optim"),
+])
+def test_an_objective_or_optimizer_of_ones_own_that_returns_the_wrong_thing_is_named(tmp_path, registry, section, message):
+    registry.register("test_bad")(lambda **_: None)
+    try:
+        with pytest.raises(ConfigError, match=message):
+            Trainer(tiny_config(**{section: {"name": "test_bad"}}), tmp_path / "run", progress=False)
     finally:
         registry._entries.pop("test_bad", None)

@@ -14,7 +14,7 @@ from pyro_vae.config.build import dataset_from_config
 from pyro_vae.data import datasets as D
 from pyro_vae.data import external, frey_face, mnist
 from pyro_vae.data.safe_pickle import load_arrays
-from pyro_vae.errors import DataError
+from pyro_vae.errors import ConfigError, DataError
 
 
 def _mnist_like_pickle(path, n=(5, 3, 4), protocol=2):
@@ -297,7 +297,8 @@ def test_a_data_set_of_ones_own_that_returns_no_dataset_is_named():
 
     DATASETS.register("test_arrays")(lambda *, root, download: (torch.zeros(5, 3), torch.zeros(2, 3)))
     try:
-        with pytest.raises(DataError, match="data set 'test_arrays' returned a tuple; a data set's builder returns a pyro_vae.data.Dataset"):
+        with pytest.raises(ConfigError, match=r"dataset 'test_arrays': its builder returned \(tensor\(.*\)\); a dataset's builder returns a "
+                                              "pyro_vae.data.datasets.Dataset"):
             D.load_dataset("test_arrays")
     finally:
         DATASETS._entries.pop("test_arrays", None)
