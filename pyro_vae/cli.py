@@ -225,10 +225,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from pyro_vae.runs.records import CONFIG_NAME
     from pyro_vae.runs.summary import run_summary
 
+    runs: List[Path] = []
+    for given in map(Path, args.runs):  # a folder of run folders (`pyro-vae show runs`) stands for the runs it holds
+        holds_runs = given.is_dir() and not (given / CONFIG_NAME).exists()
+        held = sorted(p for p in given.iterdir() if (p / CONFIG_NAME).is_file()) if holds_runs else []
+        runs.extend(held or [given])
     code = 0
-    for i, run in enumerate(args.runs):  # `pyro-vae show runs/*`: each run, a blank line between
+    for i, run in enumerate(runs):  # `pyro-vae show runs/*`: each run, a blank line between
         try:
             print(("\n" if i else "") + run_summary(run))
         except PyroVAEError as e:
@@ -366,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(fn=cmd_plot)
 
     sh = sub.add_parser("show", help="what run folders hold: model, training so far, every log p(x) estimate beside it")
-    sh.add_argument("runs", nargs="+", metavar="run", help="one or more run folders (runs/* for all)")
+    sh.add_argument("runs", nargs="+", metavar="run", help="one or more run folders, or a folder of them (runs)")
     sh.set_defaults(fn=cmd_show)
 
     c = sub.add_parser("compare", help="two log p(x) estimates of the same points: B - A with its paired standard error")

@@ -47,3 +47,16 @@ def test_show_lists_a_runs_model_training_and_every_estimate_beside_it(tmp_path,
     captured = capsys.readouterr()
     assert captured.out.count(f"run {run} (tiny)") == 2 and "\n\nrun " in captured.out
     assert captured.err.count("is not a run folder") == 1
+
+
+def test_show_of_a_folder_of_runs_shows_each_run_it_holds(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for name in ("b", "a"):
+        assert main(["train", "tiny", "--run-dir", str(runs / name), "--no-progress", "--set", "training.epochs=1"]) == 0
+    (runs / "notes").mkdir()  # a folder that is no run: left out
+    capsys.readouterr()
+    assert main(["show", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert out.index(f"run {runs / 'a'} (tiny)") < out.index(f"run {runs / 'b'} (tiny)") and "notes" not in out
+    assert main(["show", str(runs / "notes")]) == 2  # an empty folder is still no run
+    assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
