@@ -1,6 +1,7 @@
 """Error types. Every error a user can cause names the problem and the fix."""
 
 import os
+import sys
 import warnings
 
 
@@ -43,6 +44,20 @@ class TrainingError(PyroVAEError, RuntimeError):
 
 
 _PREFIX = "pyro-vae: "
+_DECORATORS = ("contextlib.py", "functools.py")  # the standard library's wrappers that pyro-vae is called through
+
+
+def warn(message: str, category: type = UserWarning) -> None:
+    """Warn with ``message`` (starting with ``pyro-vae: ``), attributed to the first caller outside
+    pyro-vae, torch and Pyro: the line of the user's script or the command line."""
+    internal = tuple(os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+                     for module in (sys.modules[__package__], sys.modules.get("torch"), sys.modules.get("pyro"))
+                     if module is not None and getattr(module, "__file__", None))
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and (os.path.abspath(frame.f_code.co_filename).startswith(internal)
+                                 or os.path.basename(frame.f_code.co_filename) in _DECORATORS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def one_line_warnings() -> None:

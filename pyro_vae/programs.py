@@ -34,8 +34,9 @@ from torch.distributions.transforms import Transform
 
 from pyro_vae.components.distributions import is_real_support
 from pyro_vae.model import VAE
+from pyro_vae.errors import warn
 from pyro_vae.traces import (
-    DATA_PLATE, check_finite_rows, check_local, guide_log_prob, latent_sites, log_densities, sample_latents, traced_pair,
+    DATA_PLATE, check_finite_rows, check_local, guide_log_prob, latent_sites, log_densities, sample_latents, sample_sites, traced_pair,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,6 +57,30 @@ def _to_support(name: str, support: Any) -> Transform:
         raise ValueError(f"latent site {name!r} has support {support}, which torch maps onto from no unconstrained space "
                          "(biject_to); give the site a distribution with a standard support (real, positive, an interval, "
                          "the simplex)") from None
+
+
+def _first_trace(program: Callable[..., Any], role: str, point: torch.Tensor) -> poutine.Trace:
+    """The trace of ``program`` on one datapoint; a data plate that subsamples is named (the
+    estimators score every row of ``x``, and Pyro's own error about it speaks of a mismatch)."""
+    try:
+        return poutine.trace(program).get_trace(point)
+    except ValueError as e:
+        if "subsample" not in str(e):
+            raise
+        raise ValueError(f"the {role} subsamples pyro.plate({DATA_PLATE!r}) ({str(e).splitlines()[0]}); the estimators score "
+                         "every row of x: pass the rows to score as x and drop subsample_size from the plate") from None
+
+
+def _warn_of_scales(model_trace: poutine.Trace) -> None:
+    """A model that scales a site's log-density (``poutine.scale``, a KL weight) is scored without
+    the scale: log p(x) is the model's as its distributions define it, which is what a lower
+    bound trained with a weight is compared on. Said once, so that it is not a surprise."""
+    scaled = {site["name"]: site["scale"] for site in sample_sites(model_trace)
+              if not (isinstance(site["scale"], (int, float)) and site["scale"] == 1.0)}
+    if scaled:
+        listed = ", ".join(f"{name!r} by {scale}" for name, scale in scaled.items())
+        warn(f"pyro-vae: the model scales the log-density of {listed} (poutine.scale); log p(x) is estimated "
+             "without the scale, for the model as its distributions define it")
 
 
 class PyroModel:
@@ -92,7 +117,8 @@ class PyroModel:
         if self.sites is not None:
             return
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():
-            model_trace = poutine.trace(self.model).get_trace(x[:1])
+            model_trace = _first_trace(self.model, "model", x[:1])
+            _warn_of_scales(model_trace)
             model_sites = latent_sites(model_trace)
             for name, site in model_sites.items():
                 if _is_discrete(site["fn"].support):
@@ -101,7 +127,7 @@ class PyroModel:
                 check_local(site, "model")
             if not model_sites:
                 raise ValueError(f"the model has no latent sample sites inside pyro.plate({DATA_PLATE!r}); nothing to integrate out")
-            self._check_guide(model_sites, latent_sites(poutine.trace(self.guide).get_trace(x[:1])))
+            self._check_guide(model_sites, latent_sites(_first_trace(self.guide, "guide", x[:1])))
             self._check_broadcasting(x[:1])
         self._observed = [name for name, site in model_trace.nodes.items() if site["type"] == "sample" and site["is_observed"]]
         self.sites = {name: site["value"].shape[1:] for name, site in model_sites.items()}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
@@ -11,7 +10,7 @@ import yaml
 from pyro_vae.components.registry import import_modules
 from pyro_vae.config.files import parse_yaml, syntax_error_text
 from pyro_vae.config.schema import COMPONENT_SECTIONS, NO_DEFAULT, RunConfig, as_config_value, registry_of, section_at
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, warn
 
 
 def _key_paths(prefix: Tuple[str, ...], value: Any) -> List[Tuple[str, ...]]:
@@ -93,11 +92,9 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
                 import_modules(data["imports"])
             dropped = _swap_component(node, parent, value, set_here)
             if dropped:
-                warnings.warn(
+                warn(
                     f"pyro-vae: --set {key}={value}: dropped {', '.join(dropped)}, option(s) of "
-                    f"{node.get('name', 'the default')!r} that {value!r} does not take",
-                    stacklevel=2,
-                )
+                    f"{node.get('name', 'the default')!r} that {value!r} does not take")
         node[keys[-1]] = value
         set_here.update(_key_paths(tuple(keys), value))
     return data

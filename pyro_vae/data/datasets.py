@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -22,7 +21,7 @@ import torch
 from pyro_vae.components.registry import DATASETS
 from pyro_vae.data.cache import data_root
 from pyro_vae.data.linear_gaussian import LinearGaussian
-from pyro_vae.errors import DataError
+from pyro_vae.errors import DataError, warn
 
 
 @dataclass
@@ -127,11 +126,9 @@ def load_dataset(
             continue
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         if wanted > x.shape[0]:
-            warnings.warn(
+            warn(
                 f"pyro-vae: data.n_{split}={wanted}, but the {split} set of {name!r} holds {x.shape[0]} points; "
-                f"all {x.shape[0]} are used",
-                stacklevel=2,
-            )
+                f"all {x.shape[0]} are used")
         setattr(data, f"x_{split}", x[:wanted])
         setattr(data, f"y_{split}", None if y is None else y[:wanted])
     if binarize_mode != "none":

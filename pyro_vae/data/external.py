@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -23,7 +22,7 @@ import torch
 from pyro_vae.components.registry import DATASETS
 from pyro_vae.data.cache import load_npz, save_npz
 from pyro_vae.data.datasets import Dataset
-from pyro_vae.errors import DataError
+from pyro_vae.errors import DataError, warn
 from pyro_vae.files import exclusive_lock
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -123,12 +122,9 @@ def npz(*, root: Path, download: bool, path: str, test_fraction: float = 0.1) ->
         raise DataError(f"{p}: x_train is {xtr.dtype} and x_test {xte.dtype}; save both as 8-bit images (uint8) or both as grey levels")
     scale = 1.0 / 255.0 if xtr.dtype == np.uint8 else 1.0
     if np.issubdtype(xtr.dtype, np.integer) and xtr.dtype != np.uint8 and xtr.size and 1 < xtr.max() <= 255 and xtr.min() >= 0:
-        warnings.warn(
+        warn(
             f"pyro-vae: {p}: x holds whole numbers from {xtr.min()} to {xtr.max()} as {xtr.dtype}, used as they are. If "
-            "they are 8-bit images, save them as uint8 (e.g. x.astype(np.uint8)): those are read as grey levels in [0, 1].",
-            UserWarning,
-            stacklevel=2,
-        )
+            "they are 8-bit images, save them as uint8 (e.g. x.astype(np.uint8)): those are read as grey levels in [0, 1].")
     flat = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32).reshape(len(v), -1) * np.float32(scale))  # noqa: E731
     lab = lambda v: None if v is None else torch.from_numpy(np.asarray(v).astype(np.int64))  # noqa: E731
     info = {"source": str(p), **({"scaled": "uint8 / 255"} if scale != 1.0 else {})}

@@ -198,8 +198,6 @@ def _arviz():
     """ArviZ, imported without its once-a-day FutureWarning about its coming refactor: a notice
     for ArviZ's own users that would otherwise be printed amid an evaluation's report, although
     nothing pyro-vae calls (``from_dict``, ``ess``, ``rhat``) is affected."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
         import arviz

@@ -51,6 +51,7 @@ from pyro_vae.speed import fused_linear
 from pyro_vae.model import VAE
 from pyro_vae.programs import flat_guide_log_prob, flat_log_densities
 from pyro_vae.speed.switches import Switch
+from pyro_vae.errors import warn
 
 Densities = Tuple[torch.Tensor, ...]
 DensityFn = Callable[[VAE, torch.Tensor, torch.Tensor], Densities]
@@ -152,11 +153,8 @@ def _compile(
                 raise ValueError("the compiled densities differ from the eager ones (Python control flow on the values of z?)")
         return compiled
     except Exception as e:  # noqa: BLE001 - any failure means: evaluate eagerly, as before
-        warnings.warn(
-            f"pyro-vae: HMC potential for latents of shape {tuple(z.shape)} stays eager (uncompiled, slower): {e}. "
-            "Set PYRO_VAE_COMPILE_POTENTIALS=0 to skip compiling altogether.",
-            RuntimeWarning,
-        )
+        warn(f"pyro-vae: HMC potential for latents of shape {tuple(z.shape)} stays eager (uncompiled, slower): {e}. "
+             "Set PYRO_VAE_COMPILE_POTENTIALS=0 to skip compiling altogether.", RuntimeWarning)
         return None
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from pyro_vae import distributed, estimators
-from pyro_vae.errors import ConfigError, EstimateError
+from pyro_vae.errors import ConfigError, EstimateError, warn
 from pyro_vae.estimators.options import BDMC_POINTS, DEFAULTS, ESTIMATORS, SETTINGS_USED, EstimatorOptions, estimator_options
 from pyro_vae.estimators.result import Estimate, standard_error
 from pyro_vae.files import check_writable, prepared_output, write_atomically_with, write_text_atomically
@@ -116,9 +115,8 @@ def evaluate_run(
     unused = [name for name in settings if name not in SETTINGS_USED[estimator] and settings[name] != getattr(DEFAULTS, name)]
     if unused:
         flags = ", ".join("--" + name.replace("_", "-") for name in unused)
-        warnings.warn(f"pyro-vae: {flags} {'does' if len(unused) == 1 else 'do'} not apply to --estimator {estimator} and "
-                      f"{'is' if len(unused) == 1 else 'are'} ignored; it reads {', '.join(SETTINGS_USED[estimator]) or 'no setting'}",
-                      UserWarning, stacklevel=2)
+        warn(f"pyro-vae: {flags} {'does' if len(unused) == 1 else 'do'} not apply to --estimator {estimator} and "
+             f"{'is' if len(unused) == 1 else 'are'} ignored; it reads {', '.join(SETTINGS_USED[estimator]) or 'no setting'}")
     if out is not None:
         out = prepared_output(out, "--out")
     if save_chains is not None:
@@ -136,13 +134,10 @@ def evaluate_run(
     check_writable(Path(out).parent if out is not None else run_dir, "the folder of the result")  # before the work
     if not trained.trains_guide and trained.dist.is_main and (
             estimator in ("elbo", "iwae", "gaps") or (estimator == "ais" and options.ais_start == "encoder")):
-        warnings.warn(
+        warn(
             f"pyro-vae: objective {trained.config.objective.name!r} trains no encoder, so q(z|x) is as initialised: "
             f"--estimator {estimator}{' --ais-start encoder' if estimator == 'ais' else ''} draws from it and gives a valid "
-            "but very loose lower bound. Estimate this run's log p(x) with --estimator hmc or ais (from the prior).",
-            UserWarning,
-            stacklevel=2,
-        )
+            "but very loose lower bound. Estimate this run's log p(x) with --estimator hmc or ais (from the prior).")
     named_by = {**options.model_dump(), "seed": seed}
     if estimator == "bdmc":
         n = n or BDMC_POINTS
@@ -155,11 +150,8 @@ def evaluate_run(
     split_size = x.shape[0]
     if n is not None:
         if n > x.shape[0] and trained.dist.is_main:
-            warnings.warn(
-                f"pyro-vae: n = {n} (--n) is more than the {x.shape[0]} points of the {split} split; all {x.shape[0]} are evaluated.",
-                UserWarning,
-                stacklevel=2,
-            )
+            warn(
+                f"pyro-vae: n = {n} (--n) is more than the {x.shape[0]} points of the {split} split; all {x.shape[0]} are evaluated.")
         x = x[:n]
     subset = x.shape[0] if x.shape[0] < split_size else None
     out = out or run_dir / default_output_name(estimator, split, named_by, subset=subset)

@@ -16,7 +16,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
@@ -28,7 +27,7 @@ from pyro_vae import distributed
 from pyro_vae.config import RunConfig, TrainingConfig, load as load_config, save as save_config
 from pyro_vae.config.build import dataset_from_config, objective_from_config, optimizer_from_config, vae_from_config
 from pyro_vae.data.datasets import Dataset, binarize, binarize_dynamic, check_support
-from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError, TrainingError
+from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError, TrainingError, warn
 from pyro_vae.estimators.result import standard_error
 from pyro_vae.files import exclusive_lock, folder_path, write_text_atomically
 from pyro_vae.hardware import hardware, resolve_device, versions
@@ -58,13 +57,10 @@ def warn_if_full_batch(batch_size: int, num_train: int) -> None:
     points (only the order within the batch changes), which a config written for a larger data
     set (a subset via ``data.n_train``, a small npz) does without anyone having asked for it."""
     if batch_size > num_train:
-        warnings.warn(
+        warn(
             f"pyro-vae: training.batch_size {batch_size} is larger than the training set ({num_train} points): "
             f"every step takes all {num_train} (full-batch gradients, one step per epoch). Set training.batch_size "
-            f"to at most {num_train} for minibatch SGVB.",
-            UserWarning,
-            stacklevel=3,
-        )
+            f"to at most {num_train} for minibatch SGVB.")
 
 
 def warn_if_budget_below_one_batch(sample_budget: Optional[int], batch_size: int, num_train: int) -> None:
@@ -73,13 +69,10 @@ def warn_if_budget_below_one_batch(sample_budget: Optional[int], batch_size: int
     metrics record the samples actually seen)."""
     batch = min(batch_size, num_train)
     if sample_budget is not None and sample_budget < batch:
-        warnings.warn(
+        warn(
             f"pyro-vae: training.sample_budget {sample_budget} is smaller than one minibatch ({batch} points): "
             f"training stops after the first minibatch, at {batch} samples seen. Set training.batch_size to at most "
-            f"{sample_budget}, or a budget of at least {batch}.",
-            UserWarning,
-            stacklevel=3,
-        )
+            f"{sample_budget}, or a budget of at least {batch}.")
 
 
 class Trainer:

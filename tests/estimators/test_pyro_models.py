@@ -432,3 +432,34 @@ def test_a_latent_whose_support_has_no_map_from_the_real_line_is_named():
 
     with pytest.raises(ValueError, match="latent site 'z' has support .*which torch maps onto from no unconstrained space"):
         E.ais(model, _guide_of(("z", Odd(0.0, 1.0))), torch.zeros(3, X_DIM), num_steps=2)
+
+
+def test_a_model_that_subsamples_its_data_plate_is_named():
+    def model(x):
+        with pyro.plate("data", x.shape[0], subsample_size=2) as idx:
+            z = pyro.sample("z", dist.Normal(torch.zeros(X_DIM), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x[idx])
+
+    with pytest.raises(ValueError, match=r"the model subsamples pyro.plate\('data'\) .*drop subsample_size from the plate"):
+        E.iwae(model, _guide_of(("z", dist.Normal(torch.zeros(X_DIM), 1.0).to_event(1))), torch.zeros(6, X_DIM), k=5)
+
+
+def test_a_scaled_site_is_estimated_without_its_scale_and_the_warning_points_at_the_callers_line():
+    """A KL weight or any poutine.scale changes the training objective, not the model: log p(x) is
+    the model's own, as with no scale, and a warning says so, attributed to the user's call."""
+
+    def weighted(x):
+        with pyro.plate("data", x.shape[0]):
+            with pyro.poutine.scale(scale=0.5):
+                z = pyro.sample("z", dist.Normal(torch.zeros(X_DIM), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    guide = _guide_of(("z", dist.Normal(torch.zeros(X_DIM), 1.0).to_event(1)))
+    x = torch.randn(5, X_DIM)
+    torch.manual_seed(0)
+    plain = E.iwae(_independent_normals, guide, x, k=50)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"scales the log-density of 'z' by 0.5 \(poutine.scale\); log p\(x\) is estimated without") as caught:
+        scaled = E.iwae(weighted, guide, x, k=50)
+    assert torch.equal(plain.per_datapoint, scaled.per_datapoint)
+    assert caught[0].filename == __file__

@@ -55,8 +55,9 @@ def test_a_batch_larger_than_the_training_set_is_named(tmp_path):
     import warnings
 
     trainer = Trainer(tiny_config(training={"batch_size": 100}), tmp_path / "big", progress=False)
-    with pytest.warns(UserWarning, match=r"batch_size 100 is larger than the training set \(60 points\).*at most 60"):
+    with pytest.warns(UserWarning, match=r"batch_size 100 is larger than the training set \(60 points\).*at most 60") as caught:
         trainer.train()
+    assert caught[0].filename == __file__  # the user's line, not pyro-vae's
     assert trainer.step == 1  # one full batch per epoch
     with warnings.catch_warnings():
         warnings.simplefilter("error")
