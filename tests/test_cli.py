@@ -344,3 +344,16 @@ def test_version_names_pyro_vae_torch_and_pyro_as_run_json_records_them(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"pyro-vae {pyro_vae.__version__} (torch {torch.__version__}, pyro-ppl {pyro.__version__})"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA GPU is visible: cuda is no error here")
+def test_cuda_without_a_gpu_is_named_with_the_fix_for_the_command_line_and_python(tmp_path, capsys):
+    from pyro_vae.runs.load import load_run
+
+    run = tmp_path / "run"
+    assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
+    assert main(["evaluate", str(run), "--k", "5", "--device", "cuda"]) == 2
+    assert "device 'cuda' was asked for but no CUDA GPU is available" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r'use --device cpu or --device auto \(from Python, device="cpu"\)'):
+        load_run(run, device="cuda")
+    assert load_run(run, device="cpu").device.type == "cpu"
