@@ -22,7 +22,7 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(
                 f"device {name!r} was asked for but no CUDA GPU is available to this torch "
-                f"({torch.__version__}); use --device cpu or --device auto (from Python, device=\"cpu\")."
+                f"({torch.__version__}); use --device cpu or --device auto (in a config, device: cpu; load_run takes device=\"cpu\")."
             )
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():

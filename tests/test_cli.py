@@ -354,6 +354,6 @@ def test_cuda_without_a_gpu_is_named_with_the_fix_for_the_command_line_and_pytho
     assert main(["train", "tiny", "--run-dir", str(run), "--no-progress", "--set", "training.epochs=1"]) == 0
     assert main(["evaluate", str(run), "--k", "5", "--device", "cuda"]) == 2
     assert "device 'cuda' was asked for but no CUDA GPU is available" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match=r'use --device cpu or --device auto \(from Python, device="cpu"\)'):
+    with pytest.raises(ConfigError, match=r'use --device cpu or --device auto \(in a config, device: cpu; load_run takes device="cpu"\)'):
         load_run(run, device="cuda")
     assert load_run(run, device="cpu").device.type == "cpu"
