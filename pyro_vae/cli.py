@@ -421,10 +421,9 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
         given = [u.split("=")[0] for u in unknown if u.startswith("--")]
         near: List[str] = []
         if "--set" in flags:  # `train --epochs 3`: a config setting, given with --set
-            from pyro_vae.config.schema import setting_paths
+            from pyro_vae.config.schema import settings_named
 
-            names = {g[2:].replace("-", "_") for g in given}
-            near = [f"--set {path}=..." for path in setting_paths() if path.rsplit(".", 1)[-1] in names]
+            near = [f"--set {path}=..." for path in settings_named({g[2:].replace("-", "_") for g in given})]
         elif "--set" in given:  # `evaluate RUN --set evaluation.k=100`: this command's settings are flags
             settings = [u.partition("=") for u in unknown if "=" in u and not u.startswith("-")]
             near = [f"--{key.rpartition('.')[2].replace('_', '-')} {value}" for key, _, value in settings]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Collection, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -165,7 +165,7 @@ class RunConfig(BaseModel):
                 reg.check_options(comp.name, comp.options)
             except ConfigError as e:
                 unknown = [key for key in comp.options if key not in reg.options(comp.name)]
-                elsewhere = _settings_elsewhere(unknown, path)
+                elsewhere = settings_named(unknown, path)
                 raise ConfigError(f"{e}{' Did you mean ' + ' or '.join(elsewhere) + '?' if elsewhere else ''}") from None
         if not is_device_name(self.device):
             raise ConfigError(
@@ -263,17 +263,18 @@ def setting_paths() -> List[str]:
     return sorted(_flatten(RunConfig().to_dict_with_option_defaults()))
 
 
-def _settings_elsewhere(keys: List[str], loc: Tuple[Any, ...]) -> List[str]:
-    """The settings outside the section at ``loc`` whose own name is one of ``keys``
-    (``training.lr``: ``optimizer.lr``), for a key written in the wrong section."""
-    prefix = ".".join(map(str, loc)) + "."
-    return [path for path in setting_paths() if path.rsplit(".", 1)[-1] in keys and not (loc and path.startswith(prefix))]
+def settings_named(keys: Collection[str], outside: Tuple[Any, ...] = ()) -> List[str]:
+    """The settings whose own name is one of ``keys``, outside the section at ``outside``
+    (``training.lr``: ``optimizer.lr``): where a key written in the wrong section, or as a flag
+    (``train --epochs``), belongs."""
+    prefix = ".".join(map(str, outside)) + "."
+    return [path for path in setting_paths() if path.rsplit(".", 1)[-1] in keys and not (outside and path.startswith(prefix))]
 
 
 def _unknown_key_message(loc: Tuple[Any, ...]) -> str:
     known = _section_keys(loc[:-1])
     near = difflib.get_close_matches(str(loc[-1]), known, n=1)
-    suggestions = [".".join(map(str, (*loc[:-1], near[0])))] if near else _settings_elsewhere([str(loc[-1])], loc[:-1])
+    suggestions = [".".join(map(str, (*loc[:-1], near[0])))] if near else settings_named([str(loc[-1])], loc[:-1])
     hint = f"did you mean {' or '.join(suggestions)}? " if suggestions else ""
     where = f"{'.'.join(map(str, loc[:-1]))} holds " if loc[:-1] else "a config holds "
     return f"unknown key ({hint}{where}{', '.join(known)}; see docs/guide.md, 'Config reference')"
