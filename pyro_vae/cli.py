@@ -14,14 +14,12 @@ from typing import List, Optional
 
 from pyro_vae.errors import ConfigError, PyroVAEError, one_line_warnings
 from pyro_vae.files import folder_path, prepared_output
+from pyro_vae.whole_numbers import parse_whole_number
 
 
 def _whole_number(text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
+    value = parse_whole_number(text)  # 5000, 5e3 or 5000.0
+    if value is None or value < minimum:
         raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
     return value
 

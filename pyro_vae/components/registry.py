@@ -24,6 +24,7 @@ import typing
 from typing import Any, Callable, Dict, Generic, List, Literal, Optional, TypeVar, Union
 
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.whole_numbers import as_whole_number
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -101,6 +102,26 @@ def _fits(value: Any, hint: Any) -> bool:
     if origin is tuple:
         return isinstance(value, (list, tuple)) and len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
     return True
+
+
+def _whole_numbers_where_counted(value: Any, hint: Any) -> Any:
+    """``value`` with each float that writes a whole number (``5e3``) made an int wherever ``hint``
+    asks for one (``int``, ``List[int]``, ``Optional[int]``, ...); a value that fits as it is stays."""
+    if hint is int:
+        return as_whole_number(value)
+    if _fits(value, hint):
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        for arg in args:
+            converted = _whole_numbers_where_counted(value, arg)
+            if _fits(converted, arg):
+                return converted
+    elif origin is list and isinstance(value, (list, tuple)):
+        return [_whole_numbers_where_counted(v, args[0]) for v in value]
+    elif origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(args):
+        return [_whole_numbers_where_counted(v, a) for v, a in zip(value, args)]
+    return value
 
 
 def _type_hints(builder: Callable[..., Any]) -> Dict[str, Any]:
@@ -197,6 +218,12 @@ class Registry(Generic[T]):
                     "(for 'no limit', write a large number such as 1e30).")
         return None
 
+    def with_whole_numbers(self, name: str, options: Dict[str, Any]) -> Dict[str, Any]:
+        """``options`` with every count written as a whole float (``num_particles: 5e3``) made an int,
+        as entry ``name``'s builder annotates it (:mod:`pyro_vae.whole_numbers`)."""
+        hints = _type_hints(self.get(name))
+        return {key: _whole_numbers_where_counted(value, hints[key]) if key in hints else value for key, value in options.items()}
+
     def takes(self, name: str, key: str, value: Any) -> bool:
         """Whether entry ``name`` takes option ``key`` with this value (its name, type and finiteness)."""
         return key in self.options(name) and self.value_problem(name, key, value) is None
@@ -221,6 +248,7 @@ class Registry(Generic[T]):
     def build(self, name: str, options: Dict[str, Any], returns: type = object, **context: Any) -> Any:
         """Entry ``name`` built with ``options`` and the ``context`` arguments; ``returns`` is the type
         its builder must return (a component of one's own may return something else)."""
+        options = self.with_whole_numbers(name, options)
         self.check_options(name, options)
         builder = self.get(name)
         try:

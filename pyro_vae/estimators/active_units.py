@@ -25,6 +25,7 @@ import torch
 from pyro_vae.model import VAE, without_param_store
 from pyro_vae.programs import accepts_pyro_programs
 from pyro_vae.traces import latent_sites, sample_latents
+from pyro_vae.whole_numbers import count
 
 ACTIVITY_THRESHOLD = 1e-2  # Burda et al.'s
 
@@ -44,8 +45,8 @@ def active_units(
     vae.check_points(x)
     if x.shape[0] < 2:
         raise ValueError("active units need at least 2 datapoints (a variance over x)")
-    if num_samples < 2:
-        raise ValueError("num_samples must be >= 2 (the Monte Carlo noise is estimated from the draws)")
+    # at least two draws: the Monte Carlo noise of E_q[z] is estimated from them
+    num_samples, batch_size = count("num_samples", num_samples, 2), count("batch_size", batch_size)
     means, noise = [], []
     exact = True
     for xb in x.split(batch_size):

@@ -36,13 +36,13 @@ from pyro_vae.estimators.memory import bytes_per_chain, datapoints_per_chunk
 from pyro_vae.mcmc.potentials import guide_log_density, model_log_densities
 from pyro_vae.estimators.result import Estimate, standard_error
 from pyro_vae.estimators.options import AIS_SCHEDULES, AIS_STARTS, DEFAULTS, resolved_memory_gb, AisSchedule as Schedule, AisStart as Start
+from pyro_vae.whole_numbers import count
 
 
 def beta_schedule(num_steps: int, kind: Schedule = "sigmoid", sharpness: float = 4.0) -> torch.Tensor:
     """``num_steps + 1`` inverse temperatures from 0 to 1. ``sigmoid``: beta_t proportional to
     sigmoid(sharpness * (2t/T - 1)), rescaled to [0, 1] (Grosse et al. 2015)."""
-    if num_steps < 1:
-        raise ValueError("num_steps must be >= 1")
+    num_steps = count("num_steps", num_steps)
     t = torch.linspace(0, 1, num_steps + 1, dtype=torch.float64)
     if kind == "linear":
         return t
@@ -140,8 +140,9 @@ def ais(
     """
     if start not in AIS_STARTS:
         raise ValueError(f"start must be one of {AIS_STARTS}, not {start!r}")
-    if num_chains < 1 or (adapt and step_schedule is None and pilot_chains < 1):
-        raise ValueError(f"num_chains and pilot_chains must be >= 1 (got {num_chains}, {pilot_chains})")
+    num_steps, num_chains, num_leapfrog = count("num_steps", num_steps), count("num_chains", num_chains), count("num_leapfrog", num_leapfrog)
+    if adapt and step_schedule is None:
+        pilot_chains = count("pilot_chains", pilot_chains)
     vae.check_points(x)
     memory_gb = resolved_memory_gb(memory_gb, x.device)
     betas = beta_schedule(num_steps, schedule)
@@ -223,9 +224,9 @@ def bdmc(
         for a program of one's own in its unconstrained coordinates, :mod:`pyro_vae.programs`);
         without ``z``, ``num_points`` are simulated from the model (``x`` then only tells a
         program of one's own the data's shape)."""
+    num_steps, num_chains, num_leapfrog = count("num_steps", num_steps), count("num_chains", num_chains), count("num_leapfrog", num_leapfrog)
     if x is None or z is None:
-        if num_points < 1:
-            raise ValueError(f"num_points (the points BDMC simulates) must be >= 1, got {num_points}")
+        num_points = count("num_points (the points BDMC simulates)", num_points)
         if x is not None:  # a user's own model learns the data's shape from these points
             vae.check_points(x)
         x, z = vae.simulate(num_points)

@@ -29,6 +29,7 @@ from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle, data
 from pyro_vae.mcmc.potentials import model_log_densities
 from pyro_vae.estimators.result import Estimate
 from pyro_vae.estimators.options import DEFAULTS, resolved_memory_gb
+from pyro_vae.whole_numbers import count
 
 
 @accepts_pyro_programs
@@ -52,8 +53,8 @@ def hmc_marginal_likelihood(
     Each datapoint's chains, fit and estimate are its own, so the datapoints run in chunks whose
     working memory, measured on the model, stays under ``memory_gb``: the chains with their
     gradient pass, or the estimate's ``num_samples x num_chains`` draws scored at once."""
-    if num_chains < 1 or num_samples < 1:
-        raise ValueError(f"num_chains and num_samples must be >= 1 (got {num_chains}, {num_samples})")
+    num_samples, num_chains, num_warmup = count("num_samples", num_samples), count("num_chains", num_chains), count("num_warmup", num_warmup, 0)
+    num_leapfrog, thin = count("num_leapfrog", num_leapfrog), count("thin", thin)
     vae.check_points(x)
     memory_gb = resolved_memory_gb(memory_gb, x.device)
     if num_chains * num_samples <= vae.z_dim:

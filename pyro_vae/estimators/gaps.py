@@ -27,6 +27,7 @@ from pyro_vae.estimators.iwae import elbo, iwae
 from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
 from pyro_vae.estimators.result import Estimate
 from pyro_vae.estimators.options import DEFAULTS
+from pyro_vae.whole_numbers import count
 
 
 FINAL_SAMPLES = 100  # fresh samples per datapoint for q*'s final ELBO
@@ -49,8 +50,9 @@ def optimise_local_gaussians(
     fitted on its own (Adam's update is elementwise), so the datapoints run in chunks whose working
     memory, measured on the model, stays under ``memory_gb``: the fit's ``num_samples`` particles
     with their gradient pass, or the final ELBO's 100."""
-    if steps < 0 or num_samples < 1 or not 0 < lr < math.inf:
-        raise ValueError(f"the local Gaussians need steps >= 0, num_samples >= 1 and a finite lr > 0 (got {steps}, {num_samples}, {lr})")
+    steps, num_samples = count("steps", steps, 0), count("num_samples", num_samples)
+    if not 0 < lr < math.inf:
+        raise ValueError(f"the local Gaussians need a finite lr > 0, got {lr}")
     vae.check_points(x)
     per_point = max(num_samples * bytes_per_chain(vae, x), FINAL_SAMPLES * bytes_per_particle(vae, x))
     chunk = datapoints_per_chunk(x.shape[0], per_point, memory_gb, x.device)
@@ -133,12 +135,15 @@ def gap_report(
     :param ais_options: further settings of :func:`~pyro_vae.estimators.ais.ais` (``num_chains``,
         ``schedule``, ...).
     """
+    k = count("k", k)  # here, not after the ELBO's 100 draws per point
+    if ais_steps is not None:
+        ais_steps = count("ais_steps", ais_steps)
     elbo_q = elbo(vae, x, num_samples=100, memory_gb=memory_gb)
     iw = iwae(vae, x, k=k, memory_gb=memory_gb)
     local = optimise_local_gaussians(vae, x, memory_gb=memory_gb)
     best = iw
     out: Dict[str, object] = {"elbo": elbo_q, "iwae": iw, "elbo_local_gaussian": local}
-    if ais_steps:
+    if ais_steps is not None:
         best = ais(vae, x, num_steps=ais_steps, memory_gb=memory_gb, **ais_options)  # type: ignore[arg-type]
         out["ais"] = best
     log_px = best.per_datapoint

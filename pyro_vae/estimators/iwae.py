@@ -25,6 +25,7 @@ from pyro_vae.traces import log_importance_weights
 from pyro_vae.estimators.memory import bytes_per_particle
 from pyro_vae.estimators.result import Estimate
 from pyro_vae.estimators.options import DEFAULTS, memory_budget, resolved_memory_gb
+from pyro_vae.whole_numbers import count
 
 
 # On CPU, chunks of about this much working memory: for the paper's model all k = 5000 particles
@@ -85,8 +86,7 @@ def iwae(
 
     :param chunks: force (particles, datapoints) per chunk instead of planning them from memory_gb.
     """
-    if k < 1:
-        raise ValueError("k must be >= 1")
+    k = count("k", k)
     vae.check_points(x)
     memory_gb = resolved_memory_gb(memory_gb, x.device)
     n = x.shape[0]
@@ -113,8 +113,7 @@ def iwae(
 @without_param_store
 def elbo(vae: VAE, x: torch.Tensor, num_samples: int = 1, memory_gb: Optional[float] = DEFAULTS.memory_gb) -> Estimate:
     """The Monte Carlo ELBO per datapoint, averaged over ``num_samples`` draws of q (a lower bound)."""
-    if num_samples < 1:
-        raise ValueError("num_samples must be >= 1")
+    num_samples = count("num_samples", num_samples)
     vae.check_points(x)
     memory_gb = resolved_memory_gb(memory_gb, x.device)
     kc, nc = plan_chunks(num_samples, x.shape[0], bytes_per_particle(vae, x), memory_gb, CPU_CHUNK_BYTES if x.device.type == "cpu" else None,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from pyro_vae.speed.fused_linear import input_gradients_only
+from pyro_vae.whole_numbers import count
 
 if TYPE_CHECKING:
     import arviz
@@ -115,8 +116,7 @@ class BatchedHMC:
         self, potential: Potential, step_size: float | torch.Tensor = 0.1, num_leapfrog: int = 10,
         target_accept: float = 0.65, fixed_potential: bool = True,
     ) -> None:
-        if num_leapfrog < 1:
-            raise ValueError("num_leapfrog must be >= 1")
+        num_leapfrog = count("num_leapfrog", num_leapfrog)
         if not 0 < target_accept < 1:
             raise ValueError("target_accept must lie in (0, 1)")
         if not torch.is_tensor(step_size) and not 0 < step_size < math.inf:  # a tensor's (per chain) is the sampler's own
@@ -170,8 +170,7 @@ class BatchedHMC:
 
     def run(self, z: torch.Tensor, num_warmup: int, num_samples: int, thin: int = 1) -> Tuple[torch.Tensor, HMCStats]:
         """Warm up (adapting step sizes), then record ``num_samples`` draws: ``(num_samples, *chains, D)``."""
-        if num_samples < 1 or thin < 1 or num_warmup < 0:
-            raise ValueError(f"HMC needs num_samples >= 1, thin >= 1 and num_warmup >= 0 (got {num_samples}, {thin}, {num_warmup})")
+        num_warmup, num_samples, thin = count("num_warmup", num_warmup, 0), count("num_samples", num_samples), count("thin", thin)
         for _ in range(num_warmup):
             z, _ = self.step(z, adapt=True)
         self.end_adaptation()

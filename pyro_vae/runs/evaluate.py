@@ -24,6 +24,7 @@ from pyro_vae.model import VAE
 from pyro_vae.data.datasets import binarize
 from pyro_vae.runs.load import TrainedRun, load_run
 from pyro_vae.tracking import Callback, TensorBoardLogger
+from pyro_vae.whole_numbers import as_whole_number
 
 GAP_REPORT_ESTIMATES = ("elbo", "iwae", "ais", "elbo_local_gaussian")  # the estimates a gap report may hold
 
@@ -107,6 +108,7 @@ def evaluate_run(
         raise ConfigError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
     if split not in ("test", "train"):
         raise ConfigError(f"split must be 'test' or 'train', not {split!r}.")
+    n = as_whole_number(n)  # 1e3 as 1000
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ConfigError(f"n must be a whole number >= 1, not {n!r}.")
     options = estimator_options(**settings)

@@ -412,27 +412,27 @@ def test_estimators_reject_counts_and_memory_caps_below_one(problem):
     _, x, vae = problem
     x = x[:2]
     bad = [
-        (lambda: E.iwae(vae, x, k=0), "k must be >= 1"),
+        (lambda: E.iwae(vae, x, k=0), "k must be a whole number >= 1, got 0"),
         (lambda: E.iwae(vae, x, k=10, memory_gb=0.0), "memory_gb"),
         (lambda: E.iwae(vae, x, k=10, memory_gb=float("nan")), "memory_gb"),
-        (lambda: E.elbo(vae, x, num_samples=0), "num_samples must be >= 1"),
+        (lambda: E.elbo(vae, x, num_samples=0), "num_samples must be a whole number >= 1, got 0"),
         (lambda: E.elbo(vae, x, memory_gb=-1.0), "memory_gb"),
-        (lambda: E.ais(vae, x, num_steps=0), "num_steps must be >= 1"),
+        (lambda: E.ais(vae, x, num_steps=0), "num_steps must be a whole number >= 1, got 0"),
         (lambda: E.ais(vae, x, num_steps=3, num_chains=0), "num_chains"),
         (lambda: E.ais(vae, x, num_steps=3, pilot_chains=0), "pilot_chains"),
         (lambda: E.ais(vae, x, num_steps=3, memory_gb=0.0), "memory_gb"),
         (lambda: E.hmc_marginal_likelihood(vae, x, num_samples=0), "num_samples"),
         (lambda: E.hmc_marginal_likelihood(vae, x, num_chains=0), "num_chains"),
         (lambda: E.hmc_marginal_likelihood(vae, x, memory_gb=-2.0), "memory_gb"),
-        (lambda: BatchedHMC(lambda z: (z**2).sum(-1) / 2).run(torch.zeros(2, 3), 0, 5, thin=0), "thin >= 1"),
+        (lambda: BatchedHMC(lambda z: (z**2).sum(-1) / 2).run(torch.zeros(2, 3), 0, 5, thin=0), "thin must be a whole number >= 1, got 0"),
         (lambda: E.ais(vae, x, num_steps=3, step_size=-0.1), "step size must be a finite number > 0, got -0.1"),
         (lambda: E.hmc_marginal_likelihood(vae, x, step_size=0.0), "step size must be a finite number > 0, got 0.0"),
-        (lambda: E.bdmc(vae, num_points=0), "num_points .* must be >= 1, got 0"),
-        (lambda: E.optimise_local_gaussians(vae, x, num_samples=0), r"num_samples >= 1 .*\(got 300, 0, 0.05\)"),
+        (lambda: E.bdmc(vae, num_points=0), "num_points .* must be a whole number >= 1, got 0"),
+        (lambda: E.optimise_local_gaussians(vae, x, num_samples=0), "num_samples must be a whole number >= 1, got 0"),
         (lambda: E.optimise_local_gaussians(vae, x, lr=-1.0), "a finite lr > 0"),
         # a step size so large that the fit leaves the reals: named, not returned as NaN
         (lambda: E.optimise_local_gaussians(vae, x, steps=20, lr=1e6), r"diverged at \d+ of \d+ datapoints .* at lr = 1000000.0"),
-        (lambda: E.gap_report(vae, x, k=0), "k must be >= 1"),
+        (lambda: E.gap_report(vae, x, k=0), "k must be a whole number >= 1, got 0"),
     ]
     for call, message in bad:
         with pytest.raises(ValueError, match=message):

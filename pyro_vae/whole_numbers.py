@@ -1,0 +1,59 @@
+"""Whole numbers as researchers write them: ``5000``, ``5e3`` and ``1e7`` are the same kind of count.
+
+YAML, ``--set`` and Python read ``5e3`` as the float 5000.0. Every count pyro-vae takes (a config's
+``training.sample_budget``, a component's ``num_particles``, ``pyro-vae evaluate --k``) accepts a
+float without a fractional part as that whole number and records the int; ``2.5`` and ``true``
+are still refused.
+"""
+
+from __future__ import annotations
+
+import operator
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Optional
+
+from pydantic import BeforeValidator
+
+
+def as_whole_number(value: Any) -> Any:
+    """``value`` as an int where it is a float with no fractional part (``5e3`` -> 5000); any other
+    value as it is, for the caller's own check to accept or refuse (``True`` stays a bool)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def parse_whole_number(text: str) -> Optional[int]:
+    """The whole number ``text`` writes (``"5000"``, ``"5e3"``, ``"5000.0"``), exactly; None for any
+    other text (``"2.5"``, ``"inf"``, ``"five"``)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        return None
+    if not value.is_finite() or value != value.to_integral_value():
+        return None
+    return int(value)
+
+
+# A pydantic field type: an int, written as one or as a whole float. Declare the field strict
+# (``Field(..., strict=True)``) so that ``true`` and ``"3"`` stay refused.
+WholeNumber = Annotated[int, BeforeValidator(as_whole_number)]
+
+
+def count(name: str, value: Any, least: int = 1) -> int:
+    """``value`` as a whole number >= ``least``: an int, a numpy or torch integer, or a float with
+    no fractional part (``k=5e3``); a ValueError that names the argument ``name`` for anything else
+    (``2.5``, ``True``, ``"5"``, ``0`` where ``least`` is 1)."""
+    whole: Optional[int] = None
+    if not isinstance(value, bool):
+        try:
+            whole = operator.index(as_whole_number(value))
+        except TypeError:
+            pass
+    if whole is None or whole < least:
+        raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    return whole
