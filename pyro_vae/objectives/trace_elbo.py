@@ -26,7 +26,7 @@ from ``TraceMeanField_ELBO`` (which would otherwise silently drop those terms).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import pyro.poutine as poutine
 import torch
@@ -43,6 +43,17 @@ def _log_prob_sum(site: dict) -> torch.Tensor:
     """``sum(scale * mask * log p(value))`` of one sample site, as Pyro's ``Trace.compute_log_prob``."""
     log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
     return scale_and_mask(log_p, site["scale"], site["mask"]).sum()
+
+
+def _plus(total: Optional[torch.Tensor], term: torch.Tensor) -> torch.Tensor:
+    """``total + term``, where a ``total`` of None is the start of the sum: the same floats as a sum
+    from 0 in the same order, without the ``0 + ...`` operation and its backward node per step."""
+    return term if total is None else total + term
+
+
+def _minus(total: Optional[torch.Tensor], term: torch.Tensor) -> torch.Tensor:
+    """``total - term``, from a start of None as :func:`_plus`."""
+    return -term if total is None else total - term
 
 
 def _fast_path_applies(guide: Callable) -> bool:
@@ -81,11 +92,11 @@ class _LeanELBOMixin:
             passes = 1
         else:
             passes = self.num_particles
-        elbo: torch.Tensor | float = 0.0
+        elbo: Optional[torch.Tensor] = None
         for _ in range(passes):
             model_trace, guide_trace = self._traces(model, guide, args, kwargs)
             if _all_reparameterized(guide_trace):
-                elbo = elbo + self._particle_elbo(model_trace, guide_trace)
+                elbo = _plus(elbo, self._particle_elbo(model_trace, guide_trace))
             else:  # score-function terms: Pyro's own estimator on these same traces
                 self._check_score_function_allowed()
                 model_trace = poutine.util.prune_subsample_sites(model_trace)
@@ -94,8 +105,9 @@ class _LeanELBOMixin:
                 guide_trace.compute_score_parts()
                 loss, surrogate_loss = self._differentiable_loss_particle(model_trace, guide_trace)  # type: ignore[attr-defined]
                 # the ELBO's value with the surrogate's gradient, as Pyro returns it
-                elbo = elbo - (loss + (surrogate_loss - surrogate_loss.detach()))
-        return -elbo / self.num_particles  # type: ignore[operator]
+                elbo = _minus(elbo, loss + (surrogate_loss - surrogate_loss.detach()))
+        loss = -elbo  # type: ignore[operator]
+        return loss if self.num_particles == 1 else loss / self.num_particles
 
     def _check_score_function_allowed(self) -> None:
         """Raise if this estimator cannot handle a non-reparameterized guide site."""
@@ -105,11 +117,11 @@ class LeanTrace_ELBO(_LeanELBOMixin, Trace_ELBO):
     """``Trace_ELBO`` (AEVB estimator A): ``log p(x, z) - log q(z | x)`` summed over sites."""
 
     def _particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
-        elbo: torch.Tensor | float = 0.0
+        elbo = None
         for site in sample_sites(model_trace):
-            elbo = elbo + _log_prob_sum(site)
+            elbo = _plus(elbo, _log_prob_sum(site))
         for site in sample_sites(guide_trace):
-            elbo = elbo - _log_prob_sum(site)
+            elbo = _minus(elbo, _log_prob_sum(site))
         return elbo  # type: ignore[return-value]
 
 
@@ -124,23 +136,23 @@ class LeanTraceMeanField_ELBO(_LeanELBOMixin, TraceMeanField_ELBO):
         )
 
     def _particle_elbo(self, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
-        elbo: torch.Tensor | float = 0.0
+        elbo = None
         for site in sample_sites(model_trace):
             if site["is_observed"]:
-                elbo = elbo + _log_prob_sum(site)
+                elbo = _plus(elbo, _log_prob_sum(site))
                 continue
             guide_site = guide_trace.nodes[site["name"]]
             try:
                 kl = kl_divergence(guide_site["fn"], site["fn"])
             except NotImplementedError:
-                elbo = elbo + _log_prob_sum(site) - _log_prob_sum(guide_site)
+                elbo = _minus(_plus(elbo, _log_prob_sum(site)), _log_prob_sum(guide_site))
                 continue
             kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
             if torch.is_tensor(kl):
-                elbo = elbo - kl.sum()
+                elbo = _minus(elbo, kl.sum())
             else:  # a constant KL (identical distributions) counts once per batch element
-                elbo = elbo - kl * torch.Size(guide_site["fn"].batch_shape).numel()
+                elbo = _minus(elbo, kl * torch.Size(guide_site["fn"].batch_shape).numel())
         for site in sample_sites(guide_trace):  # auxiliary guide sites, absent from the model
             if site["name"] not in model_trace.nodes:
-                elbo = elbo - _log_prob_sum(site)
+                elbo = _minus(elbo, _log_prob_sum(site))
         return elbo  # type: ignore[return-value]
