@@ -109,3 +109,4 @@ def test_estimators_take_whole_floats_and_integer_types_and_name_anything_else(l
     for call, message in bad:
         with pytest.raises(ValueError, match=message):
             call()
+

@@ -17,6 +17,7 @@ q is the prior: the threshold itself).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict
 
 import pyro.poutine as poutine
@@ -47,6 +48,8 @@ def active_units(
         raise ValueError("active units need at least 2 datapoints (a variance over x)")
     # at least two draws: the Monte Carlo noise of E_q[z] is estimated from them
     num_samples, batch_size = count("num_samples", num_samples, 2), count("batch_size", batch_size)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < math.inf:
+        raise ValueError(f"threshold (the activity above which a unit counts as active) must be a finite number >= 0, got {threshold!r}")
     means, noise = [], []
     exact = True
     for xb in x.split(batch_size):

@@ -55,6 +55,8 @@ def hmc_marginal_likelihood(
     gradient pass, or the estimate's ``num_samples x num_chains`` draws scored at once."""
     num_samples, num_chains, num_warmup = count("num_samples", num_samples), count("num_chains", num_chains), count("num_warmup", num_warmup, 0)
     num_leapfrog, thin = count("num_leapfrog", num_leapfrog), count("thin", thin)
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < math.inf:
+        raise ValueError(f"jitter (added to the diagonal of the fitted covariance) must be a finite number >= 0, got {jitter!r}")
     vae.check_points(x)
     memory_gb = resolved_memory_gb(memory_gb, x.device)
     if num_chains * num_samples <= vae.z_dim:

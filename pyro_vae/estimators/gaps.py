@@ -12,6 +12,7 @@ Both take a trained VAE or a user's ``(model, guide)``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Dict, Optional, Tuple
 
@@ -135,9 +136,15 @@ def gap_report(
     :param ais_options: further settings of :func:`~pyro_vae.estimators.ais.ais` (``num_chains``,
         ``schedule``, ...).
     """
-    k = count("k", k)  # here, not after the ELBO's 100 draws per point
+    # checked here, not after the ELBO's 100 draws per point and the local fits
+    k = count("k", k)
     if ais_steps is not None:
         ais_steps = count("ais_steps", ais_steps)
+    ais_settings = [name for name in inspect.signature(ais).parameters if name not in ("vae", "x", "num_steps", "memory_gb")]
+    unknown = sorted(set(ais_options) - set(ais_settings))
+    if unknown:
+        raise TypeError(f"gap_report got unknown setting(s) {', '.join(unknown)}; its AIS settings are ais_steps (the number of "
+                        f"steps) and those of ais(): {', '.join(ais_settings)}")
     elbo_q = elbo(vae, x, num_samples=100, memory_gb=memory_gb)
     iw = iwae(vae, x, k=k, memory_gb=memory_gb)
     local = optimise_local_gaussians(vae, x, memory_gb=memory_gb)

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 Potential = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def potential_and_grad(potential: Potential, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """U(z) per chain and dU/dz. Chains are independent, so the gradient of the sum is per chain.
     Only dU/dz is needed: the networks' parameters are constants here."""
@@ -117,10 +121,10 @@ class BatchedHMC:
         target_accept: float = 0.65, fixed_potential: bool = True,
     ) -> None:
         num_leapfrog = count("num_leapfrog", num_leapfrog)
-        if not 0 < target_accept < 1:
-            raise ValueError("target_accept must lie in (0, 1)")
-        if not torch.is_tensor(step_size) and not 0 < step_size < math.inf:  # a tensor's (per chain) is the sampler's own
-            raise ValueError(f"the initial step size must be a finite number > 0, got {step_size}")
+        if not _is_number(target_accept) or not 0 < target_accept < 1:
+            raise ValueError(f"target_accept must lie in (0, 1), got {target_accept!r}")
+        if not torch.is_tensor(step_size) and (not _is_number(step_size) or not 0 < step_size < math.inf):  # a tensor's (per chain) is the sampler's own
+            raise ValueError(f"the initial step size must be a finite number > 0, got {step_size!r}")
         self.potential = potential
         self.initial_step_size = step_size
         self.num_leapfrog = num_leapfrog

@@ -439,6 +439,25 @@ def test_estimators_reject_counts_and_memory_caps_below_one(problem):
             call()
 
 
+def test_estimators_name_a_real_setting_of_the_wrong_type_or_range_before_any_work(problem):
+    _, x, vae = problem
+    x = x[:6]
+    bad = [
+        (lambda: E.ais(vae, x, num_steps=3, step_size="0.1"), ValueError, r"step size must be a finite number > 0, got '0.1'"),
+        (lambda: E.ais(vae, x, num_steps=3, target_accept="0.5"), ValueError, r"target_accept must lie in \(0, 1\), got '0.5'"),
+        # a negative jitter made the fitted covariance indefinite: torch's Cholesky error
+        (lambda: E.hmc_marginal_likelihood(vae, x, jitter=-1.0), ValueError, r"jitter .* must be a finite number >= 0, got -1.0"),
+        # a negative threshold counted every unit as active
+        (lambda: E.active_units(vae, x, threshold=-1), ValueError, r"threshold .* must be a finite number >= 0, got -1"),
+        # an AIS setting gap_report does not pass on failed only after its ELBO, IWAE and local fits
+        (lambda: E.gap_report(vae, x, k=10, ais_steps=3, num_chain=2), TypeError,
+         r"gap_report got unknown setting\(s\) num_chain; its AIS settings are ais_steps .* and those of ais\(\): num_chains, "),
+    ]
+    for call, error, message in bad:
+        with pytest.raises(error, match=message):
+            call()
+
+
 @pytest.mark.parametrize("estimate", [
     lambda vae, x: E.iwae(vae, x, k=3),
     lambda vae, x: E.elbo(vae, x),
