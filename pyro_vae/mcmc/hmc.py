@@ -123,7 +123,8 @@ class BatchedHMC:
         num_leapfrog = count("num_leapfrog", num_leapfrog)
         if not _is_number(target_accept) or not 0 < target_accept < 1:
             raise ValueError(f"target_accept must lie in (0, 1), got {target_accept!r}")
-        if not torch.is_tensor(step_size) and (not _is_number(step_size) or not 0 < step_size < math.inf):  # a tensor's (per chain) is the sampler's own
+        # a tensor of step sizes (one per chain) is the sampler's own, already checked
+        if not torch.is_tensor(step_size) and (not _is_number(step_size) or not 0 < step_size < math.inf):
             raise ValueError(f"the initial step size must be a finite number > 0, got {step_size!r}")
         self.potential = potential
         self.initial_step_size = step_size
