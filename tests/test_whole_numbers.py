@@ -48,6 +48,10 @@ def test_a_config_takes_whole_floats_for_counts_and_records_ints(tmp_path):
     raw["training"] = {"sample_budget": "1e3", "batch_size": 20}
     path.write_text(yaml.safe_dump(raw).replace("'1e3'", "1e3"))
     assert C.load(str(path)).training.sample_budget == 1000
+    # swapping the component keeps a count the new one takes too (it is not dropped as a float)
+    raw["objective"] = {"name": "trace_meanfield", "num_particles": 2.0}
+    path.write_text(yaml.safe_dump(raw))
+    assert C.load(str(path), ["objective.name=iwae"]).objective.options == {"num_particles": 2}
     # options that are floats stay floats
     assert tiny_config(optimizer={"name": "adam", "lr": 1e-3}).optimizer.options["lr"] == 1e-3
 

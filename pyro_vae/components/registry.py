@@ -226,7 +226,7 @@ class Registry(Generic[T]):
 
     def takes(self, name: str, key: str, value: Any) -> bool:
         """Whether entry ``name`` takes option ``key`` with this value (its name, type and finiteness)."""
-        return key in self.options(name) and self.value_problem(name, key, value) is None
+        return key in self.options(name) and self.value_problem(name, key, self.with_whole_numbers(name, {key: value})[key]) is None
 
     def check_options(self, name: str, options: Dict[str, Any]) -> None:
         """Raise a :class:`ConfigError` if ``options`` are not valid keywords of entry ``name``."""
