@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.cli import positive_int
 from pyro_vae import config as C
 from pyro_vae.config.build import vae_from_config
 from pyro_vae.estimators.ais import ais, beta_schedule
@@ -96,14 +97,14 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--points", type=int, default=50)
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--steps", type=int, default=50, help="inverse temperatures (transitions)")
-    p.add_argument("--leapfrog", type=int, default=10)
+    p.add_argument("--points", type=positive_int, default=50)
+    p.add_argument("--chains", type=positive_int, default=4)
+    p.add_argument("--steps", type=positive_int, default=50, help="inverse temperatures (transitions)")
+    p.add_argument("--leapfrog", type=positive_int, default=10)
     p.add_argument("--step-size", type=float, default=0.05)
-    p.add_argument("--z", type=int, default=20)
-    p.add_argument("--hidden", type=int, default=500)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--z", type=positive_int, default=20)
+    p.add_argument("--hidden", type=positive_int, default=500)
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     main(p.parse_args())

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pyro_vae.cli import positive_int
 from pyro_vae.speed import allocator
 from pyro_vae import config as C
 from pyro_vae.mcmc.hmc import BatchedHMC
@@ -137,12 +138,12 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--points", type=int, default=1000)
-    p.add_argument("--z", type=int, default=3)
-    p.add_argument("--hidden", type=int, default=100)
-    p.add_argument("--leapfrog", type=int, default=10)
-    p.add_argument("--trajectories", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--points", type=positive_int, default=1000)
+    p.add_argument("--z", type=positive_int, default=3)
+    p.add_argument("--hidden", type=positive_int, default=100)
+    p.add_argument("--leapfrog", type=positive_int, default=10)
+    p.add_argument("--trajectories", type=positive_int, default=20)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     main(p.parse_args())

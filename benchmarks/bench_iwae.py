@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pyro_vae.cli import positive_int
 from pyro_vae.speed import allocator
 from pyro_vae import config as C
 from pyro_vae.estimators.iwae import CPU_CHUNK_BYTES, iwae, log_weight_stats, plan_chunks
@@ -264,11 +265,11 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--k", type=int, default=5000)
-    p.add_argument("--n", type=int, default=100, help="test points (10000: the full MNIST test set)")
-    p.add_argument("--repeats", type=int, default=1, help="passes over the points")
+    p.add_argument("--k", type=positive_int, default=5000)
+    p.add_argument("--n", type=positive_int, default=100, help="test points (10000: the full MNIST test set)")
+    p.add_argument("--repeats", type=positive_int, default=1, help="passes over the points")
     p.add_argument("--memory-gb", type=float, default=None, help="cap on a chunk's memory (default: as `iwae`, half a GPU's free memory)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--random", action="store_true", help="random binary images instead of MNIST")
     p.add_argument("--run", help="a trained run folder: its model and test set (else an untrained paper model)")

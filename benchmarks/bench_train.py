@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyro_vae.cli import positive_int
 from pyro_vae.speed import allocator
 from pyro_vae import config as C
 from pyro_vae.data.datasets import Dataset
@@ -326,14 +327,14 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--n", type=int, default=10000)
-    p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--hidden", type=int, default=500)
-    p.add_argument("--z", type=int, default=20)
+    p.add_argument("--epochs", type=positive_int, default=3)
+    p.add_argument("--n", type=positive_int, default=10000)
+    p.add_argument("--batch", type=positive_int, default=100)
+    p.add_argument("--hidden", type=positive_int, default=500)
+    p.add_argument("--z", type=positive_int, default=20)
     p.add_argument("--activation", default="tanh", choices=["tanh", "relu"])
     p.add_argument("--objective", default="trace_meanfield")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--fresh-first-step", action="store_true", help="time each first step in a fresh process")
     p.add_argument("--cuda-graphs", action="store_true", help="pyro-vae with training.cuda_graphs, and a captured plain twin (CUDA)")

@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from pyro_vae.cli import positive_int
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -115,6 +117,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--run", help="a trained run folder (e.g. the README's main job): adds IWAE-5000 on its model and test images")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda (every benchmark runs on it; the output names it)")
     main(p.parse_args())
