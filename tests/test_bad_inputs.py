@@ -5,6 +5,7 @@ tests then generate configs, ``--set`` values, flags and data files and ask the 
 import json
 import multiprocessing
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,28 @@ def test_a_write_failure_anywhere_is_one_line(tmp_path, capsys, monkeypatch):
 def test_a_boolean_or_fraction_is_no_count(override):
     with pytest.raises(ConfigError, match="Input should be a valid integer"):
         C.load("tiny", [override])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # treated as "unset" (as many dreams as points) before
+    (["objective.name=rws", "objective.dream_batch_size=0"], "dream_batch_size must be a whole number >= 1, got 0"),
+    (["objective.name=mcem", "objective.m_steps=0"], "m_steps must be a whole number >= 1, got 0"),
+    # Pyro's ClippedAdam checks nothing: these trained on (lrd 2 doubles the step size at every step) or ended in NaN
+    (["optimizer.name=clipped_adam", "optimizer.lrd=2"], r"ClippedAdam: .* lrd in \(0, 1\]; got .*lrd=2"),
+    (["optimizer.name=clipped_adam", "optimizer.clip_norm=0"], r"clip_norm finite and > 0 .*clip_norm=0,"),
+    (["optimizer.name=clipped_adam", "optimizer.eps=-1"], r"ClippedAdam: lr, eps and weight_decay must be finite and >= 0"),
+    # means that start equal stay equal: one Gaussian in K copies
+    (["model.prior.name=mixture_of_gaussians", "model.prior.init_spread=0"], r"init_spread .* must be a finite number > 0, got 0"),
+    # an IndexError from inside Pyro before
+    (["model.guide.name=iaf", "model.guide.hidden_dims=[]"], r"hidden_dims must list one or more layer widths >= z_dim \(2\), got \[\]"),
+])
+def test_a_component_option_out_of_its_range_is_one_line(tmp_path, capsys, overrides, message):
+    argv = ["train", "tiny", "--run-dir", str(tmp_path / "run"), *TINY]
+    for item in overrides:
+        argv += ["--set", item]
+    line = _one_line_error(capsys, main(argv))
+    assert re.search(message, line), line
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_the_app_d_estimator_needs_more_draws_than_latent_dimensions(trained, capsys):

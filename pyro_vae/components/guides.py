@@ -111,4 +111,7 @@ def full_normal(*, z_dim: int) -> Guide:
 def iaf(*, z_dim: int, num_flows: int = 2, hidden_dims: List[int] = [64], context_dim: int = 16) -> Guide:  # noqa: B006
     if num_flows < 1 or context_dim < 1:
         raise ValueError("num_flows and context_dim must be >= 1")
+    if not hidden_dims or min(hidden_dims) < z_dim:
+        # Pyro's autoregressive networks need a hidden layer at least as wide as z (MADE's masks)
+        raise ValueError(f"hidden_dims must list one or more layer widths >= z_dim ({z_dim}), got {list(hidden_dims)}")
     return InverseAutoregressiveFlow(z_dim, num_flows, hidden_dims, context_dim)

@@ -176,6 +176,9 @@ def student_t(*, z_dim: int, x_dim: int, df: float = 3.0, scale: float = 1.0) ->
 def mixture_of_gaussians(*, z_dim: int, x_dim: int, components: int = 10, init_spread: float = 1.0) -> Prior:
     if components < 1:
         raise ValueError("components must be >= 1")
+    if components > 1 and not 0 < init_spread < math.inf:
+        # means that start equal get equal gradients and stay equal: one Gaussian in K copies
+        raise ValueError(f"init_spread (the spread of the components' initial means) must be a finite number > 0, got {init_spread}")
     return MixtureOfGaussians(z_dim, components, init_spread)
 
 

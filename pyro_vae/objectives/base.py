@@ -14,12 +14,6 @@ import torch
 from pyro_vae.model import VAE
 
 
-def check_particles(num_particles: int) -> None:
-    """Objectives that average over particles need at least one."""
-    if num_particles < 1:
-        raise ValueError("num_particles must be >= 1")
-
-
 class Objective:
     """``loss(vae, x, idx, num_data)``: a scalar whose gradient trains every parameter.
 

@@ -19,8 +19,9 @@ from pyro.infer.elbo import ELBO
 
 from pyro_vae.components.registry import OBJECTIVES
 from pyro_vae.model import VAE
-from pyro_vae.objectives.base import Objective, check_particles
+from pyro_vae.objectives.base import Objective
 from pyro_vae.objectives.trace_elbo import LeanTrace_ELBO, LeanTraceMeanField_ELBO
+from pyro_vae.whole_numbers import count
 
 
 class ElboObjective(Objective):
@@ -112,7 +113,7 @@ class _OneGradientJitTrace_ELBO(JitTrace_ELBO):
 
 
 def _elbo(name: str, elbo_class: type, num_particles: int, **extra) -> Objective:
-    check_particles(num_particles)
+    num_particles = count("num_particles", num_particles)
     # A particle plate of size 1 only adds broadcasting work: vectorize from two particles on.
     vectorize = num_particles > 1
     elbo = elbo_class(num_particles=num_particles, vectorize_particles=vectorize, max_plate_nesting=1, **extra)

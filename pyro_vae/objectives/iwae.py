@@ -9,8 +9,9 @@ import torch
 
 from pyro_vae.components.registry import OBJECTIVES
 from pyro_vae.model import VAE
-from pyro_vae.objectives.base import Objective, check_particles
+from pyro_vae.objectives.base import Objective
 from pyro_vae.traces import log_importance_weights
+from pyro_vae.whole_numbers import count
 
 
 class IWAEObjective(Objective):
@@ -37,5 +38,4 @@ class IWAEObjective(Objective):
 @OBJECTIVES.register("iwae")
 def iwae(*, num_particles: int = 5) -> Objective:
     """The importance-weighted bound L_k with k = ``num_particles`` (k = 1: the ELBO)."""
-    check_particles(num_particles)
-    return IWAEObjective(num_particles)
+    return IWAEObjective(count("num_particles", num_particles))

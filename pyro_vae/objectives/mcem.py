@@ -18,6 +18,7 @@ from pyro_vae.mcmc.potentials import model_log_densities
 from pyro_vae.model import VAE
 from pyro_vae.objectives.base import Objective
 from pyro_vae.traces import log_densities
+from pyro_vae.whole_numbers import count
 
 
 class MonteCarloEM(Objective):
@@ -99,6 +100,7 @@ def mcem(
     *, num_leapfrog: int = 10, target_accept: float = 0.9, initial_step_size: float = 0.1, m_steps: int = 5, hmc_steps: int = 1
 ) -> Objective:
     """Monte Carlo EM with an HMC E-step (AEVB Sec. 5): no encoder is trained."""
-    if min(num_leapfrog, m_steps, hmc_steps) < 1 or not 0 < target_accept < 1 or initial_step_size <= 0:
-        raise ValueError("num_leapfrog, m_steps, hmc_steps must be >= 1, target_accept in (0, 1), initial_step_size > 0")
+    num_leapfrog, m_steps, hmc_steps = count("num_leapfrog", num_leapfrog), count("m_steps", m_steps), count("hmc_steps", hmc_steps)
+    if not 0 < target_accept < 1 or initial_step_size <= 0:
+        raise ValueError(f"target_accept must lie in (0, 1) and initial_step_size be > 0, got {target_accept} and {initial_step_size}")
     return MonteCarloEM(num_leapfrog, target_accept, initial_step_size, m_steps, hmc_steps)

@@ -38,6 +38,7 @@ from pyro_vae.objectives.base import Objective
 from pyro_vae.components.priors import VampPrior
 from pyro_vae.components.registry import OBJECTIVES
 from pyro_vae.traces import guide_log_prob, log_densities, sample_latents
+from pyro_vae.whole_numbers import count
 
 
 def _reject_encoder_prior(vae: VAE, name: str) -> None:
@@ -124,17 +125,20 @@ class ReweightedWakeSleep(_WakeSleepFamily):
         return -(wake_theta + recognition)
 
 
+def _dreams(dream_batch_size: Optional[int]) -> Optional[int]:
+    """The dreams per sleep step: None for as many as the minibatch has points, else a count >= 1."""
+    return None if dream_batch_size is None else count("dream_batch_size", dream_batch_size)
+
+
 @OBJECTIVES.register("wake_sleep")
 def wake_sleep(*, num_particles: int = 1, dream_batch_size: Optional[int] = None) -> Objective:
     """Wake-sleep (Hinton et al. 1995), the paper's baseline with the same recognition model."""
-    if num_particles < 1:
-        raise ValueError("num_particles must be >= 1")
-    return WakeSleep(num_particles, dream_batch_size)
+    return WakeSleep(count("num_particles", num_particles), _dreams(dream_batch_size))
 
 
 @OBJECTIVES.register("rws")
 def rws(*, num_particles: int = 5, wake_phi_weight: float = 0.5, dream_batch_size: Optional[int] = None) -> Objective:
     """Reweighted wake-sleep (Bornschein & Bengio 2015) with per-datapoint weights."""
-    if num_particles < 1 or not 0 <= wake_phi_weight <= 1:
-        raise ValueError("num_particles must be >= 1 and wake_phi_weight in [0, 1]")
-    return ReweightedWakeSleep(num_particles, wake_phi_weight, dream_batch_size)
+    if not 0 <= wake_phi_weight <= 1:
+        raise ValueError(f"wake_phi_weight must lie in [0, 1], got {wake_phi_weight}")
+    return ReweightedWakeSleep(count("num_particles", num_particles), wake_phi_weight, _dreams(dream_batch_size))

@@ -8,13 +8,14 @@ added to the full-data loss, at no extra kernel cost.
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, List, Optional, Tuple
 
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.optimizers.inplace import SGD, Adagrad, Adam
+from pyro_vae.optimizers.inplace import SGD, Adagrad, Adam, finite_and_nonnegative
 from pyro_vae.components.registry import OPTIMIZERS
 
 
@@ -49,7 +50,16 @@ def clipped_adam(
     clip_norm: float = 10.0,
     lrd: float = 1.0,
 ) -> torch.optim.Optimizer:
-    """Pyro's ClippedAdam: Adam with per-parameter gradient clipping and lr decay ``lrd`` per step."""
+    """Pyro's ClippedAdam: Adam with each gradient element clipped to [-clip_norm, clip_norm] and the
+    step size multiplied by ``lrd`` at every step."""
+    # Pyro checks none of these: a negative lr or eps, a beta outside [0, 1), a clip_norm of 0 (no
+    # gradient left) or an lrd above 1 (a step size that grows without end) would train on silently
+    # or end in NaN.
+    if not finite_and_nonnegative(lr, eps, weight_decay) or not all(0.0 <= b < 1.0 for b in betas) \
+            or not 0 < clip_norm < math.inf or not 0 < lrd <= 1:
+        raise ValueError(f"ClippedAdam: lr, eps and weight_decay must be finite and >= 0, betas in [0, 1), clip_norm finite and > 0 "
+                         f"and lrd in (0, 1]; got lr={lr}, betas={list(betas)}, eps={eps}, weight_decay={weight_decay}, "
+                         f"clip_norm={clip_norm}, lrd={lrd}")
     return ClippedAdam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, clip_norm=clip_norm, lrd=lrd)
 
 

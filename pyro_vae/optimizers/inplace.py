@@ -68,7 +68,8 @@ def _fused_cpu_kernel_applies(params: List[torch.Tensor], steps: List[torch.Tens
     )
 
 
-def _finite_and_nonnegative(*values: float) -> bool:
+def finite_and_nonnegative(*values: float) -> bool:
+    """Whether every value is a finite number >= 0 (an optimizer's step size, eps, decay)."""
     return all(0.0 <= v < math.inf for v in values)  # NaN fails both comparisons
 
 
@@ -151,7 +152,7 @@ class Adagrad(_InPlaceOptimizer):
 
     def __init__(self, params: Iterable, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0) -> None:
-        if not _finite_and_nonnegative(lr, eps, weight_decay, initial_accumulator_value):
+        if not finite_and_nonnegative(lr, eps, weight_decay, initial_accumulator_value):
             raise ValueError("Adagrad: lr, eps, weight_decay and initial_accumulator_value must be finite and >= 0")
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value))
@@ -180,7 +181,7 @@ class Adam(_InPlaceOptimizer):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
-        if not _finite_and_nonnegative(lr, eps, weight_decay) or not all(0.0 <= b < 1.0 for b in betas):
+        if not finite_and_nonnegative(lr, eps, weight_decay) or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError("Adam: lr, eps and weight_decay must be finite and >= 0, and betas in [0, 1)")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
@@ -223,7 +224,7 @@ class SGD(_InPlaceOptimizer):
     capturable = True  # after its first step (which creates the momentum buffers) it reads no host value
 
     def __init__(self, params: Iterable, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
-        if not _finite_and_nonnegative(lr, momentum, weight_decay):
+        if not finite_and_nonnegative(lr, momentum, weight_decay):
             raise ValueError("SGD: lr, momentum and weight_decay must be finite and >= 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
