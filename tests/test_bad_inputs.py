@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pyro_vae import config as C
 from pyro_vae.cli import main
-from pyro_vae.config.build import dataset_from_config
+from pyro_vae.config.build import dataset_from_config, objective_from_config, optimizer_from_config, vae_from_config
 from pyro_vae.errors import ConfigError
 from pyro_vae.files import BusyError, exclusive_lock, replaced_atomically
 from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint
@@ -298,7 +298,8 @@ def test_compare_refuses_values_that_are_no_numbers(trained, capsys):
 # --- generated inputs -------------------------------------------------------------------------
 KEYS = ["seed", "name", "model.z_dim", "model.prior.name", "model.likelihood.name", "model.guide.name", "model.encoder.hidden",
         "training.batch_size", "training.epochs", "training.sample_budget", "optimizer.name", "optimizer.lr",
-        "objective.name", "objective.num_particles", "data.n_train", "data.binarize", "evaluation.k", "evaluation.estimator"]
+        "objective.name", "objective.num_particles", "data.n_train", "data.binarize", "evaluation.k", "evaluation.estimator",
+        "model.prior.components", "model.prior.init_spread", "model.guide.hidden_dims", "objective.dream_batch_size", "optimizer.lrd"]
 VALUES = st.one_of(
     st.integers(min_value=-10**20, max_value=10**20).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["true", "false", "null", "[]", "{}", "[1, -2]", "{name: x}", "'a/b'", "..", "vamp", "bernoulli", "iaf",
@@ -310,8 +311,13 @@ VALUES = st.one_of(
 @settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=3))
 def test_any_set_values_give_a_config_or_one_line_error(overrides):
+    """... and a config that loads builds its model, objective and optimizer, or names why not."""
     try:
-        C.load("tiny", [f"{key}={value}" for key, value in overrides])
+        cfg = C.load("tiny", [f"{key}={value}" for key, value in overrides])
+        data = dataset_from_config(cfg.data)
+        vae = vae_from_config(cfg.model, data.x_shape)
+        objective_from_config(cfg.objective).check(vae)
+        optimizer_from_config(cfg.optimizer, list(vae.parameters()), cfg.objective.weight_prior_std)
     except ConfigError as e:
         assert "\n" not in str(e) and str(e)
 
