@@ -25,7 +25,7 @@ def as_whole_number(value: Any) -> Any:
 
 def parse_whole_number(text: str) -> Optional[int]:
     """The whole number ``text`` writes (``"5000"``, ``"5e3"``, ``"5000.0"``), exactly; None for any
-    other text (``"2.5"``, ``"inf"``, ``"five"``)."""
+    other text (``"2.5"``, ``"inf"``, ``"five"``, a number of more than 4300 digits)."""
     try:
         return int(text)
     except ValueError:
@@ -34,7 +34,9 @@ def parse_whole_number(text: str) -> Optional[int]:
         value = Decimal(text.strip())
     except InvalidOperation:
         return None
-    if not value.is_finite() or value != value.to_integral_value():
+    # beyond Python's own limit for int("...") (4300 digits) no count is meant, and 1e999999999
+    # would take gigabytes to write out
+    if not value.is_finite() or value.adjusted() > 4300 or value != value.to_integral_value():
         return None
     return int(value)
 

@@ -22,7 +22,7 @@ def test_the_forms_of_a_whole_number():
     assert as_whole_number(2.5) == 2.5 and as_whole_number(True) is True and as_whole_number("5") == "5"
     assert [parse_whole_number(t) for t in ("5000", "5e3", "5E3", "5000.0", "1.5e3", " 7 ", "1_000")] == [5000, 5000, 5000, 5000, 1500, 7, 1000]
     assert parse_whole_number("123456789012345678901") == 123456789012345678901  # exact, not through a float
-    assert [parse_whole_number(t) for t in ("2.5", "inf", "nan", "five", "", "1e-3")] == [None] * 6
+    assert [parse_whole_number(t) for t in ("2.5", "inf", "nan", "five", "", "1e-3", "1e999999999")] == [None] * 7
     assert count("k", 5e3) == 5000 and count("k", np.int64(7)) == 7 and count("k", torch.tensor(3)) == 3
     assert count("num_warmup", 0, least=0) == 0
     for bad in (2.5, True, "5", None, 0, -1.0, torch.tensor(2.0)):
