@@ -98,7 +98,11 @@ def _check_no_file_in_the_way(folder: Path, what: str, given: Path, fix: str = "
 
 def folder_path(path: Path | str, what: str, fix: str = "choose another path") -> Path:
     """``path`` as a folder that exists or can be created: a ConfigError naming ``what`` (e.g.
-    ``--run-dir``) and ``fix`` if it, or a folder above it, is a file."""
+    ``--run-dir``) and ``fix`` if it, or a folder above it, is a file, or if it is no path at all."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"{what} must be a folder path (a str or pathlib.Path), got {path!r}")
+    if str(path) == "":  # Path("") is the current folder: not what an empty setting means
+        raise ConfigError(f"{what} is empty; give a folder path")
     path = Path(path).expanduser()
     _check_no_file_in_the_way(path, what, path, fix)
     return path

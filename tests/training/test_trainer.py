@@ -361,3 +361,10 @@ def test_a_new_run_does_not_replace_a_users_files_in_the_folder_it_is_given(tmp_
     assert sorted(p.name for p in stopped.iterdir()) == ["config.yaml", "run.json"]
     Trainer(tiny_config(), stopped, progress=False).train()
     assert (stopped / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("run_dir, message", [(5, r"must be a folder path \(a str or pathlib.Path\), got 5"),
+                                              (None, "got None"), ("", "the run folder .* is empty; give a folder path")])
+def test_a_run_folder_that_is_no_path_is_named(run_dir, message):
+    with pytest.raises(ConfigError, match=message):  # pathlib's TypeError before; "" meant the current folder
+        Trainer(tiny_config(), run_dir, progress=False)
