@@ -24,7 +24,7 @@ from pyro_vae.model import VAE
 from pyro_vae.data.datasets import binarize
 from pyro_vae.runs.load import TrainedRun, load_run
 from pyro_vae.tracking import Callback, TensorBoardLogger
-from pyro_vae.whole_numbers import as_whole_number
+from pyro_vae.whole_numbers import count
 
 GAP_REPORT_ESTIMATES = ("elbo", "iwae", "ais", "elbo_local_gaussian")  # the estimates a gap report may hold
 
@@ -108,9 +108,13 @@ def evaluate_run(
         raise ConfigError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
     if split not in ("test", "train"):
         raise ConfigError(f"split must be 'test' or 'train', not {split!r}.")
-    n = as_whole_number(n)  # 1e3 as 1000
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ConfigError(f"n must be a whole number >= 1, not {n!r}.")
+    try:
+        n = None if n is None else count("n", n)  # 1e3 as 1000
+        seed = count("seed", seed, 0)  # a seed of 1.5 was used as 1 and recorded as 1.5
+    except ValueError as e:
+        raise ConfigError(f"{e}.") from None
+    if seed >= 2**63:
+        raise ConfigError(f"seed must be below 2**63 (torch's seeds are 64-bit), got {seed}.")
     options = estimator_options(**settings)
     if estimator == "bdmc" and options.ais_start != "prior":
         raise ConfigError("bdmc runs AIS from the prior (its reverse chains end there); drop --ais-start encoder.")

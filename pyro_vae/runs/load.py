@@ -3,6 +3,7 @@ model with the checkpoint's weights. No optimizer, schedule or objective state i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -60,6 +61,8 @@ def load_run(run_dir: Path | str, device: Optional[str] = None, data: Optional[D
     :param device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (default: the run's config).
     :param data: an already-loaded data set to use instead of the config's (tests, examples).
     """
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise CheckpointError(f"load_run takes a run folder's path (a str or pathlib.Path), got {run_dir!r}")
     run_dir = Path(run_dir)
     cfg_path = run_dir / CONFIG_NAME
     if not cfg_path.exists():

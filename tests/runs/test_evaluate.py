@@ -16,7 +16,10 @@ def test_evaluate_run_rejects_bad_settings_from_python_too(tmp_path):
     for kwargs, message in [({"n": -5}, "n must be a whole number >= 1"), ({"k": 0}, "k must be"),
                             ({"ais_chains": 2.5}, "ais_chains must be"), ({"memory_gb": 0}, "memory_gb must be"),
                             ({"ais_start": "posterior"}, "ais_start must be 'prior' or 'encoder'"),
-                            ({"ais_schedule": "cosine"}, "ais_schedule must be 'sigmoid' or 'linear'")]:
+                            ({"ais_schedule": "cosine"}, "ais_schedule must be 'sigmoid' or 'linear'"),
+                            # a seed of 1.5 was used as 1 and recorded as 1.5; -1 named a file seed-1
+                            ({"seed": 1.5}, r"seed must be a whole number >= 0, got 1.5"), ({"seed": -1}, "seed must be"),
+                            ({"seed": 2**63}, r"seed must be below 2\*\*63")]:
         with pytest.raises(ConfigError, match=message):
             evaluate_run(tmp_path, **kwargs)  # checked before the run folder is read
 

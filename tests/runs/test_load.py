@@ -119,3 +119,8 @@ def test_a_loaded_run_trains_under_a_users_own_svi_and_predicts(tmp_path):
         os.chdir(cwd)
     assert namespace["moved"] and namespace["posterior"]["z"].shape == (10, 100, 2)
     assert namespace["prior"]["x"].shape[:2] == (10, 100)
+
+
+def test_load_run_names_a_folder_that_is_no_path():
+    with pytest.raises(CheckpointError, match=r"load_run takes a run folder's path \(a str or pathlib.Path\), got 5"):
+        load_run(5)  # pathlib's TypeError before
