@@ -14,6 +14,7 @@ import torch  # noqa: E402
 
 from pyro_vae.model import VAE  # noqa: E402
 from pyro_vae.runs.records import read_metrics  # noqa: E402
+from pyro_vae.whole_numbers import count
 
 # A grid of 50 x 50 MNIST digits is 1400 pixels wide; beyond that a picture is no way to look at
 # samples (``pyro-vae sample`` writes more as an array).
@@ -102,6 +103,7 @@ def why_not_drawn(vae: VAE, needs_2d_latents: bool = False) -> Optional[str]:
 @torch.no_grad()
 def plot_samples(vae: VAE, path: Path, n: int = 100, nrow: int = 10) -> Optional[Path]:
     """A grid of ``n`` means E[x | z], z ~ p(z) (AEVB Fig. 5); None where the data are no images."""
+    n, nrow = count("n", n), count("nrow", nrow)
     if why_not_drawn(vae):
         return None
     return _save_image(image_grid(vae.sample_means(n).cpu(), vae.image_shape, nrow), path, f"samples (E[x|z], z ~ p(z)), Nz={vae.z_dim}")
@@ -110,6 +112,7 @@ def plot_samples(vae: VAE, path: Path, n: int = 100, nrow: int = 10) -> Optional
 @torch.no_grad()
 def plot_reconstructions(vae: VAE, x: torch.Tensor, path: Path, n: int = 10) -> Optional[Path]:
     """The first ``n`` points of ``x`` above E[x | z] at the guide's mean z; None where they are no images."""
+    n = count("n", n)
     if why_not_drawn(vae):
         return None
     x = x[:n]
@@ -121,6 +124,7 @@ def plot_reconstructions(vae: VAE, x: torch.Tensor, path: Path, n: int = 10) -> 
 def plot_manifold(vae: VAE, path: Path, n: int = 20) -> Optional[Path]:
     """AEVB Fig. 4: a linearly spaced grid on the unit square mapped through the inverse Gaussian
     CDF to z, with the decoder mean drawn at each point (only for z_dim = 2)."""
+    n = count("n", n)
     if why_not_drawn(vae, needs_2d_latents=True):
         return None
     device = next(vae.parameters()).device
@@ -133,6 +137,7 @@ def plot_manifold(vae: VAE, path: Path, n: int = 20) -> Optional[Path]:
 @torch.no_grad()
 def plot_latents(vae: VAE, x: torch.Tensor, y: Optional[torch.Tensor], path: Path, n: int = 5000) -> Path:
     """Means of q(z|x) for test points (first two principal axes if z_dim > 2), coloured by label."""
+    n = count("n", n)
     q = vae.encode(x[:n])
     try:
         z = q.mean

@@ -19,6 +19,7 @@ import torch
 from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE
 from pyro_vae.files import replaced_atomically
+from pyro_vae.whole_numbers import count
 
 CHUNK = 4096  # draws decoded at once: a few MiB of activations for the paper's networks
 LARGE = 2**30  # a file this large is announced before it is written
@@ -40,8 +41,7 @@ def write_sample_means(vae: VAE, path: Path | str, n: int, chunk: int = CHUNK) -
     :raises ConfigError: if the file would not fit on the disk that holds ``path``, or cannot be
         written (the file that was at ``path`` is then left as it was).
     """
-    if n < 1 or chunk < 1:
-        raise ValueError(f"n and chunk must be >= 1, got n={n}, chunk={chunk}")
+    n, chunk = count("n", n), count("chunk", chunk)
     path = Path(path)
     size = n * vae.x_dim * 4
     free = shutil.disk_usage(path.parent).free

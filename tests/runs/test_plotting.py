@@ -40,3 +40,27 @@ def test_grey_and_colour_images_are_tiled_and_vectors_are_not_drawn(tmp_path):
         vae = vae_from_config(model, x_shape)
         assert (vae.image_shape is not None) == drawn and (why_not_drawn(vae) is None) == drawn, x_shape
         assert (plot_samples(vae, tmp_path / "s.png", n=4, nrow=2) is not None) == drawn, x_shape
+
+
+def test_the_pictures_take_counts_as_whole_numbers_and_name_anything_else(tmp_path):
+    import torch
+
+    from pyro_vae.config.build import vae_from_config
+    from pyro_vae.runs.plotting import plot_latents, plot_manifold, plot_reconstructions, plot_samples
+    from pyro_vae.runs.samples import write_sample_means
+
+    vae = vae_from_config(tiny_config(model={"z_dim": 2, "likelihood": {"name": "bernoulli"}}).model, (1, 4, 4))
+    x = torch.rand(8, 16).round()
+    assert plot_samples(vae, tmp_path / "s.png", n=4e0, nrow=2.0).exists()
+    assert write_sample_means(vae, tmp_path / "s.npy", n=1e1).exists()
+    bad = [
+        (lambda: plot_samples(vae, tmp_path / "a.png", n=0), r"n must be a whole number >= 1, got 0"),
+        (lambda: plot_samples(vae, tmp_path / "a.png", n=4, nrow=1.5), r"nrow must be a whole number >= 1, got 1.5"),
+        (lambda: plot_reconstructions(vae, x, tmp_path / "b.png", n=-1), r"n must be a whole number >= 1, got -1"),
+        (lambda: plot_manifold(vae, tmp_path / "c.png", n=0), r"n must be a whole number >= 1, got 0"),  # a picture of nothing before
+        (lambda: plot_latents(vae, x, None, tmp_path / "d.png", n=2.5), r"n must be a whole number >= 1, got 2.5"),  # a TypeError before
+        (lambda: write_sample_means(vae, tmp_path / "e.npy", n=5, chunk=0), r"chunk must be a whole number >= 1, got 0"),
+    ]
+    for call, message in bad:
+        with pytest.raises(ValueError, match=message):
+            call()
