@@ -32,6 +32,7 @@ from pyro_vae.components.priors import Prior
 from pyro_vae.components.registry import GUIDES, LIKELIHOODS, NETWORKS, PRIORS
 from pyro_vae.errors import ConfigError
 from pyro_vae.traces import DATA_PLATE, check_finite_rows
+from pyro_vae.whole_numbers import count
 
 
 class VAE(nn.Module):
@@ -176,8 +177,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample_means(self, n: int) -> torch.Tensor:
         """E[x | z] for n draws z ~ p(z) (torch's random state), shape ``(n, x_dim)``."""
-        if n < 0:
-            raise ValueError(f"n (the number of draws) must be >= 0, got {n}")
+        n = count("n (the number of draws)", n, 0)
         z = self.prior_dist().sample((n,))
         return self.likelihood.mean(self.decoder(z))
 

@@ -135,5 +135,7 @@ def test_jit_objective_scales_a_short_last_batch_like_the_uncompiled_one():
 def test_sample_means_draws_n_from_the_prior_and_names_a_negative_n():
     vae = exact_vae(LinearGaussian.random(5, 2, 0.5, seed=0))
     assert vae.sample_means(3).shape == (3, 5) and vae.sample_means(0).shape == (0, 5)
-    with pytest.raises(ValueError, match="n .* must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"n \(the number of draws\) must be a whole number >= 0, got -1"):
         vae.sample_means(-1)
+    with pytest.raises(ValueError, match="got 2.5"):
+        vae.sample_means(2.5)
