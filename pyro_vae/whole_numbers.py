@@ -12,7 +12,7 @@ import operator
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Optional
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Strict
 
 
 def as_whole_number(value: Any) -> Any:
@@ -41,9 +41,10 @@ def parse_whole_number(text: str) -> Optional[int]:
     return int(value)
 
 
-# A pydantic field type: an int, written as one or as a whole float. Declare the field strict
-# (``Field(..., strict=True)``) so that ``true`` and ``"3"`` stay refused.
-WholeNumber = Annotated[int, BeforeValidator(as_whole_number)]
+# A pydantic field type: an int, written as one or as a whole float; strict, so that ``true`` and
+# ``"3"`` stay refused. (Strictness belongs to the type, ahead of the conversion: pydantic 2.5 cannot
+# apply a field's ``strict=True`` on top of a ``BeforeValidator``.)
+WholeNumber = Annotated[int, Strict(), BeforeValidator(as_whole_number)]
 
 
 def count(name: str, value: Any, least: int = 1) -> int:

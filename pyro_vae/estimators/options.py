@@ -34,17 +34,17 @@ class EstimatorOptions(BaseModel):
     bounded: a count beyond the bound is a typo that would run for days, not an experiment."""
 
     model_config = ConfigDict(extra="forbid")
-    k: WholeNumber = Field(5000, gt=0, le=10**7, strict=True, description="IWAE particles per datapoint")
+    k: WholeNumber = Field(5000, gt=0, le=10**7, description="IWAE particles per datapoint")
     memory_gb: Optional[float] = Field(None, gt=0, allow_inf_nan=False, description=(
         "memory cap (GiB) of one chunk: IWAE and ELBO particles; AIS, bdmc, hmc and gap-report datapoints "
         f"(unset: {CPU_MEMORY_GB:g} on CPU, half the free memory of a GPU)"))
-    ais_steps: WholeNumber = Field(1000, gt=0, le=10**7, strict=True, description="AIS transitions (temperatures)")
-    ais_chains: WholeNumber = Field(16, gt=0, le=10**5, strict=True, description="AIS chains per datapoint")
+    ais_steps: WholeNumber = Field(1000, gt=0, le=10**7, description="AIS transitions (temperatures)")
+    ais_chains: WholeNumber = Field(16, gt=0, le=10**5, description="AIS chains per datapoint")
     ais_start: AisStart = Field("prior", description='AIS from the prior or from q(z|x) ("AIS + encoder")')
     ais_schedule: AisSchedule = Field("sigmoid", description="how AIS's temperatures rise from 0 to 1")
-    hmc_samples: WholeNumber = Field(50, gt=0, le=10**6, strict=True, description="posterior draws per chain of the App. D estimator (hmc)")
-    hmc_chains: WholeNumber = Field(2, gt=0, le=10**4, strict=True, description="HMC chains per datapoint of the App. D estimator")
-    hmc_warmup: WholeNumber = Field(200, ge=0, le=10**7, strict=True, description="HMC warmup steps (step-size tuning) per chain of the App. D estimator")
+    hmc_samples: WholeNumber = Field(50, gt=0, le=10**6, description="posterior draws per chain of the App. D estimator (hmc)")
+    hmc_chains: WholeNumber = Field(2, gt=0, le=10**4, description="HMC chains per datapoint of the App. D estimator")
+    hmc_warmup: WholeNumber = Field(200, ge=0, le=10**7, description="HMC warmup steps (step-size tuning) per chain of the App. D estimator")
 
 
 DEFAULTS = EstimatorOptions()
