@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from pyro_vae.errors import ConfigError, PyroVAEError, one_line_warnings
 from pyro_vae.files import folder_path, prepared_output
-from pyro_vae.whole_numbers import parse_whole_number
+from pyro_vae.user_numbers import SEEDS_BELOW, parse_whole_number
 
 
 def _whole_number(text: str, minimum: int) -> int:
@@ -27,7 +27,7 @@ def _whole_number(text: str, minimum: int) -> int:
 def seed_arg(text: str) -> int:
     """argparse type: a seed, a whole number from 0 to 2**63 - 1 (torch's seeds are 64-bit)."""
     value = _whole_number(text, 0)
-    if value >= 2**63:
+    if value >= SEEDS_BELOW:
         raise argparse.ArgumentTypeError(f"expected a whole number below 2**63, got {text!r}")
     return value
 

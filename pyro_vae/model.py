@@ -32,7 +32,7 @@ from pyro_vae.components.priors import Prior
 from pyro_vae.components.registry import GUIDES, LIKELIHOODS, NETWORKS, PRIORS
 from pyro_vae.errors import ConfigError
 from pyro_vae.traces import DATA_PLATE, check_finite_rows
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count
 
 
 class VAE(nn.Module):

@@ -24,7 +24,7 @@ import typing
 from typing import Any, Callable, Dict, Generic, List, Literal, Optional, TypeVar, Union
 
 from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.whole_numbers import as_whole_number
+from pyro_vae.user_numbers import as_whole_number
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -218,18 +218,20 @@ class Registry(Generic[T]):
                     "(for 'no limit', write a large number such as 1e30).")
         return None
 
-    def with_whole_numbers(self, name: str, options: Dict[str, Any]) -> Dict[str, Any]:
+    def _with_whole_numbers(self, name: str, options: Dict[str, Any]) -> Dict[str, Any]:
         """``options`` with every count written as a whole float (``num_particles: 5e3``) made an int,
-        as entry ``name``'s builder annotates it (:mod:`pyro_vae.whole_numbers`)."""
+        as entry ``name``'s builder annotates it (:mod:`pyro_vae.user_numbers`)."""
         hints = _type_hints(self.get(name))
         return {key: _whole_numbers_where_counted(value, hints[key]) if key in hints else value for key, value in options.items()}
 
     def takes(self, name: str, key: str, value: Any) -> bool:
         """Whether entry ``name`` takes option ``key`` with this value (its name, type and finiteness)."""
-        return key in self.options(name) and self.value_problem(name, key, self.with_whole_numbers(name, {key: value})[key]) is None
+        return key in self.options(name) and self.value_problem(name, key, self._with_whole_numbers(name, {key: value})[key]) is None
 
-    def check_options(self, name: str, options: Dict[str, Any]) -> None:
-        """Raise a :class:`ConfigError` if ``options`` are not valid keywords of entry ``name``."""
+    def check_options(self, name: str, options: Dict[str, Any]) -> Dict[str, Any]:
+        """``options`` as entry ``name``'s builder takes them (counts written ``5e3`` as ints); a
+        :class:`ConfigError` if they are not valid keywords of it, of the types it annotates."""
+        options = self._with_whole_numbers(name, options)
         valid = self.options(name)
         unknown = sorted(set(options) - set(valid))
         if unknown:
@@ -244,12 +246,12 @@ class Registry(Generic[T]):
             problem = self.value_problem(name, key, value)
             if problem:
                 raise ConfigError(problem)
+        return options
 
     def build(self, name: str, options: Dict[str, Any], returns: type = object, **context: Any) -> Any:
         """Entry ``name`` built with ``options`` and the ``context`` arguments; ``returns`` is the type
         its builder must return (a component of one's own may return something else)."""
-        options = self.with_whole_numbers(name, options)
-        self.check_options(name, options)
+        options = self.check_options(name, options)
         builder = self.get(name)
         try:
             built = builder(**context, **options)

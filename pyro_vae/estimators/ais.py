@@ -36,7 +36,7 @@ from pyro_vae.estimators.memory import bytes_per_chain, datapoints_per_chunk
 from pyro_vae.mcmc.potentials import guide_log_density, model_log_densities
 from pyro_vae.estimators.result import Estimate, standard_error
 from pyro_vae.estimators.options import AIS_SCHEDULES, AIS_STARTS, DEFAULTS, resolved_memory_gb, AisSchedule as Schedule, AisStart as Start
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count
 
 
 def beta_schedule(num_steps: int, kind: Schedule = "sigmoid", sharpness: float = 4.0) -> torch.Tensor:

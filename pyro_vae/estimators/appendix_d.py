@@ -29,7 +29,7 @@ from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle, data
 from pyro_vae.mcmc.potentials import model_log_densities
 from pyro_vae.estimators.result import Estimate
 from pyro_vae.estimators.options import DEFAULTS, resolved_memory_gb
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count, is_real_number
 
 
 @accepts_pyro_programs
@@ -55,7 +55,7 @@ def hmc_marginal_likelihood(
     gradient pass, or the estimate's ``num_samples x num_chains`` draws scored at once."""
     num_samples, num_chains, num_warmup = count("num_samples", num_samples), count("num_chains", num_chains), count("num_warmup", num_warmup, 0)
     num_leapfrog, thin = count("num_leapfrog", num_leapfrog), count("thin", thin)
-    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < math.inf:
+    if not is_real_number(jitter) or not 0 <= jitter < math.inf:
         raise ValueError(f"jitter (added to the diagonal of the fitted covariance) must be a finite number >= 0, got {jitter!r}")
     vae.check_points(x)
     memory_gb = resolved_memory_gb(memory_gb, x.device)

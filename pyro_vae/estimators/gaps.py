@@ -28,7 +28,7 @@ from pyro_vae.estimators.iwae import elbo, iwae
 from pyro_vae.estimators.memory import bytes_per_chain, bytes_per_particle, datapoints_per_chunk
 from pyro_vae.estimators.result import Estimate
 from pyro_vae.estimators.options import DEFAULTS
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count
 
 
 FINAL_SAMPLES = 100  # fresh samples per datapoint for q*'s final ELBO
@@ -119,9 +119,9 @@ def _local_gaussian_elbo(target: Any, x: torch.Tensor, steps: int, lr: float, nu
         raise
 
 
-def _diverged(count: int, n: int, lr: float) -> ValueError:
+def _diverged(diverged: int, n: int, lr: float) -> ValueError:
     """The error for a fit whose step size threw q*'s location or scale to infinity."""
-    return ValueError(f"the local Gaussians' fit diverged at {count} of {n} datapoints (q* or its ELBO is not finite) at lr = {lr}; "
+    return ValueError(f"the local Gaussians' fit diverged at {diverged} of {n} datapoints (q* or its ELBO is not finite) at lr = {lr}; "
                       f"a smaller lr keeps it finite (the default is {FIT_LR})")
 
 

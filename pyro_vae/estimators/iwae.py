@@ -25,7 +25,7 @@ from pyro_vae.traces import log_importance_weights
 from pyro_vae.estimators.memory import bytes_per_particle
 from pyro_vae.estimators.result import Estimate
 from pyro_vae.estimators.options import DEFAULTS, memory_budget, resolved_memory_gb
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count
 
 
 # On CPU, chunks of about this much working memory: for the paper's model all k = 5000 particles

@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.whole_numbers import WholeNumber
+from pyro_vae.user_numbers import WholeNumber, is_real_number
 
 # the estimators of `pyro-vae evaluate` (and `train --evaluate`): pyro_vae.runs.evaluate runs them
 EstimatorName = Literal["elbo", "iwae", "ais", "hmc", "gaps", "bdmc", "exact"]
@@ -67,7 +67,7 @@ def check_memory_gb(memory_gb: Optional[float], what: str = "one chunk") -> None
     """``memory_gb`` must be a finite number > 0 (GiB), or None for the device's own budget."""
     if memory_gb is None:
         return
-    if isinstance(memory_gb, bool) or not isinstance(memory_gb, (int, float)) or not 0 < memory_gb < float("inf"):
+    if not is_real_number(memory_gb) or not 0 < memory_gb < float("inf"):
         raise ValueError(f"memory_gb (the memory cap of {what}, in GiB) must be a finite number > 0, not {memory_gb!r}")
 
 

@@ -29,16 +29,12 @@ import numpy as np
 import torch
 
 from pyro_vae.speed.fused_linear import input_gradients_only
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count, is_real_number
 
 if TYPE_CHECKING:
     import arviz
 
 Potential = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def potential_and_grad(potential: Potential, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -121,10 +117,10 @@ class BatchedHMC:
         target_accept: float = 0.65, fixed_potential: bool = True,
     ) -> None:
         num_leapfrog = count("num_leapfrog", num_leapfrog)
-        if not _is_number(target_accept) or not 0 < target_accept < 1:
+        if not is_real_number(target_accept) or not 0 < target_accept < 1:
             raise ValueError(f"target_accept must lie in (0, 1), got {target_accept!r}")
         # a tensor of step sizes (one per chain) is the sampler's own, already checked
-        if not torch.is_tensor(step_size) and (not _is_number(step_size) or not 0 < step_size < math.inf):
+        if not torch.is_tensor(step_size) and (not is_real_number(step_size) or not 0 < step_size < math.inf):
             raise ValueError(f"the initial step size must be a finite number > 0, got {step_size!r}")
         self.potential = potential
         self.initial_step_size = step_size

@@ -21,7 +21,7 @@ from pyro_vae.components.registry import OBJECTIVES
 from pyro_vae.model import VAE
 from pyro_vae.objectives.base import Objective
 from pyro_vae.objectives.trace_elbo import LeanTrace_ELBO, LeanTraceMeanField_ELBO
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count
 
 
 class ElboObjective(Objective):

@@ -11,7 +11,7 @@ from pyro_vae.components.registry import OBJECTIVES
 from pyro_vae.model import VAE
 from pyro_vae.objectives.base import Objective
 from pyro_vae.traces import log_importance_weights
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count
 
 
 class IWAEObjective(Objective):

@@ -18,7 +18,7 @@ from pyro_vae.mcmc.potentials import model_log_densities
 from pyro_vae.model import VAE
 from pyro_vae.objectives.base import Objective
 from pyro_vae.traces import log_densities
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count
 
 
 class MonteCarloEM(Objective):

@@ -38,7 +38,7 @@ from pyro_vae.objectives.base import Objective
 from pyro_vae.components.priors import VampPrior
 from pyro_vae.components.registry import OBJECTIVES
 from pyro_vae.traces import guide_log_prob, log_densities, sample_latents
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count
 
 
 def _reject_encoder_prior(vae: VAE, name: str) -> None:

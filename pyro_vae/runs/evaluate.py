@@ -24,7 +24,7 @@ from pyro_vae.model import VAE
 from pyro_vae.data.datasets import binarize
 from pyro_vae.runs.load import TrainedRun, load_run
 from pyro_vae.tracking import Callback, TensorBoardLogger
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count, seed as seed_value
 
 GAP_REPORT_ESTIMATES = ("elbo", "iwae", "ais", "elbo_local_gaussian")  # the estimates a gap report may hold
 
@@ -110,11 +110,9 @@ def evaluate_run(
         raise ConfigError(f"split must be 'test' or 'train', not {split!r}.")
     try:
         n = None if n is None else count("n", n)  # 1e3 as 1000
-        seed = count("seed", seed, 0)  # a seed of 1.5 was used as 1 and recorded as 1.5
+        seed = seed_value("seed", seed)  # a seed of 1.5 was used as 1 and recorded as 1.5
     except ValueError as e:
         raise ConfigError(f"{e}.") from None
-    if seed >= 2**63:
-        raise ConfigError(f"seed must be below 2**63 (torch's seeds are 64-bit), got {seed}.")
     options = estimator_options(**settings)
     if estimator == "bdmc" and options.ais_start != "prior":
         raise ConfigError("bdmc runs AIS from the prior (its reverse chains end there); drop --ais-start encoder.")

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 from pyro_vae.model import VAE  # noqa: E402
 from pyro_vae.runs.records import read_metrics  # noqa: E402
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count
 
 # A grid of 50 x 50 MNIST digits is 1400 pixels wide; beyond that a picture is no way to look at
 # samples (``pyro-vae sample`` writes more as an array).

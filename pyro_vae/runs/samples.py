@@ -19,7 +19,7 @@ import torch
 from pyro_vae.errors import ConfigError
 from pyro_vae.model import VAE
 from pyro_vae.files import replaced_atomically
-from pyro_vae.whole_numbers import count
+from pyro_vae.user_numbers import count
 
 CHUNK = 4096  # draws decoded at once: a few MiB of activations for the paper's networks
 LARGE = 2**30  # a file this large is announced before it is written

@@ -1,18 +1,30 @@
-"""Whole numbers as researchers write them: ``5000``, ``5e3`` and ``1e7`` are the same kind of count.
+"""Numbers as users write them, read and checked in one place.
 
-YAML, ``--set`` and Python read ``5e3`` as the float 5000.0. Every count pyro-vae takes (a config's
-``training.sample_budget``, a component's ``num_particles``, ``pyro-vae evaluate --k``) accepts a
-float without a fractional part as that whole number and records the int; ``2.5`` and ``true``
-are still refused.
+Counts: ``5000``, ``5e3`` and ``1e7`` are the same kind of count. YAML, ``--set`` and Python read
+``5e3`` as the float 5000.0; every count pyro-vae takes (a config's ``training.sample_budget``, a
+component's ``num_particles``, ``pyro-vae evaluate --k``, an estimator's ``k``) accepts a float
+without a fractional part as that whole number and records the int; ``2.5`` and ``true`` are
+refused. Real settings (a step size, a jitter, a threshold) are ints or floats, never bools or
+text. Seeds are below ``SEEDS_BELOW``.
 """
 
 from __future__ import annotations
 
+import numbers
 import operator
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Optional
 
 from pydantic import BeforeValidator, Strict
+
+
+SEEDS_BELOW = 2**63  # torch's seeds are 64-bit
+
+
+def is_real_number(value: Any) -> bool:
+    """Whether ``value`` is a number a real-valued setting takes: an int or float (numpy's too),
+    not a bool, a string or a tensor."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def as_whole_number(value: Any) -> Any:
@@ -59,4 +71,12 @@ def count(name: str, value: Any, least: int = 1) -> int:
             pass
     if whole is None or whole < least:
         raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    return whole
+
+
+def seed(name: str, value: Any) -> int:
+    """``value`` as a seed, a whole number from 0 to ``SEEDS_BELOW - 1``; a ValueError naming ``name`` otherwise."""
+    whole = count(name, value, 0)
+    if whole >= SEEDS_BELOW:
+        raise ValueError(f"{name} must be below 2**63 (torch's seeds are 64-bit), got {value!r}")
     return whole

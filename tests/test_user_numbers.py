@@ -11,7 +11,7 @@ from pyro_vae import config as C
 from pyro_vae import estimators as E
 from pyro_vae.cli import main
 from pyro_vae.errors import ConfigError
-from pyro_vae.whole_numbers import as_whole_number, count, parse_whole_number
+from pyro_vae.user_numbers import as_whole_number, count, is_real_number, parse_whole_number, seed
 from pyro_vae.data.linear_gaussian import LinearGaussian
 from tests.conftest import tiny_config, tiny_config_dict
 
@@ -28,6 +28,11 @@ def test_the_forms_of_a_whole_number():
     for bad in (2.5, True, "5", None, 0, -1.0, torch.tensor(2.0)):
         with pytest.raises(ValueError, match=r"^k must be a whole number >= 1, got "):
             count("k", bad)
+    assert seed("seed", 1e3) == 1000 and seed("seed", 2**63 - 1) == 2**63 - 1
+    with pytest.raises(ValueError, match=r"seed must be below 2\*\*63"):
+        seed("seed", 2**63)
+    assert all(is_real_number(v) for v in (0, 1.5, -2, np.float32(0.5), np.int64(3), float("inf")))
+    assert not any(is_real_number(v) for v in (True, np.bool_(True), "0.5", None, torch.tensor(0.5), [1.0]))
 
 
 def test_a_config_takes_whole_floats_for_counts_and_records_ints(tmp_path):
